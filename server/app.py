@@ -1,0 +1,62 @@
+"""The Litestar application: routes, auth, errors, and what lives for the app's lifetime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+
+from . import __version__
+from .auth import require_api_key
+from .config import Settings
+from .errors import EXCEPTION_HANDLERS
+from .manager import RunManager
+from .routes.claude import run_claude
+from .routes.health import health
+from .storage.database import create_engine, migrate, sessionmaker
+from .storage.sessions import SessionStore
+from .workspaces import Workspaces
+
+log = logging.getLogger(__name__)
+
+
+def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url)
+        await migrate(engine)
+        workspaces = Workspaces(settings.workspaces_dir)
+        workspaces.ensure_root()
+        store = SessionStore(sessionmaker(engine))
+        manager = RunManager(settings, store, workspaces)
+        app.state.update(engine=engine, store=store, manager=manager, workspaces=workspaces)
+        log.info("workspaces under %s, database %s", workspaces.root, engine.url)
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+            await engine.dispose()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """The relay as an ASGI app; settings default to the ``CLAUDE_RELAY_*`` environment."""
+    settings = settings or Settings.from_env()
+    cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
+    return Litestar(
+        route_handlers=[run_claude, health],
+        guards=[require_api_key],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[_lifespan(settings)],
+        cors_config=cors,
+        # The prompt's own cap is checked after decoding; JSON escaping can grow a body.
+        request_max_body_size=settings.max_prompt_bytes * 2 + 1024 * 1024,
+        openapi_config=OpenAPIConfig(title="claude-relay", version=__version__, path="/schema"),
+        state=State({"settings": settings}),
+    )

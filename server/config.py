@@ -1,0 +1,204 @@
+"""Every setting of the relay, in one place.
+
+Each field of :class:`Settings` is read from an environment variable ``CLAUDE_RELAY_<NAME>``
+and, for ``claude-relay serve``, from a ``--<name>`` flag (flags win). The field's metadata
+carries its documentation; ``claude-relay serve --help`` and the README's table are made from
+it, so the help text cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "CLAUDE_RELAY_"
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {raw!r}")
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _parse_env_pairs(raw: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in _parse_list(raw):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected K=V pairs separated by commas, got {item!r}")
+        pairs[key.strip()] = value
+    return pairs
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w``."""
+    text = raw.strip().lower()
+    if not text:
+        raise ValueError("empty duration")
+    unit = text[-1]
+    if unit in _DURATION_UNITS:
+        number, factor = text[:-1], _DURATION_UNITS[unit]
+    else:
+        number, factor = text, 1
+    try:
+        seconds = float(number) * factor
+    except ValueError:
+        raise ValueError(f"expected a duration such as 90s, 15m, 12h or 30d, got {raw!r}") from None
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {raw!r}")
+    return seconds
+
+
+def _setting(default: Any, help: str, parse: Callable[[str], Any] | None = None, **kw: Any) -> Any:
+    """A dataclass field that documents itself and knows how to read its env var."""
+    metadata = {"help": help, "parse": parse}
+    if callable(default) and not isinstance(default, str | int | float | bool):
+        return field(default_factory=default, metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The relay's configuration. Build it with :meth:`Settings.from_env`."""
+
+    host: str = _setting(
+        "127.0.0.1", "Address to listen on. A non-loopback address needs API keys."
+    )
+    port: int = _setting(8787, "TCP port to listen on.", int)
+    database_url: str = _setting(
+        "sqlite+aiosqlite:///./claude-relay.db",
+        "SQLAlchemy async URL of the session database (an SQLite file by default).",
+    )
+    workspaces_dir: Path = _setting(
+        lambda: Path("./workspaces"),
+        "Root under which every session gets its own workspace directory.",
+        Path,
+    )
+    claude_bin: str = _setting(
+        "claude", "The Claude Code executable: a path, or a name looked up on PATH.", str
+    )
+    claude_env: dict[str, str] = _setting(
+        dict,
+        "Extra environment for the CLI as K=V,K=V (e.g. CLAUDE_CODE_MAX_RETRIES=2,IS_SANDBOX=1).",
+        _parse_env_pairs,
+    )
+    api_keys: tuple[str, ...] = _setting(
+        tuple,
+        "Comma-separated bearer keys. When set, every route but /health needs one.",
+        _parse_list,
+        repr=False,
+    )
+    insecure_no_auth: bool = _setting(
+        False, "Allow listening on a non-loopback address without API keys.", _parse_bool
+    )
+    allow_dangerous: bool = _setting(
+        False,
+        "Let clients ask for dangerously-skip-permissions or permission_mode bypassPermissions.",
+        _parse_bool,
+    )
+    cors_origins: tuple[str, ...] = _setting(
+        tuple, "Comma-separated origins allowed by CORS (off when empty).", _parse_list
+    )
+    max_concurrent_runs: int = _setting(8, "Runs allowed at once; more get 429.", int)
+    max_prompt_bytes: int = _setting(1024 * 1024, "Largest prompt in bytes; larger get 413.", int)
+    idle_timeout: float = _setting(
+        600.0, "Stop a run after this many seconds without output from the CLI.", parse_duration
+    )
+    total_timeout: float = _setting(
+        3600.0, "Stop a run after this many seconds in all.", parse_duration
+    )
+    ping_interval: float = _setting(
+        15.0, "Seconds between keep-alive comments on idle streams (0 disables).", float
+    )
+    interrupt_grace: float = _setting(
+        2.0, "Seconds a stopped run gets after SIGINT before SIGTERM.", float
+    )
+    terminate_grace: float = _setting(
+        1.5, "Seconds after SIGTERM before every process of the run is killed.", float
+    )
+    shutdown_grace: float = _setting(
+        10.0, "Seconds open streams get to finish when the server is asked to stop.", float
+    )
+    max_line_bytes: int = _setting(
+        64 * 1024 * 1024, "Longest stdout line of the CLI; a longer one stops the run.", int
+    )
+    stderr_tail_bytes: int = _setting(
+        4096, "How much of the CLI's stderr is kept for error events.", int
+    )
+    log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``CLAUDE_RELAY_*`` variables, then apply explicit overrides (CLI flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = _parse_setting(f, env[name], name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, with a message naming the setting."""
+        checks = {
+            "port": 0 <= self.port <= 65535,
+            "max_concurrent_runs": self.max_concurrent_runs >= 1,
+            "max_prompt_bytes": self.max_prompt_bytes >= 1,
+            "idle_timeout": self.idle_timeout > 0,
+            "total_timeout": self.total_timeout > 0,
+            "ping_interval": self.ping_interval >= 0,
+            "interrupt_grace": self.interrupt_grace >= 0,
+            "terminate_grace": self.terminate_grace >= 0,
+            "max_line_bytes": self.max_line_bytes >= 1024,
+            "stderr_tail_bytes": self.stderr_tail_bytes >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()}: {getattr(self, name)!r} is out of range"
+                )
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+def _parse_setting(f: dataclasses.Field[Any], raw: str, name: str) -> Any:
+    parse = f.metadata.get("parse") or str
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def describe_settings() -> list[tuple[str, str, str, str]]:
+    """(env var, flag, default, help) for every setting, for --help and the README."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[misc]
+        shown = "" if default in ((), {}) else str(default)
+        flag = "--" + f.name.replace("_", "-")
+        rows.append((ENV_PREFIX + f.name.upper(), flag, shown, f.metadata["help"]))
+    return rows

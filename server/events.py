@@ -1,0 +1,43 @@
+"""The Server-Sent Events the relay sends, and the events it makes up itself.
+
+Every stdout line of the CLI is one event: ``id:`` is its 1-based number in the run, ``data:``
+the line. The relay adds events of its own with ``"type": "relay"``: ``raw`` (a stdout line that
+was not JSON) and ``error`` (the run ended badly; always the last event).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+def relay_error(message: str, *, exit_code: int | None, stderr: str) -> bytes:
+    """The last event of a run that ended without a result, failed, or was stopped."""
+    return msgspec.json.encode(
+        {
+            "type": "relay",
+            "subtype": "error",
+            "message": message,
+            "exit_code": exit_code,
+            "stderr": stderr,
+        }
+    )
+
+
+def encode_event(seq: int, data: bytes) -> bytes:
+    """One SSE event. ``data`` never holds CR or LF (``lines.classify`` makes sure)."""
+    return b"id: %d\ndata: %s\n\n" % (seq, data)
+
+
+def encode_events(events: list[tuple[int, bytes]]) -> bytes:
+    """Many events as one chunk: one ASGI send for a burst instead of one per line."""
+    return b"".join([b"id: %d\ndata: %s\n\n" % event for event in events])
+
+
+def encode_comment(text: str) -> bytes:
+    return b": " + text.encode() + b"\n\n"
+
+
+def decode_json(data: bytes) -> Any:
+    return msgspec.json.decode(data)

@@ -1,0 +1,187 @@
+"""Starting runs: capacity, the session and its lock, the workspace, the process.
+
+:class:`RunManager` is the one place that turns a validated request into a running
+:class:`~server.runs.Run`, and the run's observer that keeps the database in step with it.
+Each check fails before anything is spawned, and whatever was taken (a capacity slot, the
+session lock, a new workspace) is given back if a later step fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from . import process
+from .command import build_argv, build_env, current_env
+from .config import Settings
+from .errors import Conflict, NotFound, TooManyRuns
+from .options import RunRequest
+from .runs import Limits, PromptInput, Run, StopReason
+from .storage.sessions import SessionStore
+from .workspaces import Workspaces
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+
+
+def owner_id() -> str:
+    """Names this relay process in session locks: host, then pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a run goes: its session, its directory, and what to pass the CLI."""
+
+    session_id: str
+    claude_id: str
+    resume: bool
+
+
+class RunManager:
+    """Starts runs, tracks the live ones, and stops them all at shutdown."""
+
+    def __init__(self, settings: Settings, store: SessionStore, workspaces: Workspaces) -> None:
+        self.settings = settings
+        self.store = store
+        self.workspaces = workspaces
+        self.owner = owner_id()
+        self.runs: dict[str, Run] = {}
+        self._slots = 0
+        self._new_sessions: set[str] = set()
+        self.limits = Limits(
+            idle_timeout=settings.idle_timeout,
+            total_timeout=settings.total_timeout,
+            interrupt_grace=settings.interrupt_grace,
+            terminate_grace=settings.terminate_grace,
+            max_line_bytes=settings.max_line_bytes,
+            stderr_tail_bytes=settings.stderr_tail_bytes,
+        )
+
+    @property
+    def active_count(self) -> int:
+        return self._slots
+
+    async def start(self, request: RunRequest) -> Run:
+        """Start a run for ``request`` or raise the error the client should see."""
+        if self._slots >= self.settings.max_concurrent_runs:
+            raise TooManyRuns(
+                f"{self._slots} runs are in progress, the relay's limit; try again shortly",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        self._slots += 1
+        try:
+            return await self._start(request)
+        except BaseException:
+            self._slots -= 1
+            raise
+
+    async def _start(self, request: RunRequest) -> Run:
+        run_id = str(uuid.uuid4())
+        target = await self._resolve(request, run_id)
+        try:
+            cwd = self.workspaces.path_for(target.session_id)
+            cwd.mkdir(mode=0o700, exist_ok=True)
+            argv = build_argv(
+                self.settings.claude_bin,
+                request,
+                resume_id=target.claude_id if target.resume else None,
+                new_session_id=None if target.resume else target.claude_id,
+            )
+            env = build_env(current_env(), self.settings.claude_env, run_id)
+            child = await process.spawn(argv, cwd=cwd, env=env)
+        except BaseException:
+            await self._abandon(target, run_id)
+            raise
+        run = Run(
+            id=run_id,
+            session_id=target.session_id,
+            claude_id=target.claude_id,
+            observer=self,
+            limits=self.limits,
+            detached=request.detach,
+        )
+        self.runs[run_id] = run
+        run.start(child, PromptInput(request.prompt))
+        log.info(
+            "run %s started: session %s (%s), pid %s",
+            run_id,
+            target.claude_id,
+            "resume" if target.resume else "new",
+            child.pid,
+        )
+        return run
+
+    async def _resolve(self, request: RunRequest, run_id: str) -> Resolved:
+        if request.session_id is None:
+            return await self._new_session(run_id)
+        record = await self.store.find_by_claude_id(request.session_id)
+        if record is None:
+            raise NotFound(f"unknown session {request.session_id}")
+        if not await self.store.acquire(record.id, run_id=run_id, owner=self.owner):
+            raise Conflict(
+                f"session {request.session_id} is already running; wait for its run to end"
+            )
+        return Resolved(record.id, record.latest_claude_id, resume=True)
+
+    async def _new_session(self, run_id: str) -> Resolved:
+        session_id, _path = self.workspaces.create()
+        claude_id = str(uuid.uuid4())
+        try:
+            await self.store.create_locked(session_id, claude_id, run_id=run_id, owner=self.owner)
+        except BaseException:
+            self.workspaces.remove(session_id)
+            raise
+        self._new_sessions.add(run_id)
+        return Resolved(session_id, claude_id, resume=False)
+
+    async def _abandon(self, target: Resolved, run_id: str) -> None:
+        """Undo :meth:`_resolve` for a run that never started."""
+        if target.resume:
+            await self.store.release(target.session_id, run_id=run_id)
+        else:
+            self._new_sessions.discard(run_id)
+            await self.store.delete(target.session_id)
+            self.workspaces.remove(target.session_id)
+
+    # -- RunObserver -----------------------------------------------------------------------
+
+    async def claude_id_seen(self, run: Run, claude_id: str) -> None:
+        await self.store.add_claude_id(run.session_id, claude_id)
+
+    async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
+        return None
+
+    async def finished(self, run: Run) -> None:
+        self._slots -= 1
+        self.runs.pop(run.id, None)
+        created = run.id in self._new_sessions
+        self._new_sessions.discard(run.id)
+        log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
+        if created and not run.session_reported:
+            # The CLI never reported the session, so there is no transcript to resume.
+            await self.store.delete(run.session_id)
+            self.workspaces.remove(run.session_id)
+            return
+        await self.store.release(run.session_id, run_id=run.id)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def stop_all(self, reason: StopReason) -> None:
+        for run in list(self.runs.values()):
+            run.request_stop(reason)
+
+    async def shutdown(self) -> None:
+        """Stop every run and wait for each to record its end."""
+        self.stop_all(StopReason.SHUTDOWN)
+        limit = self.limits.interrupt_grace + self.limits.terminate_grace + 10
+        runs = [run.wait() for run in list(self.runs.values())]
+        if runs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*runs), limit)

@@ -1,0 +1,137 @@
+"""Reading and writing sessions: every method is one short transaction.
+
+No method keeps a database session beyond its own call, so nothing is held open while a run
+streams.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from .tables import ClaudeSessionId, Session
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    latest_claude_id: str
+    created_at: float
+    last_used_at: float
+    active_run_id: str | None
+    active_owner: str | None
+
+
+def _record(row: Session) -> SessionRecord:
+    return SessionRecord(
+        row.id,
+        row.latest_claude_id,
+        row.created_at,
+        row.last_used_at,
+        row.active_run_id,
+        row.active_owner,
+    )
+
+
+class SessionStore:
+    """Sessions, their Claude ids, and the per-session run lock."""
+
+    def __init__(self, sessions: async_sessionmaker[Any]) -> None:
+        self._sessions = sessions
+
+    async def create_locked(
+        self, session_id: str, claude_id: str, *, run_id: str, owner: str
+    ) -> SessionRecord:
+        """A new session, already locked by the run that creates it."""
+        now = time.time()
+        row = Session(
+            id=session_id,
+            latest_claude_id=claude_id,
+            created_at=now,
+            last_used_at=now,
+            active_run_id=run_id,
+            active_owner=owner,
+        )
+        async with self._sessions.begin() as db:
+            db.add(row)
+            await db.flush()
+            db.add(ClaudeSessionId(claude_session_id=claude_id, session_id=session_id, seen_at=now))
+        return _record(row)
+
+    async def find_by_claude_id(self, claude_id: str) -> SessionRecord | None:
+        async with self._sessions() as db:
+            row = await db.scalar(
+                select(Session)
+                .join(ClaudeSessionId, ClaudeSessionId.session_id == Session.id)
+                .where(ClaudeSessionId.claude_session_id == claude_id)
+            )
+            return _record(row) if row else None
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        async with self._sessions() as db:
+            row = await db.get(Session, session_id)
+            return _record(row) if row else None
+
+    async def acquire(self, session_id: str, *, run_id: str, owner: str) -> bool:
+        """Take the session's run lock; False if another run holds it."""
+        async with self._sessions.begin() as db:
+            result = await db.execute(
+                update(Session)
+                .where(Session.id == session_id, Session.active_run_id.is_(None))
+                .values(active_run_id=run_id, active_owner=owner, last_used_at=time.time())
+            )
+            return result.rowcount == 1
+
+    async def release(self, session_id: str, *, run_id: str) -> None:
+        async with self._sessions.begin() as db:
+            await db.execute(
+                update(Session)
+                .where(Session.id == session_id, Session.active_run_id == run_id)
+                .values(active_run_id=None, active_owner=None, last_used_at=time.time())
+            )
+
+    async def add_claude_id(self, session_id: str, claude_id: str) -> None:
+        """Map a newly reported id to the session; it becomes the one to resume."""
+        now = time.time()
+        async with self._sessions.begin() as db:
+            await db.execute(
+                sqlite_insert(ClaudeSessionId)
+                .values(claude_session_id=claude_id, session_id=session_id, seen_at=now)
+                .on_conflict_do_nothing(index_elements=["claude_session_id"])
+            )
+            await db.execute(
+                update(Session)
+                .where(Session.id == session_id)
+                .values(latest_claude_id=claude_id, last_used_at=now)
+            )
+
+    async def claude_ids(self, session_id: str) -> list[str]:
+        async with self._sessions() as db:
+            rows = await db.scalars(
+                select(ClaudeSessionId.claude_session_id)
+                .where(ClaudeSessionId.session_id == session_id)
+                .order_by(ClaudeSessionId.seen_at)
+            )
+            return list(rows)
+
+    async def delete(self, session_id: str) -> None:
+        async with self._sessions.begin() as db:
+            await db.execute(
+                delete(ClaudeSessionId).where(ClaudeSessionId.session_id == session_id)
+            )
+            await db.execute(delete(Session).where(Session.id == session_id))
+
+    async def locks_held_by(self, owner_prefix: str) -> list[SessionRecord]:
+        async with self._sessions() as db:
+            rows = await db.scalars(
+                select(Session).where(Session.active_owner.startswith(owner_prefix))
+            )
+            return [_record(row) for row in rows]
+
+    async def force_release(self, session_id: str, run_id: str) -> None:
+        await self.release(session_id, run_id=run_id)

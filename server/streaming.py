@@ -1,0 +1,77 @@
+"""Following a run over Server-Sent Events.
+
+The stream is a thin reader of a :class:`~server.runs.Run`: it sends every event after the
+client's position in batches (one ASGI send per burst), keep-alive comments when idle, and
+nothing else. When the client goes away, a run that is not detached is stopped; when the
+server is asked to shut down, the run is stopped and the stream stays open (for up to the
+shutdown grace period) until the run's final event has been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from .events import encode_events
+from .runs import Run, StopReason
+
+
+def _ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping")
+
+
+async def _stop_on_shutdown(event: anyio.Event, run: Run) -> None:
+    await event.wait()
+    run.request_stop(StopReason.SHUTDOWN)
+
+
+async def _relay_events(run: Run, after: int, shutdown: anyio.Event) -> AsyncIterator[bytes]:
+    watcher = asyncio.create_task(_stop_on_shutdown(shutdown, run))
+    try:
+        async for batch in run.follow(after):
+            yield encode_events(batch)
+    finally:
+        watcher.cancel()
+        if not run.done and not run.detached:
+            run.request_stop(StopReason.CLIENT_DISCONNECTED)
+
+
+def sse_response(
+    body: AsyncIterator[bytes],
+    *,
+    ping_interval: float,
+    shutdown_grace: float,
+    headers: Mapping[str, str] | None = None,
+    shutdown: anyio.Event | None = None,
+) -> EventSourceResponse:
+    """An SSE response with the relay's ping, shutdown and header conventions."""
+    return EventSourceResponse(
+        body,
+        headers=dict(headers or {}),
+        ping=ping_interval,
+        ping_message_factory=_ping,
+        shutdown_event=shutdown,
+        shutdown_grace_period=shutdown_grace,
+    )
+
+
+def run_stream(
+    run: Run,
+    *,
+    after: int = 0,
+    ping_interval: float,
+    shutdown_grace: float,
+    headers: Mapping[str, str] | None = None,
+) -> EventSourceResponse:
+    """Stream ``run``'s events after ``after`` to one client."""
+    shutdown = anyio.Event()
+    return sse_response(
+        _relay_events(run, after, shutdown),
+        ping_interval=ping_interval,
+        shutdown_grace=shutdown_grace,
+        headers=headers,
+        shutdown=shutdown,
+    )

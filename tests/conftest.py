@@ -1,0 +1,83 @@
+"""Shared fixtures: the fake Anthropic API, the real and the fake CLI, and relay servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.anthropic_api import FakeAnthropicAPI
+from tests.support import Relay, fake_claude_bin, real_cli_path, start_relay
+
+
+@pytest.fixture(scope="session")
+def fake_api() -> Iterator[FakeAnthropicAPI]:
+    api = FakeAnthropicAPI().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="session")
+def real_cli() -> Path:
+    """The pinned real Claude Code CLI, installed by ``./dev test`` (and so by CI)."""
+    path = real_cli_path()
+    if path is None:
+        message = (
+            "REAL CLAUDE CODE CLI NOT INSTALLED: run `./dev test` (it installs the pinned "
+            "@anthropic-ai/claude-code with npm) or set CLAUDE_RELAY_TEST_CLI"
+        )
+        if os.environ.get("CI") and shutil.which("npm"):
+            pytest.fail(message + " -- npm is available, so CI must install it")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def fake_cli(tmp_path: Path) -> Path:
+    return fake_claude_bin(tmp_path)
+
+
+def real_cli_env(api: FakeAnthropicAPI, **extra: str) -> dict[str, str]:
+    return {
+        "ANTHROPIC_BASE_URL": api.url,
+        "ANTHROPIC_API_KEY": "sk-test-fake",
+        "CLAUDE_RELAY_CLAUDE_ENV": ",".join(
+            f"{k}={v}" for k, v in {"CLAUDE_CODE_MAX_RETRIES": "0", **extra}.items()
+        ),
+    }
+
+
+RelayFactory = Callable[..., Relay]
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
+    """Start relays for this test; all are stopped when it ends."""
+    started: list[Relay] = []
+
+    def start(**kw: Any) -> Relay:
+        folder = tmp_path / f"relay{len(started)}"
+        folder.mkdir()
+        relay = start_relay(folder, **kw)
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+@pytest.fixture
+def fake_relay(relay_factory: RelayFactory, fake_cli: Path) -> Relay:
+    """A relay whose CLI is the scripted fake (for faults the real CLI cannot show)."""
+    return relay_factory(claude_bin=fake_cli, env={"CLAUDE_RELAY_INTERRUPT_GRACE": "1"})
+
+
+@pytest.fixture
+def real_relay(relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI) -> Relay:
+    """A relay running the real CLI against the fake Anthropic API."""
+    return relay_factory(claude_bin=real_cli, env=real_cli_env(fake_api))

@@ -22,12 +22,18 @@ from .config import Settings
 from .errors import Conflict, NotFound, TooManyRuns
 from .options import RunRequest
 from .runs import Limits, PromptInput, Run, StopReason
-from .storage.sessions import SessionStore
+from .storage.sessions import ConversationTaken, SessionRecord, SessionStore
 from .workspaces import Workspaces
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+
+
+def title_of(prompt: str) -> str:
+    """A session's title: the first non-empty line of its first prompt, shortened."""
+    first = next((line.strip() for line in prompt.splitlines() if line.strip()), "")
+    return first[:120]
 
 
 def owner_id() -> str:
@@ -42,6 +48,7 @@ class Resolved:
     session_id: str
     claude_id: str
     resume: bool
+    fork: bool = False
 
 
 class RunManager:
@@ -93,6 +100,7 @@ class RunManager:
                 request,
                 resume_id=target.claude_id if target.resume else None,
                 new_session_id=None if target.resume else target.claude_id,
+                fork=target.fork,
             )
             env = build_env(current_env(), self.settings.claude_env, run_id)
             child = await process.spawn(argv, cwd=cwd, env=env)
@@ -119,22 +127,50 @@ class RunManager:
         return run
 
     async def _resolve(self, request: RunRequest, run_id: str) -> Resolved:
-        if request.session_id is None:
-            return await self._new_session(run_id)
-        record = await self.store.find_by_claude_id(request.session_id)
-        if record is None:
-            raise NotFound(f"unknown session {request.session_id}")
-        if not await self.store.acquire(record.id, run_id=run_id, owner=self.owner):
-            raise Conflict(
-                f"session {request.session_id} is already running; wait for its run to end"
-            )
-        return Resolved(record.id, record.latest_claude_id, resume=True)
+        """Find (and lock) the session to resume, or create a new one.
 
-    async def _new_session(self, run_id: str) -> Resolved:
+        ``session_id`` resumes the conversation's *latest* Claude id, so any id the relay
+        ever returned continues the same conversation. ``resume_claude_id`` (set by the
+        compatible APIs) resumes exactly that id, optionally forking a branch from it.
+        """
+        wanted = request.resume_claude_id or request.session_id
+        if wanted is not None:
+            record = await self.store.find_by_claude_id(wanted)
+            if record is None:
+                raise NotFound(f"unknown session {wanted}")
+            await self._lock(record, run_id, wanted)
+            if request.resume_claude_id:
+                return Resolved(record.id, wanted, resume=True, fork=request.fork)
+            return Resolved(record.id, record.latest_claude_id, resume=True)
+        if request.conversation is not None:
+            record = await self.store.find_by_conversation(request.api_key_id, request.conversation)
+            if record is not None:
+                await self._lock(record, run_id, f"of conversation {request.conversation!r}")
+                return Resolved(record.id, record.latest_claude_id, resume=True)
+        return await self._new_session(request, run_id)
+
+    async def _lock(self, record: SessionRecord, run_id: str, name: str) -> None:
+        if not await self.store.acquire(record.id, run_id=run_id, owner=self.owner):
+            raise Conflict(f"session {name} is already running; wait for its run to end")
+
+    async def _new_session(self, request: RunRequest, run_id: str) -> Resolved:
         session_id, _path = self.workspaces.create()
         claude_id = str(uuid.uuid4())
+        conversation = (request.api_key_id, request.conversation) if request.conversation else None
         try:
-            await self.store.create_locked(session_id, claude_id, run_id=run_id, owner=self.owner)
+            await self.store.create_locked(
+                session_id,
+                claude_id,
+                run_id=run_id,
+                owner=self.owner,
+                title=title_of(request.prompt),
+                conversation=conversation,
+            )
+        except ConversationTaken:
+            self.workspaces.remove(session_id)
+            raise Conflict(
+                f"conversation {request.conversation!r} is already running; wait for its run to end"
+            ) from None
         except BaseException:
             self.workspaces.remove(session_id)
             raise

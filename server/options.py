@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadRequest, Forbidden, PayloadTooLarge
@@ -51,7 +51,13 @@ class RunRequest:
     include_partial_messages: bool = False
     detach: bool = False
     conversation: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Set by the server, never by a client's body:
+    api_key_id: str = "anonymous"
+    """Who is asking (a hash of their API key): conversation keys are scoped to it."""
+    resume_claude_id: str | None = None
+    """Resume exactly this Claude session id rather than the session's latest one."""
+    fork: bool = False
+    """With ``resume_claude_id``: branch into a new session id (``--fork-session``)."""
 
     @property
     def is_dangerous(self) -> bool:

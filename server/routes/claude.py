@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
 from litestar import Request, post
 from litestar.types import ASGIApp
 
+from ..auth import caller_id
 from ..errors import BadRequest
 from ..options import parse_run_request
 from ..streaming import run_stream
@@ -46,6 +48,7 @@ async def run_claude(request: Request[Any, Any, Any]) -> ASGIApp:
         max_prompt_bytes=settings.max_prompt_bytes,
         allow_dangerous=settings.allow_dangerous,
     )
+    run_request = dataclasses.replace(run_request, api_key_id=caller_id(request))
     run = await state.manager.start(run_request)
     return run_stream(
         run,

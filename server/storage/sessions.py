@@ -12,9 +12,14 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from .tables import ClaudeSessionId, Session
+from .tables import ClaudeSessionId, Conversation, Session
+
+
+class ConversationTaken(Exception):
+    """Two requests raced to start the same new conversation; the other one won."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,20 @@ class SessionStore:
         self._sessions = sessions
 
     async def create_locked(
-        self, session_id: str, claude_id: str, *, run_id: str, owner: str
+        self,
+        session_id: str,
+        claude_id: str,
+        *,
+        run_id: str,
+        owner: str,
+        title: str | None = None,
+        conversation: tuple[str, str] | None = None,
     ) -> SessionRecord:
-        """A new session, already locked by the run that creates it."""
+        """A new session, already locked by the run that creates it.
+
+        With ``conversation`` (api key id, key), the key is bound in the same transaction;
+        if another request bound it first, :class:`ConversationTaken` is raised.
+        """
         now = time.time()
         row = Session(
             id=session_id,
@@ -56,12 +72,34 @@ class SessionStore:
             last_used_at=now,
             active_run_id=run_id,
             active_owner=owner,
+            title=title,
         )
-        async with self._sessions.begin() as db:
-            db.add(row)
-            await db.flush()
-            db.add(ClaudeSessionId(claude_session_id=claude_id, session_id=session_id, seen_at=now))
+        try:
+            async with self._sessions.begin() as db:
+                db.add(row)
+                await db.flush()
+                db.add(
+                    ClaudeSessionId(claude_session_id=claude_id, session_id=session_id, seen_at=now)
+                )
+                if conversation is not None:
+                    api_key_id, key = conversation
+                    db.add(
+                        Conversation(
+                            api_key_id=api_key_id, key=key, session_id=session_id, created_at=now
+                        )
+                    )
+        except IntegrityError:
+            raise ConversationTaken(conversation) from None
         return _record(row)
+
+    async def find_by_conversation(self, api_key_id: str, key: str) -> SessionRecord | None:
+        async with self._sessions() as db:
+            row = await db.scalar(
+                select(Session)
+                .join(Conversation, Conversation.session_id == Session.id)
+                .where(Conversation.api_key_id == api_key_id, Conversation.key == key)
+            )
+            return _record(row) if row else None
 
     async def find_by_claude_id(self, claude_id: str) -> SessionRecord | None:
         async with self._sessions() as db:

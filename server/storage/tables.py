@@ -5,7 +5,17 @@ Times are Unix seconds (floats): easy to compare for timeouts and GC on any data
 
 from __future__ import annotations
 
-from sqlalchemy import Float, ForeignKey, Index, MetaData, String
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -38,6 +48,7 @@ class Session(Base):
     last_used_at: Mapped[float] = mapped_column(Float, index=True)
     active_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     active_owner: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    title: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class ClaudeSessionId(Base):
@@ -52,3 +63,73 @@ class ClaudeSessionId(Base):
     seen_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_claude_session_ids_session_id", "session_id"),)
+
+
+class Run(Base):
+    """One ``POST /api/claude`` (or compatible call): its outcome and where it ran."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    claude_session_id: Mapped[str] = mapped_column(String(36))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    owner: Mapped[str] = mapped_column(String(300))
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detached: Mapped[bool] = mapped_column(Boolean, default=False)
+    api_key_id: Mapped[str] = mapped_column(String(32))
+    prompt_head: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[float] = mapped_column(Float, index=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    is_error: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    num_turns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    usage: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RunEvent(Base):
+    """Every event a run relayed, by its sequence number, exactly as sent."""
+
+    __tablename__ = "run_events"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Conversation(Base):
+    """A client's own key for a conversation (e.g. a chat id), scoped to its API key."""
+
+    __tablename__ = "conversations"
+
+    api_key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Fingerprint(Base):
+    """OpenAI/Anthropic-style continuity: a hash of a conversation's messages so far, mapped
+    to the Claude session id whose transcript holds exactly that conversation."""
+
+    __tablename__ = "fingerprints"
+
+    api_key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    claude_session_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[float] = mapped_column(Float)

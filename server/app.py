@@ -16,8 +16,10 @@ from .auth import require_api_key
 from .config import Settings
 from .errors import EXCEPTION_HANDLERS
 from .manager import RunManager
+from .routes.anthropic import create_message
 from .routes.claude import run_claude
 from .routes.health import health
+from .routes.openai import chat_completions, get_model, list_models
 from .storage.database import create_engine, migrate, sessionmaker
 from .storage.sessions import SessionStore
 from .workspaces import Workspaces
@@ -50,7 +52,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
     return Litestar(
-        route_handlers=[run_claude, health],
+        route_handlers=[
+            run_claude,
+            health,
+            list_models,
+            get_model,
+            chat_completions,
+            create_message,
+        ],
         guards=[require_api_key],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[_lifespan(settings)],

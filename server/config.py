@@ -65,6 +65,44 @@ def parse_duration(raw: str) -> float:
     return seconds
 
 
+TOOL_DISPLAYS = ("none", "compact", "full")
+DEFAULT_MODELS = (
+    "claude-code,claude-code-sonnet=sonnet,claude-code-opus=opus,claude-code-haiku=haiku"
+)
+
+
+def _parse_tool_display(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in TOOL_DISPLAYS:
+        raise ValueError(f"expected one of {', '.join(TOOL_DISPLAYS)}, got {raw!r}")
+    return value
+
+
+class ModelMap(dict[str, str | None]):
+    """Public model id -> the CLI's ``--model`` value (None: the CLI's default).
+
+    Printed the way it is configured, so ``--help`` shows a usable default.
+    """
+
+    def __str__(self) -> str:
+        return ",".join(key if value is None else f"{key}={value}" for key, value in self.items())
+
+
+def parse_models(raw: str) -> ModelMap:
+    """``claude-code,claude-code-sonnet=sonnet``: ids for /v1/models, each with its CLI model."""
+    from .options import _MODEL as MODEL_PATTERN
+
+    models = ModelMap()
+    for item in _parse_list(raw):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not MODEL_PATTERN.fullmatch(key) or (sep and not MODEL_PATTERN.fullmatch(value)):
+            raise ValueError(f"expected id or id=cli-model (model-name characters), got {item!r}")
+        models[key] = value if sep else None
+    if not models:
+        raise ValueError("at least one model id is needed")
+    return models
+
+
 def _setting(default: Any, help: str, parse: Callable[[str], Any] | None = None, **kw: Any) -> Any:
     """A dataclass field that documents itself and knows how to read its env var."""
     metadata = {"help": help, "parse": parse}
@@ -142,6 +180,18 @@ class Settings:
         4096, "How much of the CLI's stderr is kept for error events.", int
     )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    openai_tools: str = _setting(
+        "compact",
+        "What the OpenAI/Anthropic-compatible endpoints show of Claude Code's tool use: none, "
+        "compact (one line per tool call) or full (each call's input and result).",
+        _parse_tool_display,
+    )
+    models: ModelMap = _setting(
+        lambda: parse_models(DEFAULT_MODELS),
+        "Model ids of the compatible endpoints, comma-separated: `id` runs the CLI's default "
+        "model, `id=name` passes --model=name (an alias such as sonnet, or a full model id).",
+        parse_models,
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

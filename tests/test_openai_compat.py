@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from tests.compat_support import dialogue, last_dialogue, started
 from tests.conftest import real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.support import Relay, parse_sse, start_relay, wait_until
@@ -58,28 +58,6 @@ def _fresh_api(fake_api: FakeAnthropicAPI) -> None:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def dialogue(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """What the CLI sent upstream, as (role, text): its own reminders and system text left out."""
-    turns = []
-    for message in body["messages"]:
-        if message["role"] not in ("user", "assistant"):
-            continue
-        content = message["content"]
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        text = "\n".join(
-            b["text"]
-            for b in blocks
-            if b.get("type") == "text" and not b["text"].startswith("<system")
-        )
-        if text:
-            turns.append((message["role"], text))
-    return turns
-
-
-def last_dialogue(api: FakeAnthropicAPI) -> list[tuple[str, str]]:
-    return dialogue(api.message_requests()[-1])
-
-
 def ask(client: openai.OpenAI, messages: list[dict[str, str]], **kw: Any) -> tuple[str, Any]:
     """One non-streaming turn: the reply and the response headers."""
     raw = client.chat.completions.with_raw_response.create(
@@ -87,13 +65,6 @@ def ask(client: openai.OpenAI, messages: list[dict[str, str]], **kw: Any) -> tup
     )
     completion = raw.parse()
     return completion.choices[0].message.content, raw.headers
-
-
-def started(relay: Relay, run_id: str) -> str:
-    """How the relay started a run: ``new`` or ``resume``, and from which Claude id."""
-    match = re.search(rf"run {run_id} started: session (\S+) \((\w+)\)", relay.log())
-    assert match, f"no start line for run {run_id}"
-    return f"{match.group(2)} {match.group(1)}"
 
 
 def user(text: str) -> dict[str, str]:

@@ -1,0 +1,723 @@
+"""
+title: Claude Code
+author: claude-relay
+version: 0.1.0
+license: MIT
+description: Claude Code as a model: one Claude Code session per chat, run by a claude-relay server.
+required_open_webui_version: 0.6.0
+"""
+
+# One self-contained file: paste it into Open WebUI (Admin -> Functions). It needs nothing
+# beyond what Open WebUI ships (httpx, pydantic) and keeps no state on the Pipe instance, which
+# Open WebUI shares across all users and requests. Everything is async: a blocking call here
+# would freeze the whole Open WebUI server.
+
+import contextlib
+import hashlib
+import html
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+PERMISSION_MODES = Literal["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"]
+MAX_CONVERSATION_CHARS = 256
+CONNECT_TIMEOUT = 15.0
+ERROR_MESSAGE_CHARS = 600
+
+Emitter = Callable[[dict[str, Any]], Awaitable[Any]] | None
+
+
+class Pipe:
+    class Valves(BaseModel):
+        RELAY_URL: str = Field(
+            default="http://localhost:8787",
+            description="Base URL of the claude-relay server (without /api/claude).",
+        )
+        RELAY_API_KEY: str = Field(
+            default="",
+            description="An API key of the relay (CLAUDE_RELAY_API_KEYS); empty if it has none.",
+            json_schema_extra={"input": {"type": "password"}},
+        )
+        MODELS: str = Field(
+            default="sonnet=Claude Code Sonnet,opus=Claude Code Opus,haiku=Claude Code Haiku",
+            description="Models to offer, comma-separated `model=Display name` (the model is "
+            "an alias or a full model id passed to the CLI's --model).",
+        )
+        PERMISSION_MODE: PERMISSION_MODES = Field(
+            default="acceptEdits",
+            description="Claude Code permission mode. acceptEdits: edit files in the chat's "
+            "workspace; default: read-only tools only; bypassPermissions needs the relay's "
+            "CLAUDE_RELAY_ALLOW_DANGEROUS=1.",
+        )
+        ALLOWED_TOOLS: str = Field(
+            default="",
+            description='Tools allowed without asking, comma-separated (e.g. "Bash(git *),Write").',
+        )
+        DISALLOWED_TOOLS: str = Field(
+            default="",
+            description='Tools Claude Code may never use, comma-separated (e.g. "WebFetch").',
+        )
+        SHOW_THINKING: bool = Field(
+            default=True, description="Show Claude's thinking in the reasoning display."
+        )
+        SHOW_TOOL_CALLS: bool = Field(
+            default=True, description="Show each tool call with its input and result."
+        )
+        TOOL_RESULT_MAX_CHARS: int = Field(
+            default=2000, description="Longest tool result shown; longer ones are truncated."
+        )
+        REQUEST_TIMEOUT: int = Field(
+            default=1800,
+            description="Seconds one answer may take in all; the run is then stopped.",
+        )
+        MAX_TURNS: int = Field(default=0, description="Most agent turns per message (0: no cap).")
+        APPEND_SYSTEM_PROMPT: str = Field(
+            default="", description="Extra instructions appended to Claude Code's system prompt."
+        )
+
+    class UserValves(BaseModel):
+        MODEL: str = Field(
+            default="",
+            description="Use this model instead of the chat's (one the admin offers, e.g. "
+            "opus); empty: the chat's model.",
+        )
+        SHOW_THINKING: bool = Field(default=True, description="Show Claude's thinking.")
+        SHOW_TOOL_CALLS: bool = Field(default=True, description="Show tool calls and results.")
+
+    def __init__(self) -> None:
+        self.valves = self.Valves()
+
+    def pipes(self) -> list[dict[str, str]]:
+        return [{"id": model, "name": name} for model, name in parse_models(self.valves.MODELS)]
+
+    async def pipe(
+        self,
+        body: dict[str, Any],
+        __user__: dict[str, Any] | None = None,
+        __metadata__: dict[str, Any] | None = None,
+        __event_emitter__: Emitter = None,
+        __task__: Any = None,
+        __task_body__: dict[str, Any] | None = None,
+        __chat_id__: str | None = None,
+    ) -> str | AsyncIterator[str]:
+        if __task__:
+            # Title, tags, follow-ups...: never start or resume the agent for these.
+            return answer_task(__task__, __task_body__, body)
+        # Copy the valves now: Open WebUI may swap them on the shared instance mid-stream.
+        valves = self.Valves(**self.valves.model_dump())
+        metadata = __metadata__ or {}
+        chat_id = metadata.get("chat_id") or __chat_id__ or body.get("chat_id")
+        return Reply(valves, body, __user__ or {}, chat_id, __event_emitter__).stream()
+
+
+# -- models, valves, conversation keys, prompts ------------------------------------------------
+
+
+def parse_models(spec: str) -> list[tuple[str, str]]:
+    """``"sonnet=Claude Code Sonnet, opus"`` -> ``[("sonnet", "Claude Code Sonnet"), ...]``."""
+    models = []
+    for entry in spec.split(","):
+        model, _, name = entry.partition("=")
+        model = model.strip()
+        if model:
+            models.append((model, name.strip() or f"Claude Code {model}"))
+    return models
+
+
+def split_list(spec: str) -> list[str]:
+    return [item.strip() for item in (spec or "").split(",") if item.strip()]
+
+
+def user_valve(user: dict[str, Any], name: str, default: Any) -> Any:
+    valves = user.get("valves")
+    if valves is None:
+        return default
+    if isinstance(valves, dict):
+        return valves.get(name, default)
+    return getattr(valves, name, default)
+
+
+def conversation_key(user: dict[str, Any], chat_id: str | None) -> str | None:
+    """The relay conversation for one Open WebUI chat, scoped to the chat's user.
+
+    The relay scopes keys per API key, and Open WebUI uses one key for everyone, so the user
+    id is part of the key: nobody can resume another user's session by naming their chat id.
+    """
+    if not chat_id:
+        return None
+    user_id = str(user.get("id") or "")
+    key = f"openwebui:{user_id}:{chat_id}" if user_id else f"openwebui:{chat_id}"
+    if len(key) > MAX_CONVERSATION_CHARS:
+        key = "openwebui:sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
+_RENDERED = re.compile(r"<details\b.*?</details>\s*|<think>.*?</think>\s*", re.S)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content or []:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text":
+            parts.append(str(part.get("text") or ""))
+        elif part.get("type") in ("image_url", "image", "input_image"):
+            parts.append("[an image was attached; this model only receives text]")
+    return "\n".join(parts)
+
+
+def build_prompt(messages: list[dict[str, Any]], resumable: bool) -> str:
+    """The newest user message; without a session to resume, the earlier turns too."""
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+    last = next((i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "user"), None)
+    if last is None:
+        return ""
+    newest = message_text(turns[last])
+    if resumable or last == 0:
+        return newest
+    history = []
+    for message in turns[:last]:
+        text = _RENDERED.sub("", message_text(message)).strip()
+        if text:
+            who = "User" if message["role"] == "user" else "Assistant"
+            history.append(f"{who}: {text}")
+    if not history:
+        return newest
+    return (
+        "The conversation so far:\n\n"
+        + "\n\n".join(history)
+        + "\n\nThe user's newest message, to answer now:\n\n"
+        + newest
+    )
+
+
+# -- background tasks ---------------------------------------------------------------------------
+
+
+def answer_task(task: Any, task_body: dict[str, Any] | None, body: dict[str, Any]) -> str:
+    """Cheap answers, in the JSON shape Open WebUI parses, for its background tasks."""
+    name = str(getattr(task, "value", task))
+    messages = (task_body or {}).get("messages") or []
+    if name == "title_generation":
+        return json.dumps({"title": chat_title(messages)}, ensure_ascii=False)
+    if name == "tags_generation":
+        return json.dumps({"tags": []})
+    if name == "follow_up_generation":
+        return json.dumps({"follow_ups": []})
+    if name == "query_generation":
+        return json.dumps({"queries": []})
+    if name == "autocomplete_generation":
+        return json.dumps({"text": ""})
+    if name == "function_calling":
+        return json.dumps({"tool_calls": []})
+    if name == "emoji_generation":
+        return "\U0001f916"
+    return ""
+
+
+def chat_title(messages: list[dict[str, Any]]) -> str:
+    first = next((message_text(m) for m in messages if m.get("role") == "user"), "")
+    line = next((ln.strip() for ln in first.splitlines() if ln.strip()), "")
+    line = re.sub(r"[#*_`>\[\]]+", " ", line)
+    line = " ".join(line.split())
+    if len(line) > 50:
+        line = line[:50].rsplit(" ", 1)[0] + "…"
+    return line or "Claude Code session"
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def attr(value: str) -> str:
+    """A value safe inside a double-quoted HTML attribute, on one line."""
+    return (
+        html.escape(value, quote=True)
+        .replace("\n", "&#10;")
+        .replace("\r", "&#13;")
+        .replace("\t", "&#9;")
+    )
+
+
+def tool_result_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "text":
+                parts.append(str(block.get("text") or ""))
+            elif isinstance(block, dict) and block.get("type") == "image":
+                parts.append("[image]")
+        return "\n".join(parts)
+    return "" if content is None else json.dumps(content, ensure_ascii=False)
+
+
+def tool_block(
+    tool_id: str, name: str, args: Any, result: str, *, is_error: bool, max_chars: int
+) -> str:
+    """Open WebUI's collapsible tool-call block; every attribute is escaped."""
+    max_chars = max(0, max_chars)
+    if len(result) > max_chars:
+        result = result[:max_chars] + f"\n… ({len(result) - max_chars} more characters)"
+    if is_error:
+        result = "Error: " + result
+    return (
+        f'<details type="tool_calls" done="true" id="{attr(tool_id)}" name="{attr(name)}" '
+        f'arguments="{attr(json.dumps(args, ensure_ascii=False))}" '
+        f'result="{attr(json.dumps(result, ensure_ascii=False))}" files="" embeds="">\n'
+        "<summary>Tool Executed</summary>\n</details>\n"
+    )
+
+
+def _short(text: Any, limit: int = 60) -> str:
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _file(args: dict[str, Any]) -> str:
+    path = str(args.get("file_path") or args.get("notebook_path") or args.get("path") or "")
+    return path.rstrip("/").rsplit("/", 1)[-1] or "a file"
+
+
+def tool_status(name: str, args: Any) -> str:
+    """What the status line says while a tool runs: "Running Bash: ls", "Editing app.py"."""
+    args = args if isinstance(args, dict) else {}
+    if name == "Bash":
+        command = str(args.get("command") or "").strip().splitlines()
+        return f"Running Bash: {_short(command[0] if command else '')}"
+    if name in ("Edit", "MultiEdit", "NotebookEdit"):
+        return f"Editing {_file(args)}"
+    if name == "Write":
+        return f"Writing {_file(args)}"
+    if name == "Read":
+        return f"Reading {_file(args)}"
+    if name == "Glob":
+        return f"Finding files: {_short(args.get('pattern'))}"
+    if name == "Grep":
+        return f"Searching for {_short(args.get('pattern'))}"
+    if name == "WebFetch":
+        return f"Fetching {_short(args.get('url'))}"
+    if name == "WebSearch":
+        return f"Searching the web: {_short(args.get('query'))}"
+    if name == "TodoWrite":
+        return "Updating the to-do list"
+    if name in ("Task", "Agent"):
+        return f"Running a subagent: {_short(args.get('description'))}"
+    return f"Using {name}"
+
+
+def error_text(message: str) -> str:
+    text = _short(message, ERROR_MESSAGE_CHARS)
+    return f"> ⚠️ **Claude Code:** {html.escape(text, quote=False)}\n"
+
+
+def http_error_message(status: int, message: str, url: str) -> str:
+    if status == 401:
+        return f"the relay refused the API key ({message}); check the RELAY_API_KEY valve."
+    if status == 409:
+        return (
+            "Claude Code is still working on an earlier message in this chat. Wait for it to "
+            "finish (or stop it), then send again."
+        )
+    if status == 429:
+        return "the relay is running as many Claude Code sessions as it allows; try again shortly."
+    if status == 403:
+        return f"the relay refused this request: {message}"
+    if status == 404 and message == "no such route":
+        return f"{url} is not a claude-relay endpoint; check the RELAY_URL valve."
+    if status == 413:
+        return f"the message is too large for the relay: {message}"
+    if status == 503:
+        return f"Claude Code is unavailable on the relay: {message}"
+    if status == 400:
+        return f"the relay rejected the request: {message}"
+    return f"the relay answered HTTP {status}: {message}"
+
+
+def result_error(result: dict[str, Any]) -> str | None:
+    subtype = result.get("subtype")
+    if subtype == "error_max_turns":
+        return f"stopped after {result.get('num_turns', 'the maximum')} turns (MAX_TURNS)."
+    if subtype == "error_max_budget_usd":
+        return "stopped: the run reached its budget."
+    if not result.get("is_error") and subtype in (None, "success"):
+        return None
+    errors = result.get("errors")
+    if isinstance(errors, list) and errors:
+        return "; ".join(str(e) for e in errors)
+    return str(result.get("result") or f"the run ended with {subtype or 'an error'}.")
+
+
+# -- one reply ----------------------------------------------------------------------------------
+
+
+class Reply:
+    """One answer: one relay request, rendered for Open WebUI. Lives for one call only."""
+
+    def __init__(
+        self,
+        valves: Any,
+        body: dict[str, Any],
+        user: dict[str, Any],
+        chat_id: str | None,
+        emitter: Emitter,
+    ) -> None:
+        self.valves = valves
+        self.body = body
+        self.user = user
+        self.conversation = conversation_key(user, chat_id)
+        self.emitter = emitter
+        self.show_thinking = bool(valves.SHOW_THINKING) and bool(
+            user_valve(user, "SHOW_THINKING", True)
+        )
+        self.show_tools = bool(valves.SHOW_TOOL_CALLS) and bool(
+            user_valve(user, "SHOW_TOOL_CALLS", True)
+        )
+        self.tail = ""  # last character sent, to put blocks on lines of their own
+        self.streamed: set[str] = set()  # ids of messages whose text came as deltas
+        self.blocks: dict[int, str] = {}  # open content blocks of the streamed message
+        self.tools: dict[str, tuple[str, Any]] = {}  # tool_use id -> (name, input)
+        self.finished = False  # a result or a relay error arrived
+        self.failed = False
+        self.status_closed = False  # a status with done: true was sent
+        self._pending_statuses: list[tuple[str, bool]] = []
+
+    # -- output helpers ----------------------------------------------------------------------
+
+    async def status(self, description: str, *, done: bool = False) -> None:
+        if self.emitter is None:
+            return
+        self.status_closed = done
+        try:
+            await self.emitter(
+                {"type": "status", "data": {"description": description, "done": done}}
+            )
+        except Exception:
+            log.warning("claude_code pipe: the event emitter failed", exc_info=True)
+
+    def text(self, out: list[str], chunk: str) -> None:
+        if chunk:
+            out.append(chunk)
+            self.tail = chunk[-1]
+
+    def block(self, out: list[str], chunk: str) -> None:
+        """A block-level element: on its own line, followed by a new line."""
+        if self.tail and self.tail != "\n":
+            self.text(out, "\n")
+        self.text(out, chunk if chunk.endswith("\n") else chunk + "\n")
+
+    def error(self, out: list[str], message: str) -> None:
+        self.failed = True
+        self.block(out, ("\n" if self.tail else "") + error_text(message))
+
+    # -- the request ---------------------------------------------------------------------------
+
+    def model(self) -> str:
+        offered = [model for model, _ in parse_models(self.valves.MODELS)]
+        if not offered:
+            raise ValueError("the MODELS valve lists no model")
+        chosen = str(user_valve(self.user, "MODEL", "") or "").strip()
+        if chosen:
+            if chosen not in offered:
+                raise ValueError(
+                    f"your MODEL setting {chosen!r} is not offered; choose one of "
+                    + ", ".join(offered)
+                )
+            return chosen
+        requested = str(self.body.get("model") or "")
+        sub = requested.split(".", 1)[1] if "." in requested else requested
+        if sub in offered:
+            return sub
+        if not requested or "." not in requested:
+            return offered[0]
+        raise ValueError(f"model {sub!r} is no longer offered; pick another model")
+
+    def payload(self) -> dict[str, Any]:
+        prompt = build_prompt(self.body.get("messages") or [], self.conversation is not None)
+        if not prompt.strip():
+            raise ValueError("the newest message has no text to send")
+        payload: dict[str, Any] = {
+            "prompt": prompt,
+            "model": self.model(),
+            "include_partial_messages": True,
+            "permission_mode": self.valves.PERMISSION_MODE,
+        }
+        if self.conversation:
+            payload["conversation"] = self.conversation
+        allowed, disallowed = (
+            split_list(self.valves.ALLOWED_TOOLS),
+            split_list(self.valves.DISALLOWED_TOOLS),
+        )
+        if allowed:
+            payload["allowedTools"] = allowed
+        if disallowed:
+            payload["disallowedTools"] = disallowed
+        if self.valves.MAX_TURNS and self.valves.MAX_TURNS > 0:
+            payload["max_turns"] = int(self.valves.MAX_TURNS)
+        if self.valves.APPEND_SYSTEM_PROMPT.strip():
+            payload["append_system_prompt"] = self.valves.APPEND_SYSTEM_PROMPT
+        return payload
+
+    async def stream(self) -> AsyncIterator[str]:
+        ended = False  # stays False when the consumer stops us (Stop button, disconnect)
+        try:
+            try:
+                payload = self.payload()
+            except ValueError as exc:
+                out: list[str] = []
+                self.error(out, str(exc))
+                ended = True
+                yield "".join(out)
+                return
+            await self.status("Starting Claude Code…")
+            async with contextlib.aclosing(self._relay(payload)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            ended = True
+        except Exception as exc:  # never a traceback in the chat
+            log.exception("claude_code pipe: unexpected error")
+            out = []
+            self.error(out, f"unexpected error in the pipe: {type(exc).__name__}: {exc}")
+            ended = True
+            yield "".join(out)
+        finally:
+            if not self.status_closed:
+                final = "Failed" if self.failed else "Done"
+                await self.status(final if ended else "Stopped", done=True)
+
+    async def _relay(self, payload: dict[str, Any]) -> AsyncIterator[str]:
+        url = self.valves.RELAY_URL.rstrip("/") + "/api/claude"
+        total = max(1, int(self.valves.REQUEST_TIMEOUT or 1))
+        deadline = time.monotonic() + total
+        headers = {"Accept": "text/event-stream"}
+        if self.valves.RELAY_API_KEY:
+            headers["Authorization"] = f"Bearer {self.valves.RELAY_API_KEY}"
+        timeout = httpx.Timeout(total, connect=CONNECT_TIMEOUT)
+        out: list[str] = []
+        try:
+            async with (
+                httpx.AsyncClient(timeout=timeout) as client,
+                client.stream("POST", url, json=payload, headers=headers) as response,
+            ):
+                if response.status_code != 200:
+                    self.error(out, await self._http_error(response, url))
+                    yield "".join(out)
+                    return
+                async with contextlib.aclosing(sse_events(response)) as events:
+                    async for event in events:
+                        self._on_event(event, out)
+                        for description, done in self._pending_statuses:
+                            await self.status(description, done=done)
+                        self._pending_statuses.clear()
+                        if out:
+                            yield "".join(out)
+                            out = []
+                        # Read on after the result: the relay closes the stream once the run has
+                        # ended, and closing it earlier would count as cancelling the run.
+                        if time.monotonic() > deadline and not self.finished:
+                            self.error(out, f"the answer took over {total} s (REQUEST_TIMEOUT).")
+                            yield "".join(out)
+                            return
+        except httpx.ConnectError:
+            out = []
+            self.error(
+                out,
+                f"cannot reach the relay at {self.valves.RELAY_URL}; is it running, "
+                "and is RELAY_URL right?",
+            )
+            yield "".join(out)
+            return
+        except httpx.TimeoutException:
+            out = []
+            self.error(out, f"the relay did not answer within {total} s (REQUEST_TIMEOUT).")
+            yield "".join(out)
+            return
+        except httpx.HTTPError as exc:
+            out = []
+            self.error(out, f"lost the connection to the relay ({type(exc).__name__}: {exc}).")
+            yield "".join(out)
+            return
+        if not self.finished:
+            self.error(out, "the relay closed the stream before Claude Code finished.")
+            yield "".join(out)
+
+    async def _http_error(self, response: httpx.Response, url: str) -> str:
+        raw = await response.aread()
+        try:
+            message = str(json.loads(raw)["error"])
+        except (ValueError, KeyError, TypeError):
+            message = raw.decode("utf-8", "replace").strip() or response.reason_phrase
+        return http_error_message(response.status_code, message, url)
+
+    # -- relay events --------------------------------------------------------------------------
+
+    def _queue_status(self, description: str, done: bool = False) -> None:
+        self._pending_statuses.append((description, done))
+
+    def _on_event(self, line: dict[str, Any], out: list[str]) -> None:
+        kind = line.get("type")
+        nested = bool(line.get("parent_tool_use_id"))  # a subagent's own messages
+        if kind == "stream_event" and not nested:
+            self._on_stream_event(line.get("event") or {}, out)
+        elif kind == "assistant":
+            self._on_assistant(line.get("message") or {}, out, nested)
+        elif kind == "user" and not nested:
+            self._on_user(line.get("message") or {}, out)
+        elif kind == "system":
+            self._on_system(line)
+        elif kind == "result":
+            self._on_result(line, out)
+        elif kind == "relay" and line.get("subtype") == "error":
+            if not self.failed:
+                self.error(out, str(line.get("message") or "the run failed"))
+            if not self.finished:
+                self._queue_status("Failed", True)
+            self.finished = True
+
+    def _on_stream_event(self, event: dict[str, Any], out: list[str]) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            message_id = (event.get("message") or {}).get("id")
+            if message_id:
+                self.streamed.add(message_id)
+            self.blocks = {}
+        elif kind == "content_block_start":
+            block = event.get("content_block") or {}
+            index = event.get("index", 0)
+            self.blocks[index] = block.get("type", "")
+            if block.get("type") == "thinking":
+                self._queue_status("Thinking…")
+                if self.show_thinking:
+                    self.block(out, "<think>")
+            elif block.get("type") == "tool_use":
+                self._queue_status(f"Calling {block.get('name', 'a tool')}…")
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                self.text(out, str(delta.get("text") or ""))
+            elif delta.get("type") == "thinking_delta" and self.show_thinking:
+                self.text(out, str(delta.get("thinking") or ""))
+        elif kind == "content_block_stop":
+            closed = self.blocks.pop(event.get("index", 0), None)
+            if closed == "thinking" and self.show_thinking:
+                self.block(out, "</think>\n\n")
+
+    def _on_assistant(self, message: dict[str, Any], out: list[str], nested: bool) -> None:
+        if message.get("model") == "<synthetic>":
+            return  # the CLI's own error text; the result line reports it
+        streamed = message.get("id") in self.streamed
+        for block in message.get("content") or []:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind == "tool_use":
+                name, args = str(block.get("name") or "tool"), block.get("input")
+                if not nested:
+                    self.tools[str(block.get("id") or "")] = (name, args)
+                self._queue_status(tool_status(name, args))
+            elif streamed or nested:
+                continue  # already shown token by token (or a subagent's inner text)
+            elif kind == "text":
+                self.text(out, str(block.get("text") or ""))
+            elif kind == "thinking" and self.show_thinking:
+                self.block(out, "<think>\n" + str(block.get("thinking") or "") + "\n</think>\n")
+
+    def _on_user(self, message: dict[str, Any], out: list[str]) -> None:
+        content = message.get("content")
+        if not isinstance(content, list):
+            return
+        for block in content:
+            if not isinstance(block, dict) or block.get("type") != "tool_result":
+                continue
+            tool_id = str(block.get("tool_use_id") or "")
+            name, args = self.tools.pop(tool_id, ("tool", {}))
+            if self.show_tools:
+                self.block(
+                    out,
+                    tool_block(
+                        tool_id,
+                        name,
+                        args,
+                        tool_result_text(block.get("content")),
+                        is_error=bool(block.get("is_error")),
+                        max_chars=int(self.valves.TOOL_RESULT_MAX_CHARS),
+                    ),
+                )
+            self._queue_status("Thinking…")
+
+    def _on_system(self, line: dict[str, Any]) -> None:
+        if line.get("subtype") == "api_retry":
+            attempt, limit = line.get("attempt"), line.get("max_retries")
+            where = f" ({attempt}/{limit})" if attempt and limit else ""
+            self._queue_status(f"The model API failed; retrying{where}…")
+
+    def _on_result(self, result: dict[str, Any], out: list[str]) -> None:
+        self.finished = True
+        for tool_id, (name, args) in list(self.tools.items()):
+            if self.show_tools:
+                self.block(
+                    out,
+                    tool_block(tool_id, name, args, "(no result)", is_error=True, max_chars=0),
+                )
+        self.tools.clear()
+        problem = result_error(result)
+        if problem:
+            self.error(out, problem)
+        denied = sorted(
+            {
+                str(d.get("tool_name"))
+                for d in result.get("permission_denials") or []
+                if isinstance(d, dict) and d.get("tool_name")
+            }
+        )
+        if denied:
+            self.block(
+                out,
+                f"\n_Claude Code was not allowed to use {', '.join(denied)}. An admin can "
+                "change PERMISSION_MODE or ALLOWED_TOOLS in this pipe's valves._\n",
+            )
+        turns = result.get("num_turns")
+        cost = result.get("total_cost_usd")
+        parts = ["Failed" if problem else "Done"]
+        if isinstance(turns, int):
+            parts.append(f"{turns} turn{'s' if turns != 1 else ''}")
+        if isinstance(cost, int | float):
+            parts.append(f"${cost:.4f}")
+        self._queue_status(" · ".join(parts), True)
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON payloads of a Server-Sent Events stream (comments and pings skipped)."""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line == "":
+            if data:
+                raw, data = "\n".join(data), []
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    yield event
+            continue
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        try:
+            event = json.loads("\n".join(data))
+        except ValueError:
+            return
+        if isinstance(event, dict):
+            yield event

@@ -1,0 +1,535 @@
+"""The Open WebUI pipe (openwebui_pipe/claude_code.py), driven the way Open WebUI drives it.
+
+The file is loaded from source into a fresh module (as Open WebUI's loader does), a ``Pipe()``
+is built, and ``pipe()`` is called with Open WebUI-shaped ``body``, ``__user__`` (with
+``UserValves``), ``__metadata__``, a recording ``__event_emitter__`` and ``__task__``. Unless a
+test says otherwise it talks to a live relay running the **real** Claude Code CLI against the
+fake Anthropic API: sessions, resume, partial messages, tool runs and the CLI's error lines are
+the CLI's own behaviour, which is what the pipe has to render.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import html
+import inspect
+import json
+import re
+import sys
+import types
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import real_cli_env
+from tests.fakes.anthropic_api import FakeAnthropicAPI
+from tests.support import ROOT, Relay, free_port, processes_with_marker, wait_until
+
+PIPE_FILE = ROOT / "openwebui_pipe" / "claude_code.py"
+FUNCTION_ID = "claude_code"
+TOOL_BLOCK = re.compile(r'<details type="tool_calls"[^>]*>\n<summary>Tool Executed</summary>\n')
+
+
+def load_pipe_module() -> types.ModuleType:
+    """Load the file the way Open WebUI does: its source exec'd into a new module."""
+    name = f"function_{FUNCTION_ID}_{uuid.uuid4().hex[:8]}"
+    module = types.ModuleType(name)
+    module.__file__ = str(PIPE_FILE)
+    sys.modules[name] = module
+    exec(compile(PIPE_FILE.read_text(), str(PIPE_FILE), "exec"), module.__dict__)
+    return module
+
+
+@pytest.fixture(scope="module")
+def owui() -> types.ModuleType:
+    return load_pipe_module()
+
+
+@dataclass
+class Call:
+    """What one ``pipe()`` call produced, in the order Open WebUI would have seen it."""
+
+    timeline: list[tuple[str, Any]] = field(default_factory=list)
+    returned: Any = None
+
+    @property
+    def chunks(self) -> list[str]:
+        return [value for kind, value in self.timeline if kind == "chunk"]
+
+    @property
+    def content(self) -> str:
+        return "".join(self.chunks)
+
+    @property
+    def statuses(self) -> list[dict[str, Any]]:
+        return [value["data"] for kind, value in self.timeline if kind == "event"]
+
+    def assert_status_closed(self) -> None:
+        """Status events end with exactly one ``done: true``, the last one."""
+        statuses = self.statuses
+        assert statuses, "no status events"
+        assert statuses[-1]["done"] is True, statuses
+        assert [s["done"] for s in statuses].count(True) == 1, statuses
+
+    def assert_readable_error(self, needle: str) -> None:
+        text = self.content
+        assert "Traceback" not in text
+        assert text.count("> ⚠️ **Claude Code:**") == 1, text
+        assert needle in text, text
+
+
+class OpenWebUI:
+    """Calls a pipe with the arguments Open WebUI passes to ``pipe()``."""
+
+    def __init__(self, module: types.ModuleType, relay_url: str, **valves: Any) -> None:
+        self.module = module
+        self.pipe = module.Pipe()
+        # Open WebUI sets the stored valves on the shared instance before each call. A stuck
+        # run fails the test (REQUEST_TIMEOUT) instead of hanging it.
+        valves.setdefault("REQUEST_TIMEOUT", 240)
+        self.pipe.valves = module.Pipe.Valves(RELAY_URL=relay_url, **valves)
+
+    def arguments(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        chat_id: str | None,
+        user_id: str = "user-1",
+        model: str = "sonnet",
+        user_valves: dict[str, Any] | None = None,
+        task: str | None = None,
+        task_body: dict[str, Any] | None = None,
+        call: Call,
+    ) -> dict[str, Any]:
+        body = {"stream": True, "model": f"{FUNCTION_ID}.{model}", "messages": messages}
+        metadata: dict[str, Any] = {"user_id": user_id}
+        if chat_id:
+            metadata.update(
+                chat_id=chat_id, message_id=str(uuid.uuid4()), session_id="socket-session"
+            )
+        if task:
+            metadata.update(task=task, task_body=task_body)
+            body["stream"] = False
+
+        async def emitter(event: dict[str, Any]) -> None:
+            call.timeline.append(("event", event))
+
+        return {
+            "body": body,
+            "__user__": {
+                "id": user_id,
+                "email": f"{user_id}@example.com",
+                "name": user_id,
+                "role": "user",
+                "valves": self.module.Pipe.UserValves(**(user_valves or {})),
+            },
+            "__metadata__": metadata,
+            # Open WebUI gives an emitter only to requests with chat, message and session ids.
+            "__event_emitter__": emitter if chat_id else None,
+            "__task__": task,
+            "__task_body__": task_body,
+            "__chat_id__": chat_id,
+        }
+
+    async def start(self, messages: list[dict[str, Any]] | str, **kw: Any) -> tuple[Call, Any]:
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        call = Call()
+        arguments = self.arguments(messages, call=call, **kw)
+        signature = inspect.signature(self.pipe.pipe)
+        # Like Open WebUI: only the parameters named in the signature are passed.
+        passed = {k: v for k, v in arguments.items() if k in signature.parameters}
+        call.returned = await self.pipe.pipe(**passed)
+        return call, call.returned
+
+    async def run(self, messages: list[dict[str, Any]] | str, **kw: Any) -> Call:
+        call, returned = await self.start(messages, **kw)
+        if isinstance(returned, str):
+            call.timeline.append(("chunk", returned))
+            return call
+
+        async def consume() -> None:
+            async for chunk in returned:
+                assert isinstance(chunk, str)
+                call.timeline.append(("chunk", chunk))
+
+        await asyncio.wait_for(consume(), 300)
+        return call
+
+
+def cli_processes(relay: Relay) -> list[psutil.Process]:
+    found = []
+    for proc in relay.children():
+        try:
+            if "claude" in " ".join(proc.cmdline()[:1]):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def runs_started(relay: Relay) -> list[str]:
+    return re.findall(r"run (\S+) started", relay.log())
+
+
+def chat() -> str:
+    return str(uuid.uuid4())
+
+
+# -- the file itself ----------------------------------------------------------------------------
+
+
+def test_the_file_is_a_self_contained_open_webui_function(owui: types.ModuleType) -> None:
+    """No CLI: checks the file's shape (frontmatter, imports, valves, models)."""
+    source = PIPE_FILE.read_text()
+    # Open WebUI reads the frontmatter only when the file's first line is the opening quotes.
+    lines = source.splitlines()
+    assert lines[0] == '"""'
+    header = lines[1 : lines.index('"""', 1)]
+    front = dict(line.split(": ", 1) for line in header)
+    for key in ("title", "author", "version", "description", "required_open_webui_version"):
+        assert front.get(key), key
+    assert "requirements" not in front  # nothing to install
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported - set(sys.stdlib_module_names) == {"httpx", "pydantic"}
+    assert inspect.iscoroutinefunction(owui.Pipe.pipe)
+
+    pipe = owui.Pipe()
+    assert [m["name"] for m in pipe.pipes()] == [
+        "Claude Code Sonnet",
+        "Claude Code Opus",
+        "Claude Code Haiku",
+    ]
+    pipe.valves = owui.Pipe.Valves(MODELS="opus=Deep, claude-haiku-4-5")
+    assert pipe.pipes() == [
+        {"id": "opus", "name": "Deep"},
+        {"id": "claude-haiku-4-5", "name": "Claude Code claude-haiku-4-5"},
+    ]
+    valves = set(owui.Pipe.Valves.model_fields)
+    assert {
+        "RELAY_URL",
+        "RELAY_API_KEY",
+        "MODELS",
+        "PERMISSION_MODE",
+        "ALLOWED_TOOLS",
+        "DISALLOWED_TOOLS",
+        "SHOW_THINKING",
+        "SHOW_TOOL_CALLS",
+        "REQUEST_TIMEOUT",
+    } <= valves
+    assert {"MODEL", "SHOW_THINKING", "SHOW_TOOL_CALLS"} <= set(owui.Pipe.UserValves.model_fields)
+    # No per-request state on the shared instance.
+    assert set(vars(pipe)) == {"valves"}
+
+
+def test_open_webui_own_loader_accepts_the_file() -> None:
+    """No CLI: loads the file through Open WebUI's loader, when open-webui is installed."""
+    plugin = pytest.importorskip(
+        "open_webui.utils.plugin", reason="open-webui is not installed (several GB; not in CI)"
+    )
+    loaded = plugin.load_function_module_by_id(FUNCTION_ID, content=PIPE_FILE.read_text())
+    if inspect.isawaitable(loaded):
+        loaded = asyncio.get_event_loop().run_until_complete(loaded)
+    instance, kind, frontmatter = loaded
+    assert kind == "pipe"
+    assert frontmatter["title"] == "Claude Code"
+    assert len(instance.pipes()) == 3
+
+
+# -- chats ------------------------------------------------------------------------------------
+
+
+async def test_text_streams_token_by_token(owui, real_relay: Relay) -> None:
+    """Real CLI: partial messages are the CLI's own --include-partial-messages output."""
+    ui = OpenWebUI(owui, real_relay.url)
+    call, stream = await ui.start("[[slow:6:0.3]] count slowly", chat_id=chat())
+    cli_alive_at_first_chunk = None
+    async for chunk in stream:
+        if cli_alive_at_first_chunk is None:
+            cli_alive_at_first_chunk = bool(cli_processes(real_relay))
+        call.timeline.append(("chunk", chunk))
+
+    assert call.content == "reply #1 to: count slowly"
+    assert len(call.chunks) >= 5  # one per streamed delta, not one block at the end
+    # The first piece reached Open WebUI while the CLI was still running, before the final status.
+    assert cli_alive_at_first_chunk is True
+    kinds = [kind for kind, _ in call.timeline]
+    assert kinds.index("chunk") < len(kinds) - 1 - kinds[::-1].index("event")
+    assert call.statuses[0]["description"] == "Starting Claude Code…"
+    final = call.statuses[-1]["description"]
+    assert final.startswith("Done · 1 turn · $"), final
+    call.assert_status_closed()
+
+
+async def test_one_chat_is_one_session_and_only_the_newest_message_is_sent(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI
+) -> None:
+    """Real CLI: resuming is the CLI's --resume of the session the relay keeps per chat."""
+    ui = OpenWebUI(owui, real_relay.url)
+    chat_id = chat()
+    first = await ui.run("hello there", chat_id=chat_id)
+    assert first.content == "reply #1 to: hello there"
+
+    fake_api.clear()
+    history = [
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [{"type": "text", "text": "and again"}]},
+    ]
+    second = await ui.run(history, chat_id=chat_id)
+    assert second.content == "reply #2 to: and again"
+    # The CLI sent the stored conversation; the pipe sent only the newest message as prompt.
+    sent = fake_api.message_requests()[-1]["messages"]
+    user_texts = [json.dumps(m["content"]) for m in sent if m["role"] == "user"]
+    assert "hello there" in user_texts[0] and "and again" in user_texts[-1]
+    assert "hello there" not in user_texts[-1]
+    second.assert_status_closed()
+
+    # Another chat, and the same chat id for another user, are sessions of their own.
+    other_chat = await ui.run("hello there", chat_id=chat())
+    assert other_chat.content == "reply #1 to: hello there"
+    other_user = await ui.run("hello there", chat_id=chat_id, user_id="user-2")
+    assert other_user.content == "reply #1 to: hello there"
+
+
+async def test_without_a_chat_id_each_call_is_a_new_session(owui, real_relay: Relay) -> None:
+    """Real CLI: direct API use (no chat id, no event emitter) starts a new session each time."""
+    ui = OpenWebUI(owui, real_relay.url)
+    assert (await ui.run("solo", chat_id=None)).content == "reply #1 to: solo"
+    assert (await ui.run("solo", chat_id=None)).content == "reply #1 to: solo"
+    # With no session to resume, the earlier turns travel in the prompt.
+    history = [
+        {"role": "user", "content": "my name is Ada"},
+        {"role": "assistant", "content": "<think>\nhm\n</think>\nHello Ada"},
+        {"role": "user", "content": "what is my name?"},
+    ]
+    answer = (await ui.run(history, chat_id=None)).content
+    assert answer.startswith("reply #1 to: The conversation so far:")
+    assert "User: my name is Ada" in answer and "Assistant: Hello Ada" in answer
+    assert "<think>" not in answer and answer.endswith("what is my name?")
+
+
+async def test_background_tasks_never_start_the_agent(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI
+) -> None:
+    """Real CLI: proves no CLI is spawned for tasks, and the chat's session is not resumed."""
+    ui = OpenWebUI(owui, real_relay.url)
+    chat_id = chat()
+    await ui.run("fix the **login** bug in app.py please", chat_id=chat_id)
+    runs_before, requests_before = len(runs_started(real_relay)), len(fake_api.requests)
+
+    task_body = {
+        "model": f"{FUNCTION_ID}.sonnet",
+        "chat_id": chat_id,
+        "messages": [
+            {"role": "user", "content": "fix the **login** bug in app.py please"},
+            {"role": "assistant", "content": "reply #1 to: ..."},
+        ],
+    }
+    prompt = [{"role": "user", "content": "### Task:\nGenerate a concise title...<chat_history>"}]
+    answers = {}
+    for task in ("title_generation", "tags_generation", "follow_up_generation"):
+        call = await ui.run(prompt, chat_id=chat_id, task=task, task_body=task_body)
+        assert isinstance(call.returned, str)  # Open WebUI wraps a string as the completion
+        answers[task] = json.loads(call.returned)
+        assert not call.statuses
+    assert answers["title_generation"] == {"title": "fix the login bug in app.py please"}
+    assert answers["tags_generation"] == {"tags": []}
+    assert answers["follow_up_generation"] == {"follow_ups": []}
+    assert json.loads((await ui.run(prompt, chat_id=None, task="query_generation")).returned) == {
+        "queries": []
+    }
+
+    assert len(runs_started(real_relay)) == runs_before
+    assert len(fake_api.requests) == requests_before
+    # The next real message continues the chat as its second turn: no task slipped in.
+    after = await ui.run("next", chat_id=chat_id)
+    assert after.content == "reply #2 to: next"
+
+
+async def test_a_tool_call_renders_as_an_escaped_block(owui, real_relay: Relay) -> None:
+    """Real CLI: the Bash tool really runs in the workspace and its output is the CLI's."""
+    ui = OpenWebUI(owui, real_relay.url, PERMISSION_MODE="default")
+    command = "printf '\"<b>x</b>\\n<img src=x onerror=alert(1)>&amp;'"
+    prompt = "[[tool:Bash:" + json.dumps({"command": command}) + "]] show me"
+    call = await ui.run(prompt, chat_id=chat())
+    content = call.content
+
+    (block,) = TOOL_BLOCK.findall(content)
+    tag = block.split("\n", 1)[0]
+    # Nothing from the tool can leave the attribute values: one tag, one line, no raw markup.
+    assert tag.count("<") == 1 and tag.count(">") == 1 and "\n" not in tag
+    attributes = dict(re.findall(r' (\w+)="([^"]*)"', tag))
+    assert set(attributes) >= {"type", "done", "id", "name", "arguments", "result"}
+    assert attributes["name"] == "Bash"
+    assert json.loads(html.unescape(attributes["arguments"])) == {"command": command}
+    output = '"<b>x</b>\n<img src=x onerror=alert(1)>&amp;'
+    assert json.loads(html.unescape(attributes["result"])) == output
+    # The block stands on its own lines, and the model's follow-up comes after it.
+    assert content.index(block) < content.index("tool result:")
+    assert "\n" + block in "\n" + content
+    assert any(s["description"].startswith("Running Bash: printf") for s in call.statuses)
+    assert call.statuses[-1]["description"].startswith("Done · 2 turns")
+    call.assert_status_closed()
+
+    hidden = await ui.run(prompt, chat_id=chat(), user_valves={"SHOW_TOOL_CALLS": False})
+    assert "<details" not in hidden.content
+    assert "tool result:" in hidden.content
+
+
+async def test_long_tool_results_are_truncated(owui, real_relay: Relay) -> None:
+    """Real CLI: a real Bash run producing long output."""
+    ui = OpenWebUI(owui, real_relay.url, PERMISSION_MODE="default", TOOL_RESULT_MAX_CHARS=50)
+    prompt = '[[tool:Bash:{"command":"seq 1 500"}]] count'
+    call = await ui.run(prompt, chat_id=chat())
+    (block,) = TOOL_BLOCK.findall(call.content)
+    result = json.loads(html.unescape(dict(re.findall(r' (\w+)="([^"]*)"', block))["result"]))
+    assert result.startswith("1\n2\n3\n")
+    assert result.endswith("more characters)") and len(result) < 120
+
+
+async def test_thinking_renders_in_think_tags(owui, real_relay: Relay) -> None:
+    """Real CLI: the thinking block arrives through the CLI's partial messages."""
+    ui = OpenWebUI(owui, real_relay.url)
+    prompt = "[[think:weighing the options]] [[slow:3:0.1]] decide"
+    call = await ui.run(prompt, chat_id=chat())
+    assert call.content == "<think>\nweighing the options\n</think>\n\nreply #1 to: decide"
+    assert any(s["description"] == "Thinking…" for s in call.statuses)
+    call.assert_status_closed()
+
+    hidden = await ui.run(prompt, chat_id=chat(), user_valves={"SHOW_THINKING": False})
+    assert hidden.content == "reply #1 to: decide"
+    admin_off = OpenWebUI(owui, real_relay.url, SHOW_THINKING=False)
+    assert (await admin_off.run(prompt, chat_id=chat())).content == "reply #1 to: decide"
+
+
+@pytest.mark.parametrize("how", ["cancel", "aclose"])
+async def test_stopping_the_consumer_stops_the_run_on_the_relay(
+    owui, real_relay: Relay, how: str
+) -> None:
+    """Real CLI: the run's processes are real CLI processes that must go away."""
+    ui = OpenWebUI(owui, real_relay.url)
+    chat_id = chat()
+    call, stream = await ui.start("[[slow:60:0.5]] tell a very long story", chat_id=chat_id)
+    first_chunk = asyncio.Event()
+
+    async def consume() -> None:
+        async for chunk in stream:
+            call.timeline.append(("chunk", chunk))
+            first_chunk.set()
+
+    if how == "cancel":  # Open WebUI's Stop button cancels the task reading the pipe
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(first_chunk.wait(), 120)
+        (run_id,) = runs_started(real_relay)
+        assert processes_with_marker(run_id)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:  # a consumer that just stops reading and closes the generator
+        call.timeline.append(("chunk", await anext(stream)))
+        (run_id,) = runs_started(real_relay)
+        assert processes_with_marker(run_id)
+        await stream.aclose()
+
+    assert wait_until(lambda: not processes_with_marker(run_id), timeout=30)
+    assert wait_until(lambda: f"run {run_id} ended: cancelled" in real_relay.log(), timeout=30)
+    assert call.statuses[-1] == {"description": "Stopped", "done": True}
+    call.assert_status_closed()
+    # The chat is usable again at once: the session lock was released.
+    again = await ui.run("[[say:still here]]", chat_id=chat_id)
+    assert again.content == "still here"
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+async def test_relay_down_is_a_readable_message(owui) -> None:
+    """No CLI: nothing listens at the relay URL."""
+    ui = OpenWebUI(owui, f"http://127.0.0.1:{free_port()}")
+    call = await ui.run("hello", chat_id=chat())
+    call.assert_readable_error("cannot reach the relay at http://127.0.0.1:")
+    assert call.statuses[-1] == {"description": "Failed", "done": True}
+    call.assert_status_closed()
+
+
+async def test_wrong_api_key_is_a_readable_message(
+    owui, relay_factory, real_cli: Path, fake_api: FakeAnthropicAPI
+) -> None:
+    """Real CLI relay with API keys on; the key check happens before any CLI starts."""
+    relay = relay_factory(claude_bin=real_cli, env=real_cli_env(fake_api), api_key="right-key")
+    wrong = await OpenWebUI(owui, relay.url, RELAY_API_KEY="wrong-key").run("hi", chat_id=chat())
+    wrong.assert_readable_error("the relay refused the API key (invalid API key)")
+    wrong.assert_status_closed()
+    right = await OpenWebUI(owui, relay.url, RELAY_API_KEY="right-key").run("hi", chat_id=chat())
+    assert right.content == "reply #1 to: hi"
+
+
+async def test_a_busy_session_is_a_readable_message(owui, real_relay: Relay) -> None:
+    """Real CLI: the first message's CLI run holds the chat's session while the second arrives."""
+    ui = OpenWebUI(owui, real_relay.url)
+    chat_id = chat()
+    first, stream = await ui.start("[[slow:60:0.5]] take your time", chat_id=chat_id)
+    first_chunk = asyncio.Event()
+
+    async def consume() -> None:
+        async for chunk in stream:
+            first.timeline.append(("chunk", chunk))
+            first_chunk.set()
+
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.wait_for(first_chunk.wait(), 120)
+        busy = await ui.run("are you there?", chat_id=chat_id)
+        busy.assert_readable_error("still working on an earlier message in this chat")
+        busy.assert_status_closed()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_cli_errors_are_a_readable_message(
+    owui, relay_factory, real_cli: Path, fake_api: FakeAnthropicAPI
+) -> None:
+    """Real CLI: the API failure, the CLI's error result and its exit code are the CLI's own."""
+    relay = relay_factory(claude_bin=real_cli, env=real_cli_env(fake_api))
+    ui = OpenWebUI(owui, relay.url)
+    call = await ui.run("[[status:500]] break", chat_id=chat())
+    call.assert_readable_error("500")
+    assert call.statuses[-1]["description"].startswith("Failed")
+    call.assert_status_closed()
+
+
+@pytest.mark.parametrize(
+    ("valves", "user_valves", "needle"),
+    [
+        (
+            {"PERMISSION_MODE": "bypassPermissions"},
+            {},
+            "the relay refused this request: permission_mode bypassPermissions is refused",
+        ),
+        ({"MODELS": "bad model!=Broken"}, {}, "the relay rejected the request: `model`"),
+        ({}, {"MODEL": "gpt-4"}, "your MODEL setting 'gpt-4' is not offered"),
+    ],
+)
+async def test_refused_requests_are_a_readable_message(
+    owui, real_relay: Relay, valves, user_valves, needle
+) -> None:
+    """Real CLI relay: these are refused before any CLI run starts, by the relay or the pipe."""
+    ui = OpenWebUI(owui, real_relay.url, **valves)
+    model = "bad model!" if "MODELS" in valves else "sonnet"
+    call = await ui.run("hello", chat_id=chat(), model=model, user_valves=user_valves)
+    call.assert_readable_error(needle)
+    call.assert_status_closed()
+    assert not runs_started(real_relay)

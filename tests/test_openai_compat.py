@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,6 +237,16 @@ def test_client_disconnect_cancels_the_run(relay: Relay) -> None:
         for line in response.iter_lines():
             if '"content":"r' in line:
                 break
+    assert wait_until(lambda: f"run {run_id} ended: cancelled" in relay.log(), timeout=30)
+
+
+def test_client_disconnect_cancels_a_non_streaming_run(relay: Relay) -> None:
+    before = relay.log().count("chat turn (new)")
+    body = {"model": "claude-code", "messages": [user("patient [[slow:30:1]]")]}
+    with relay.client(timeout=4) as http, pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/chat/completions", json=body)
+    assert wait_until(lambda: relay.log().count("chat turn (new)") > before)
+    run_id = re.findall(r"run (\S+): chat turn \(new\)", relay.log())[-1]
     assert wait_until(lambda: f"run {run_id} ended: cancelled" in relay.log(), timeout=30)
 
 

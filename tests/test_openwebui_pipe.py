@@ -387,6 +387,20 @@ async def test_a_tool_call_renders_as_an_escaped_block(owui, real_relay: Relay) 
     assert "tool result:" in hidden.content
 
 
+async def test_denied_tools_are_named_under_the_answer(owui, real_relay: Relay) -> None:
+    """Real CLI: the denial is the CLI's own permission check in the default mode."""
+    ui = OpenWebUI(owui, real_relay.url, PERMISSION_MODE="default")
+    prompt = '[[tool:Write:{"file_path":"notes.txt","content":"hi"}]] save it'
+    call = await ui.run(prompt, chat_id=chat())
+    (block,) = TOOL_BLOCK.findall(call.content)
+    attributes = dict(re.findall(r' (\w+)="([^"]*)"', block))
+    assert attributes["name"] == "Write"
+    assert json.loads(html.unescape(attributes["result"])).startswith("Error: ")
+    assert {"description": "Writing notes.txt", "done": False} in call.statuses
+    assert "_Claude Code was not allowed to use Write." in call.content
+    call.assert_status_closed()
+
+
 async def test_long_tool_results_are_truncated(owui, real_relay: Relay) -> None:
     """Real CLI: a real Bash run producing long output."""
     ui = OpenWebUI(owui, real_relay.url, PERMISSION_MODE="default", TOOL_RESULT_MAX_CHARS=50)

@@ -161,5 +161,6 @@ async def test_fingerprints_go_with_their_session(stores) -> None:
     sessions, fingerprints = stores
     session_id = await _session(stores, "c1")
     await fingerprints.remember("k1", "f" * 64, session_id=session_id, claude_session_id="c1")
+    await sessions.release(session_id, run_id="r")
     await sessions.delete(session_id)
     assert await fingerprints.find("k1", "f" * 64) is None

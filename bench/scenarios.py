@@ -1,0 +1,707 @@
+"""The scenarios. Each takes the run's :class:`Plan` and a scratch folder and returns its figures.
+
+A scenario returns ``{"figures": {...}, "targets": [...], "errors": N, "notes": [...]}``;
+figures are :func:`bench.core.summary` dicts so every number carries its median and spread.
+Relay and baseline repetitions alternate, so drift on a shared machine hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tests.support import real_cli_path
+
+from .core import (
+    CLI_ARGS,
+    Outcome,
+    ProcessSampler,
+    async_client,
+    cpu_clock,
+    direct_run,
+    make_fake,
+    percentile,
+    ratios,
+    relay_process,
+    relay_run,
+    summary,
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big and how often: ``quick`` for a smoke run, ``full`` for real figures."""
+
+    mode: str
+    throughput_cases: tuple[tuple[str, int, int], ...]  # (name, lines, size)
+    throughput_reps: int
+    latency_concurrency: tuple[int, ...]
+    latency_lines: int
+    latency_interval: float
+    latency_reps: int
+    start_reps: int
+    many_streams: int
+    many_seconds: int
+    real_cli_reps: int
+    sessions: int
+    session_lookups: int
+    persist_lines: int
+    persist_reps: int
+
+
+QUICK = Plan(
+    mode="quick",
+    throughput_cases=(("1KB", 5_000, 1_000), ("100KB", 100, 100_000), ("5MB", 2, 5_000_000)),
+    throughput_reps=2,
+    latency_concurrency=(1, 10, 50),
+    latency_lines=40,
+    latency_interval=0.02,
+    latency_reps=1,
+    start_reps=6,
+    many_streams=30,
+    many_seconds=5,
+    real_cli_reps=1,
+    sessions=100_000,
+    session_lookups=500,
+    persist_lines=5_000,
+    persist_reps=2,
+)
+
+FULL = Plan(
+    mode="full",
+    throughput_cases=(("1KB", 50_000, 1_000), ("100KB", 500, 100_000), ("5MB", 5, 5_000_000)),
+    throughput_reps=5,
+    latency_concurrency=(1, 10, 50),
+    latency_lines=200,
+    latency_interval=0.02,
+    latency_reps=3,
+    start_reps=30,
+    many_streams=100,
+    many_seconds=30,
+    real_cli_reps=5,
+    sessions=100_000,
+    session_lookups=5_000,
+    persist_lines=50_000,
+    persist_reps=5,
+)
+
+PLANS = {"quick": QUICK, "full": FULL}
+
+
+def target(name: str, value: float, limit: float, unit: str, *, at_most: bool) -> dict[str, Any]:
+    met = value <= limit if at_most else value >= limit
+    sign = "<=" if at_most else ">="
+    return {
+        "target": name,
+        "value": value,
+        "unit": unit,
+        "limit": f"{sign} {limit:g}",
+        "met": bool(met) if value == value else False,
+    }
+
+
+def _errors(outcomes: list[Outcome]) -> tuple[int, list[str]]:
+    count = sum(o.checker.error_count for o in outcomes)
+    messages = [m for o in outcomes for m in o.checker.errors][:5]
+    return count, messages
+
+
+# -- 1. throughput ---------------------------------------------------------------------------
+
+
+async def _throughput_pair(
+    relay_client: Any, fake: Any, lines: int, size: int, reps: int, relay_pid: int
+) -> dict[str, Any]:
+    """Alternate relay and direct runs of one case; per-rep figures and the relay's CPU."""
+    import psutil
+
+    script = {"lines": lines, "size": size}
+    relay_proc = psutil.Process(relay_pid)
+    rows: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "relay_mb_s",
+            "direct_mb_s",
+            "relay_lines_s",
+            "direct_lines_s",
+            "relay_cpu_s",
+            "client_cpu_relay_s",
+            "client_cpu_direct_s",
+        )
+    }
+    outcomes: list[Outcome] = []
+    for rep in range(reps):
+        order = ("relay", "direct") if rep % 2 == 0 else ("direct", "relay")
+        for side in order:
+            gc.collect()
+            if side == "relay":
+                before = sum(relay_proc.cpu_times()[:2])
+                with cpu_clock() as clock:
+                    out = await relay_run(relay_client, script, lines)
+                rows["relay_cpu_s"].append(sum(relay_proc.cpu_times()[:2]) - before)
+                rows["client_cpu_relay_s"].append(clock["cpu"])
+            else:
+                with cpu_clock() as clock:
+                    out = await direct_run(fake.bin, script, lines, fake.cwd, fake.env)
+                rows["client_cpu_direct_s"].append(clock["cpu"])
+            outcomes.append(out)
+            rows[f"{side}_mb_s"].append(out.checker.bytes / 1e6 / out.elapsed)
+            rows[f"{side}_lines_s"].append(out.checker.lines / out.elapsed)
+    errors, messages = _errors(outcomes)
+    figures = {
+        "relay_MB_per_s": summary(rows["relay_mb_s"], "MB/s"),
+        "direct_MB_per_s": summary(rows["direct_mb_s"], "MB/s"),
+        "relay_lines_per_s": summary(rows["relay_lines_s"], "lines/s"),
+        "direct_lines_per_s": summary(rows["direct_lines_s"], "lines/s"),
+        "ratio_relay_to_direct": summary(ratios(rows["relay_mb_s"], rows["direct_mb_s"]), "x"),
+        "relay_cpu_s_per_run": summary(rows["relay_cpu_s"], "s"),
+        "client_cpu_s_per_run_relay": summary(rows["client_cpu_relay_s"], "s"),
+        "client_cpu_s_per_run_direct": summary(rows["client_cpu_direct_s"], "s"),
+    }
+    return {"figures": figures, "errors": errors, "error_messages": messages}
+
+
+async def throughput(plan: Plan, folder: Path) -> dict[str, Any]:
+    fake = make_fake(folder)
+    result: dict[str, Any] = {"figures": {}, "targets": [], "errors": 0, "notes": []}
+    with relay_process(folder / "relay", fake.bin) as relay:
+        async with async_client(relay) as client:
+            await relay_run(client, {"lines": 10}, 10)  # warm-up
+            for name, lines, size in plan.throughput_cases:
+                case = await _throughput_pair(
+                    client, fake, lines, size, plan.throughput_reps, relay.pid
+                )
+                for key, value in case["figures"].items():
+                    result["figures"][f"{name} {key}"] = value
+                result["errors"] += case["errors"]
+                result["notes"] += case["error_messages"]
+                result["figures"][f"{name} case"] = {"lines": lines, "size": size}
+    figures = result["figures"]
+    result["targets"] = [
+        target(
+            "throughput 1 KB lines vs direct reader",
+            figures["1KB ratio_relay_to_direct"]["median"],
+            0.5,
+            "x",
+            at_most=False,
+        ),
+        target(
+            "throughput 100 KB lines vs direct reader",
+            figures["100KB ratio_relay_to_direct"]["median"],
+            0.8,
+            "x",
+            at_most=False,
+        ),
+        target("throughput: lost/duplicated/split lines", result["errors"], 0, "", at_most=True),
+    ]
+    return result
+
+
+# -- 2. added latency per line ---------------------------------------------------------------
+
+
+async def latency(plan: Plan, folder: Path) -> dict[str, Any]:
+    fake = make_fake(folder)
+    script = {"lines": plan.latency_lines, "stamp": True, "interval": plan.latency_interval}
+    result: dict[str, Any] = {"figures": {}, "targets": [], "errors": 0, "notes": []}
+    with relay_process(folder / "relay", fake.bin) as relay:
+        async with async_client(relay) as client:
+            await relay_run(client, {"lines": 10}, 10)
+            for n in plan.latency_concurrency:
+                pooled: dict[str, list[float]] = {"relay": [], "direct": []}
+                per_rep: dict[str, list[float]] = {"relay": [], "direct": []}
+                outcomes: list[Outcome] = []
+                for rep in range(plan.latency_reps):
+                    order = ("relay", "direct") if rep % 2 == 0 else ("direct", "relay")
+                    for side in order:
+                        if side == "relay":
+                            runs = [relay_run(client, script, plan.latency_lines) for _ in range(n)]
+                        else:
+                            runs = [
+                                direct_run(fake.bin, script, plan.latency_lines, fake.cwd, fake.env)
+                                for _ in range(n)
+                            ]
+                        outs = await asyncio.gather(*runs)
+                        outcomes += outs
+                        samples = [x * 1000 for o in outs for x in o.checker.latencies]
+                        pooled[side] += samples
+                        per_rep[side].append(percentile(samples, 99))
+                errors, messages = _errors(outcomes)
+                result["errors"] += errors
+                result["notes"] += messages
+                for side in ("relay", "direct"):
+                    values = pooled[side]
+                    result["figures"][f"{n} streams {side} latency"] = {
+                        "unit": "ms",
+                        "n": len(values),
+                        "p50": percentile(values, 50),
+                        "p99": percentile(values, 99),
+                        "max": max(values) if values else float("nan"),
+                        "p99_per_rep": summary(per_rep[side], "ms"),
+                    }
+                relay_fig = result["figures"][f"{n} streams relay latency"]
+                direct_fig = result["figures"][f"{n} streams direct latency"]
+                result["figures"][f"{n} streams added latency (relay - direct)"] = {
+                    "unit": "ms",
+                    "p50": relay_fig["p50"] - direct_fig["p50"],
+                    "p99": relay_fig["p99"] - direct_fig["p99"],
+                }
+    top = max(plan.latency_concurrency)
+    result["targets"] = [
+        target(
+            f"added per-line latency p99 at {top} streams (received - sent, through the relay)",
+            result["figures"][f"{top} streams relay latency"]["p99"],
+            5,
+            "ms",
+            at_most=True,
+        ),
+        target("latency: lost/duplicated/split lines", result["errors"], 0, "", at_most=True),
+    ]
+    return result
+
+
+# -- 3. start overhead -----------------------------------------------------------------------
+
+
+async def start_overhead(plan: Plan, folder: Path) -> dict[str, Any]:
+    fake = make_fake(folder)
+    script = {"lines": 1}
+    relay_ttfb: list[float] = []
+    direct_ttfb: list[float] = []
+    outcomes: list[Outcome] = []
+    with relay_process(folder / "relay", fake.bin) as relay:
+        async with async_client(relay) as client:
+            for _ in range(3):
+                await relay_run(client, script, 1)
+                await direct_run(fake.bin, script, 1, fake.cwd, fake.env)
+            for rep in range(plan.start_reps):
+                order = ("relay", "direct") if rep % 2 == 0 else ("direct", "relay")
+                for side in order:
+                    await asyncio.sleep(0.05)
+                    if side == "relay":
+                        out = await relay_run(client, script, 1)
+                        relay_ttfb.append(out.ttfb * 1000)
+                    else:
+                        out = await direct_run(fake.bin, script, 1, fake.cwd, fake.env)
+                        direct_ttfb.append(out.ttfb * 1000)
+                    outcomes.append(out)
+    errors, messages = _errors(outcomes)
+    overhead = [r - d for r, d in zip(relay_ttfb, direct_ttfb, strict=True)]
+    figures = {
+        "relay time to first byte": summary(relay_ttfb, "ms"),
+        "direct time to first byte": summary(direct_ttfb, "ms"),
+        "start overhead (relay - direct)": summary(overhead, "ms"),
+    }
+    return {
+        "figures": figures,
+        "errors": errors,
+        "notes": messages,
+        "targets": [
+            target(
+                "start overhead at the median",
+                figures["start overhead (relay - direct)"]["median"],
+                10,
+                "ms",
+                at_most=True,
+            )
+        ],
+    }
+
+
+# -- 4. many streams -------------------------------------------------------------------------
+
+
+async def many_streams(plan: Plan, folder: Path) -> dict[str, Any]:
+    fake = make_fake(folder)
+    n, seconds = plan.many_streams, plan.many_seconds
+    script = {"lines": seconds, "interval": 1.0}
+    with relay_process(folder / "relay", fake.bin) as relay:
+        async with async_client(relay) as client:
+            await relay_run(client, {"lines": 10}, 10)
+            sampler = ProcessSampler(relay.pid, interval=0.5)
+            await asyncio.sleep(1)
+            rss_before = sampler.rss_mb()
+            started = time.perf_counter()
+            with sampler:
+                outs = await asyncio.gather(
+                    *(relay_run(client, script, seconds) for _ in range(n)),
+                    return_exceptions=True,
+                )
+            wall = time.perf_counter() - started
+            # Give the relay a moment to finish its bookkeeping, then look at memory again.
+            await asyncio.sleep(3)
+            rss_after = sampler.rss_mb()
+    failures = [o for o in outs if isinstance(o, BaseException)]
+    good = [o for o in outs if isinstance(o, Outcome)]
+    errors, messages = _errors(good)
+    errors += len(failures)
+    messages += [repr(f) for f in failures[:3]]
+    figures = {
+        "streams": {"n": n, "seconds": seconds},
+        "relay RSS before": {"unit": "MB", "median": rss_before},
+        "relay RSS while streaming": summary(sampler.rss, "MB"),
+        "relay RSS peak": {"unit": "MB", "median": max(sampler.rss or [rss_before])},
+        "relay RSS after": {"unit": "MB", "median": rss_after},
+        "relay RSS after - before": {"unit": "MB", "median": rss_after - rss_before},
+        "relay CPU while streaming": summary(sampler.cpu, "% of one core"),
+        "wall time": {"unit": "s", "median": wall},
+        "stream errors": {"unit": "", "median": errors},
+    }
+    return {
+        "figures": figures,
+        "errors": errors,
+        "notes": messages,
+        "targets": [
+            target(
+                f"relay RSS peak with {n} streams",
+                figures["relay RSS peak"]["median"],
+                200,
+                "MB",
+                at_most=True,
+            ),
+            target(f"errors with {n} streams", errors, 0, "", at_most=True),
+            target(
+                "relay RSS back to baseline after (growth)",
+                rss_after - rss_before,
+                20,
+                "MB",
+                at_most=True,
+            ),
+        ],
+    }
+
+
+# -- 5. real CLI -----------------------------------------------------------------------------
+
+
+def _start_fake_api() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.anthropic_api"],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    return proc, url
+
+
+async def _direct_real(cli: Path, prompt: str, env: dict[str, str], cwd: Path) -> dict[str, float]:
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        str(cli),
+        *CLI_ARGS,
+        f"--session-id={uuid.uuid4()}",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=cwd,
+        env=env,
+        limit=1 << 20,
+        start_new_session=True,
+    )
+    assert proc.stdin and proc.stdout
+    proc.stdin.write(prompt.encode())
+    proc.stdin.close()
+    first = None
+    seen_result = False
+    data = b""
+    while chunk := await proc.stdout.read(1 << 20):
+        if first is None:
+            first = time.perf_counter()
+        data += chunk
+    ended = time.perf_counter()
+    await proc.wait()
+    for line in data.splitlines():
+        if msgspec.json.decode(line).get("type") == "result":
+            seen_result = True
+    return {
+        "first": (first or ended) - started,
+        "total": ended - started,
+        "ok": float(seen_result and proc.returncode == 0),
+    }
+
+
+async def _relay_real(client: Any, prompt: str) -> dict[str, float]:
+    started = time.perf_counter()
+    first = None
+    body = b""
+    async with client.stream("POST", "/api/claude", json={"prompt": prompt}) as response:
+        async for chunk in response.aiter_raw():
+            if first is None:
+                first = time.perf_counter()
+            body += chunk
+    ended = time.perf_counter()
+    ok = response.status_code == 200 and b'"type":"result"' in body.replace(b" ", b"")
+    return {"first": (first or ended) - started, "total": ended - started, "ok": float(ok)}
+
+
+async def real_cli(plan: Plan, folder: Path) -> dict[str, Any]:
+    cli = real_cli_path()
+    if cli is None:
+        return {
+            "figures": {},
+            "errors": 0,
+            "skipped": "the real CLI is not installed (./dev bench installs it)",
+            "targets": [],
+            "notes": [],
+        }
+    api, url = _start_fake_api()
+    home_direct = folder / "home-direct"
+    home_direct.mkdir(parents=True)
+    cli_env = {
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_API_KEY": "sk-test",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        "DISABLE_AUTOUPDATER": "1",
+    }
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CLAUDE_RELAY_", "ANTHROPIC_", "CLAUDE_CODE_"))
+    }
+    direct_env = {**base, **cli_env, "HOME": str(home_direct)}
+    prompt = "[[say:The answer is 42.]] What is six times seven?"
+    rows: dict[str, list[float]] = {"relay_first": [], "relay_total": [], "direct_first": []}
+    rows["direct_total"] = []
+    failures = 0
+    try:
+        with relay_process(folder / "relay", cli, env=cli_env) as relay:
+            async with async_client(relay) as client:
+                await _relay_real(client, prompt)
+                cwd = folder / "direct-warm"
+                cwd.mkdir()
+                await _direct_real(cli, prompt, direct_env, cwd)
+                for rep in range(plan.real_cli_reps):
+                    order = ("relay", "direct") if rep % 2 == 0 else ("direct", "relay")
+                    for side in order:
+                        if side == "relay":
+                            out = await _relay_real(client, prompt)
+                        else:
+                            cwd = folder / f"direct-{rep}"
+                            cwd.mkdir()
+                            out = await _direct_real(cli, prompt, direct_env, cwd)
+                        failures += out["ok"] == 0
+                        rows[f"{side}_first"].append(out["first"] * 1000)
+                        rows[f"{side}_total"].append(out["total"] * 1000)
+    finally:
+        api.terminate()
+        api.wait()
+    figures = {
+        "relay time to first event": summary(rows["relay_first"], "ms"),
+        "direct time to first event": summary(rows["direct_first"], "ms"),
+        "relay total": summary(rows["relay_total"], "ms"),
+        "direct total": summary(rows["direct_total"], "ms"),
+        "first event difference (relay - direct)": summary(
+            [a - b for a, b in zip(rows["relay_first"], rows["direct_first"], strict=True)], "ms"
+        ),
+        "total difference (relay - direct)": summary(
+            [a - b for a, b in zip(rows["relay_total"], rows["direct_total"], strict=True)], "ms"
+        ),
+        "cli": {"path": str(cli)},
+    }
+    return {
+        "figures": figures,
+        "errors": failures,
+        "notes": [],
+        "targets": [target("real CLI runs without a result", failures, 0, "", at_most=True)],
+    }
+
+
+# -- 6. session table ------------------------------------------------------------------------
+
+
+async def session_lookup(plan: Plan, folder: Path) -> dict[str, Any]:
+    from sqlalchemy import insert
+
+    from server.storage.database import create_engine, migrate, sessionmaker
+    from server.storage.sessions import SessionStore
+    from server.storage.tables import ClaudeSessionId, Session
+
+    folder.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite+aiosqlite:///{folder / 'sessions.db'}")
+    try:
+        await migrate(engine)
+        build_started = time.perf_counter()
+        now = time.time()
+        claude_ids: list[str] = []
+        batch = 10_000
+        for offset in range(0, plan.sessions, batch):
+            sessions, ids = [], []
+            for k in range(offset, min(offset + batch, plan.sessions)):
+                sid, cid = str(uuid.uuid4()), str(uuid.uuid4())
+                sessions.append(
+                    {
+                        "id": sid,
+                        "latest_claude_id": cid,
+                        "created_at": now - k,
+                        "last_used_at": now - k,
+                        "title": f"session {k}",
+                    }
+                )
+                ids.append({"claude_session_id": cid, "session_id": sid, "seen_at": now - k})
+                if k % 2 == 0:  # every other conversation was resumed once and got a new id
+                    ids.append(
+                        {"claude_session_id": str(uuid.uuid4()), "session_id": sid, "seen_at": now}
+                    )
+                claude_ids.append(cid)
+            async with engine.begin() as conn:
+                await conn.execute(insert(Session), sessions)
+                await conn.execute(insert(ClaudeSessionId), ids)
+        build_seconds = time.perf_counter() - build_started
+        store = SessionStore(sessionmaker(engine))
+        rng = random.Random(7)
+        for cid in rng.sample(claude_ids, 100):
+            await store.find_by_claude_id(cid)
+        hits: list[float] = []
+        for cid in rng.sample(claude_ids, plan.session_lookups):
+            t0 = time.perf_counter()
+            record = await store.find_by_claude_id(cid)
+            hits.append((time.perf_counter() - t0) * 1000)
+            assert record is not None
+        misses: list[float] = []
+        for _ in range(min(500, plan.session_lookups)):
+            t0 = time.perf_counter()
+            record = await store.find_by_claude_id(str(uuid.uuid4()))
+            misses.append((time.perf_counter() - t0) * 1000)
+            assert record is None
+    finally:
+        await engine.dispose()
+    figures = {
+        "sessions stored": {"n": plan.sessions},
+        "database build": {"unit": "s", "median": build_seconds},
+        "find_by_claude_id (hit)": {
+            **summary(hits, "ms"),
+            "p50": percentile(hits, 50),
+            "p99": percentile(hits, 99),
+            "values": [],
+        },
+        "find_by_claude_id (miss)": {
+            **summary(misses, "ms"),
+            "p50": percentile(misses, 50),
+            "p99": percentile(misses, 99),
+            "values": [],
+        },
+    }
+    return {
+        "figures": figures,
+        "errors": 0,
+        "notes": [],
+        "targets": [
+            target(
+                f"session lookup p99 at {plan.sessions} sessions",
+                percentile(hits, 99),
+                2,
+                "ms",
+                at_most=True,
+            )
+        ],
+    }
+
+
+# -- 7. event persistence on vs off ----------------------------------------------------------
+
+
+def persistence_supported() -> bool:
+    """Whether this relay knows CLAUDE_RELAY_PERSIST_EVENTS (its Settings has the field)."""
+    import dataclasses
+
+    from server.config import Settings
+
+    return any(f.name == "persist_events" for f in dataclasses.fields(Settings))
+
+
+async def persistence(plan: Plan, folder: Path) -> dict[str, Any]:
+    fake = make_fake(folder)
+    lines, size = plan.persist_lines, 1_000
+    script = {"lines": lines, "size": size}
+    rows: dict[str, list[float]] = {"on": [], "off": []}
+    outcomes: list[Outcome] = []
+    with (
+        relay_process(folder / "on", fake.bin, {"CLAUDE_RELAY_PERSIST_EVENTS": "1"}) as on,
+        relay_process(folder / "off", fake.bin, {"CLAUDE_RELAY_PERSIST_EVENTS": "0"}) as off,
+    ):
+        async with async_client(on) as client_on, async_client(off) as client_off:
+            await relay_run(client_on, {"lines": 10}, 10)
+            await relay_run(client_off, {"lines": 10}, 10)
+            for rep in range(plan.persist_reps):
+                order = ("on", "off") if rep % 2 == 0 else ("off", "on")
+                for side in order:
+                    gc.collect()
+                    client = client_on if side == "on" else client_off
+                    out = await relay_run(client, script, lines)
+                    outcomes.append(out)
+                    rows[side].append(out.checker.bytes / 1e6 / out.elapsed)
+        stored = _stored_events(on.database)
+    errors, messages = _errors(outcomes)
+    honoured = persistence_supported() and stored > 0
+    ratio = summary(ratios(rows["on"], rows["off"]), "x")
+    figures = {
+        "persist on MB/s": summary(rows["on"], "MB/s"),
+        "persist off MB/s": summary(rows["off"], "MB/s"),
+        "ratio on / off": ratio,
+        "events stored with persistence on": {"n": stored},
+    }
+    result: dict[str, Any] = {"figures": figures, "errors": errors, "notes": messages}
+    if not honoured:
+        result["pending"] = (
+            "CLAUDE_RELAY_PERSIST_EVENTS is not honoured by this relay yet "
+            f"(setting known: {persistence_supported()}, events stored: {stored}); "
+            "the figures compare two identical relays"
+        )
+    result["targets"] = [
+        {
+            **target("persistence on / off throughput", ratio["median"], 0.8, "x", at_most=False),
+            **({"met": None, "pending": True} if not honoured else {}),
+        },
+        target("persistence: lost/duplicated/split lines", errors, 0, "", at_most=True),
+    ]
+    return result
+
+
+def _stored_events(database: Path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(database) as conn:
+            return conn.execute("SELECT count(*) FROM run_events").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+SCENARIOS = {
+    "throughput": throughput,
+    "latency": latency,
+    "start": start_overhead,
+    "many_streams": many_streams,
+    "real_cli": real_cli,
+    "sessions": session_lookup,
+    "persistence": persistence,
+}
+
+TITLES = {
+    "throughput": "1. Relay throughput vs direct reader",
+    "latency": "2. Added latency per line",
+    "start": "3. Start overhead (time to first byte)",
+    "many_streams": "4. Many slow streams",
+    "real_cli": "5. Real CLI through the relay vs direct",
+    "sessions": "6. Session table lookup",
+    "persistence": "7. Event persistence on vs off",
+}
+
+
+def scratch() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="claude-relay-bench-")

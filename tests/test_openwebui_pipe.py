@@ -521,6 +521,17 @@ async def test_a_busy_session_is_a_readable_message(owui, real_relay: Relay) -> 
             await task
 
 
+async def test_request_timeout_stops_the_run(owui, real_relay: Relay) -> None:
+    """Real CLI: a real CLI run waiting on a stalled model API is what must be stopped."""
+    ui = OpenWebUI(owui, real_relay.url, REQUEST_TIMEOUT=3)
+    call = await ui.run("[[hang:120]] wait", chat_id=chat())
+    call.assert_readable_error("(REQUEST_TIMEOUT)")
+    call.assert_status_closed()
+    (run_id,) = runs_started(real_relay)
+    assert wait_until(lambda: f"run {run_id} ended: cancelled" in real_relay.log(), timeout=30)
+    assert wait_until(lambda: not processes_with_marker(run_id), timeout=30)
+
+
 async def test_cli_errors_are_a_readable_message(
     owui, relay_factory, real_cli: Path, fake_api: FakeAnthropicAPI
 ) -> None:

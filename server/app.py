@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,14 +16,22 @@ from . import __version__
 from .auth import require_api_key
 from .config import Settings
 from .errors import EXCEPTION_HANDLERS
+from .housekeeping import housekeeping_loop
 from .manager import RunManager
+from .recovery import recover
 from .routes.anthropic import create_message
 from .routes.claude import run_claude
 from .routes.health import health
 from .routes.openai import chat_completions, get_model, list_models
-from .storage.database import create_engine, migrate, sessionmaker
-from .storage.sessions import SessionStore
-from .workspaces import Workspaces
+from .routes.runs import cancel_run, get_run, run_events
+from .routes.sessions import (
+    delete_session,
+    get_session,
+    last_assistant_text,
+    list_session_runs,
+    list_sessions,
+)
+from .services import open_services
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +39,25 @@ log = logging.getLogger(__name__)
 def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url)
-        await migrate(engine)
-        workspaces = Workspaces(settings.workspaces_dir)
-        workspaces.ensure_root()
-        store = SessionStore(sessionmaker(engine))
-        manager = RunManager(settings, store, workspaces)
-        app.state.update(engine=engine, store=store, manager=manager, workspaces=workspaces)
-        log.info("workspaces under %s, database %s", workspaces.root, engine.url)
+        services = await open_services(settings)
+        await recover(services.sessions, services.runs)
+        services.events.start()
+        manager = RunManager(services)
+        app.state.update(
+            services=services,
+            engine=services.engine,
+            store=services.sessions,
+            manager=manager,
+            workspaces=services.workspaces,
+        )
+        housekeeping = asyncio.create_task(housekeeping_loop(services), name="housekeeping")
+        log.info("workspaces under %s, database %s", services.workspaces.root, services.engine.url)
         try:
             yield
         finally:
+            housekeeping.cancel()
             await manager.shutdown()
-            await engine.dispose()
+            await services.close()
 
     return lifespan
 
@@ -59,6 +74,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             get_model,
             chat_completions,
             create_message,
+            list_sessions,
+            get_session,
+            last_assistant_text,
+            list_session_runs,
+            delete_session,
+            get_run,
+            run_events,
+            cancel_run,
         ],
         guards=[require_api_key],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -180,6 +180,22 @@ class Settings:
         4096, "How much of the CLI's stderr is kept for error events.", int
     )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    persist_events: bool = _setting(
+        True,
+        "Store every relayed event, so runs can be replayed and re-attached to.",
+        _parse_bool,
+    )
+    event_retention: float = _setting(
+        30 * 86400.0,
+        "Keep the events of ended runs this long (e.g. 7d); runs themselves are kept.",
+        parse_duration,
+    )
+    gc_idle: float = _setting(
+        0.0,
+        "If set (e.g. 30d), hourly remove sessions idle this long, with workspace and "
+        "transcripts. 0 turns automatic GC off.",
+        parse_duration,
+    )
     openai_tools: str = _setting(
         "compact",
         "What the OpenAI/Anthropic-compatible endpoints show of Claude Code's tool use: none, "

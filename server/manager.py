@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 from . import process
 from .command import build_argv, build_env, current_env
-from .config import Settings
 from .errors import Conflict, NotFound, TooManyRuns
 from .options import RunRequest
 from .runs import Limits, PromptInput, Run, StopReason
-from .storage.sessions import ConversationTaken, SessionRecord, SessionStore
-from .workspaces import Workspaces
+from .services import Services
+from .storage.runs import RunOutcome
+from .storage.sessions import ConversationTaken, SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,18 @@ def title_of(prompt: str) -> str:
     """A session's title: the first non-empty line of its first prompt, shortened."""
     first = next((line.strip() for line in prompt.splitlines() if line.strip()), "")
     return first[:120]
+
+
+def outcome_of(run: Run) -> RunOutcome:
+    return RunOutcome(
+        status=str(run.status),
+        claude_session_id=run.claude_id,
+        exit_code=run.exit_code,
+        stop_reason=str(run.stop_reason) if run.stop_reason else None,
+        error_message=run.error_message,
+        last_seq=run.last_seq,
+        result=run.result,
+    )
 
 
 def owner_id() -> str:
@@ -54,10 +66,12 @@ class Resolved:
 class RunManager:
     """Starts runs, tracks the live ones, and stops them all at shutdown."""
 
-    def __init__(self, settings: Settings, store: SessionStore, workspaces: Workspaces) -> None:
+    def __init__(self, services: Services) -> None:
+        settings = services.settings
         self.settings = settings
-        self.store = store
-        self.workspaces = workspaces
+        self.services = services
+        self.store = services.sessions
+        self.workspaces = services.workspaces
         self.owner = owner_id()
         self.runs: dict[str, Run] = {}
         self._slots = 0
@@ -92,6 +106,7 @@ class RunManager:
     async def _start(self, request: RunRequest) -> Run:
         run_id = str(uuid.uuid4())
         target = await self._resolve(request, run_id)
+        child: process.Child | None = None
         try:
             cwd = self.workspaces.path_for(target.session_id)
             cwd.mkdir(mode=0o700, exist_ok=True)
@@ -104,7 +119,21 @@ class RunManager:
             )
             env = build_env(current_env(), self.settings.claude_env, run_id)
             child = await process.spawn(argv, cwd=cwd, env=env)
+            await self.services.runs.create(
+                run_id=run_id,
+                session_id=target.session_id,
+                claude_session_id=target.claude_id,
+                owner=self.owner,
+                pid=child.pid,
+                detached=request.detach,
+                api_key_id=request.api_key_id,
+                prompt=request.prompt,
+            )
         except BaseException:
+            if child is not None:
+                child.kill()
+                await child.exited
+                child.close()
             await self._abandon(target, run_id)
             raise
         run = Run(
@@ -183,7 +212,7 @@ class RunManager:
             await self.store.release(target.session_id, run_id=run_id)
         else:
             self._new_sessions.discard(run_id)
-            await self.store.delete(target.session_id)
+            await self.store.delete(target.session_id, only_if_idle=False)
             self.workspaces.remove(target.session_id)
 
     # -- RunObserver -----------------------------------------------------------------------
@@ -192,20 +221,27 @@ class RunManager:
         await self.store.add_claude_id(run.session_id, claude_id)
 
     async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
-        return None
+        if self.settings.persist_events:
+            self.services.events.add(run.id, first_seq, events)
 
     async def finished(self, run: Run) -> None:
-        self._slots -= 1
-        self.runs.pop(run.id, None)
+        """Record the outcome, then free the session; the live run is dropped last, so a
+        reader finds it either in memory or, complete, in the database."""
         created = run.id in self._new_sessions
         self._new_sessions.discard(run.id)
         log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
-        if created and not run.session_reported:
-            # The CLI never reported the session, so there is no transcript to resume.
-            await self.store.delete(run.session_id)
-            self.workspaces.remove(run.session_id)
-            return
-        await self.store.release(run.session_id, run_id=run.id)
+        try:
+            if created and not run.session_reported:
+                # The CLI never reported the session, so there is no transcript to resume.
+                await self.store.delete(run.session_id, only_if_idle=False)
+                self.workspaces.remove(run.session_id)
+                return
+            await self.services.events.flush()
+            await self.services.runs.finish(run.id, outcome_of(run))
+            await self.store.release(run.session_id, run_id=run.id)
+        finally:
+            self._slots -= 1
+            self.runs.pop(run.id, None)
 
     # -- shutdown --------------------------------------------------------------------------
 

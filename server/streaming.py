@@ -45,6 +45,7 @@ async def _stop_on_shutdown(event: anyio.Event, run: Run) -> None:
 
 
 async def _relay_events(run: Run, after: int, shutdown: anyio.Event) -> AsyncIterator[bytes]:
+    """The stream of the client that started the run: leaving it stops the run."""
     watcher = asyncio.create_task(_stop_on_shutdown(shutdown, run))
     try:
         async for batch in run.follow(after):
@@ -53,6 +54,12 @@ async def _relay_events(run: Run, after: int, shutdown: anyio.Event) -> AsyncIte
         watcher.cancel()
         if not run.done and not run.detached:
             run.request_stop(StopReason.CLIENT_DISCONNECTED)
+
+
+async def encoded(batches: AsyncIterator[list[tuple[int, bytes]]]) -> AsyncIterator[bytes]:
+    """Any follower's batches as SSE chunks; leaving it changes nothing about the run."""
+    async for batch in batches:
+        yield encode_events(batch)
 
 
 def sse_response(

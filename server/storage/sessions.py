@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from .tables import ClaudeSessionId, Conversation, Session
+from .tables import ClaudeSessionId, Conversation, Fingerprint, Run, RunEvent, Session
 
 
 class ConversationTaken(Exception):
@@ -157,19 +157,104 @@ class SessionStore:
             )
             return list(rows)
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, *, only_if_idle: bool = True) -> bool:
+        """Forget a session and all that hangs off it; False if unknown or a run holds it."""
         async with self._sessions.begin() as db:
-            await db.execute(
-                delete(ClaudeSessionId).where(ClaudeSessionId.session_id == session_id)
-            )
+            row = await db.get(Session, session_id)
+            if row is None or (only_if_idle and row.active_run_id is not None):
+                return False
+            runs = select(Run.id).where(Run.session_id == session_id)
+            await db.execute(delete(RunEvent).where(RunEvent.run_id.in_(runs)))
+            for table in (Run, Conversation, Fingerprint, ClaudeSessionId):
+                await db.execute(delete(table).where(table.session_id == session_id))
             await db.execute(delete(Session).where(Session.id == session_id))
+            return True
 
-    async def locks_held_by(self, owner_prefix: str) -> list[SessionRecord]:
+    async def locked(self) -> list[SessionRecord]:
+        """Sessions whose run lock is taken (by a live run, or by a relay that died)."""
         async with self._sessions() as db:
-            rows = await db.scalars(
-                select(Session).where(Session.active_owner.startswith(owner_prefix))
-            )
+            rows = await db.scalars(select(Session).where(Session.active_run_id.is_not(None)))
             return [_record(row) for row in rows]
 
-    async def force_release(self, session_id: str, run_id: str) -> None:
-        await self.release(session_id, run_id=run_id)
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """A session with what listing it needs: every id, run count and spend."""
+
+    record: SessionRecord
+    title: str | None
+    claude_ids: list[str]
+    run_count: int
+    total_cost_usd: float
+
+
+class SessionCatalog:
+    """Read-mostly queries over sessions for the API, the CLI and GC."""
+
+    def __init__(self, sessions: async_sessionmaker[Any]) -> None:
+        self._sessions = sessions
+
+    async def page(
+        self, *, limit: int, before: tuple[float, str] | None = None
+    ) -> list[SessionSummary]:
+        """Newest first, by creation: a session's place never moves, so cursors are stable."""
+        query = select(Session)
+        if before is not None:
+            created, session_id = before
+            query = query.where(
+                (Session.created_at < created)
+                | ((Session.created_at == created) & (Session.id < session_id))
+            )
+        query = query.order_by(Session.created_at.desc(), Session.id.desc()).limit(limit)
+        async with self._sessions() as db:
+            rows = list(await db.scalars(query))
+            return await self._summaries(db, rows)
+
+    async def summary(self, session_id: str) -> SessionSummary | None:
+        async with self._sessions() as db:
+            row = await db.get(Session, session_id)
+            if row is None:
+                return None
+            return (await self._summaries(db, [row]))[0]
+
+    async def _summaries(self, db: Any, rows: list[Session]) -> list[SessionSummary]:
+        ids = [row.id for row in rows]
+        if not ids:
+            return []
+        stats = {
+            session_id: (count, cost or 0.0)
+            for session_id, count, cost in await db.execute(
+                select(Run.session_id, func.count(Run.id), func.sum(Run.total_cost_usd))
+                .where(Run.session_id.in_(ids))
+                .group_by(Run.session_id)
+            )
+        }
+        aliases: dict[str, list[str]] = {session_id: [] for session_id in ids}
+        for session_id, claude_id in await db.execute(
+            select(ClaudeSessionId.session_id, ClaudeSessionId.claude_session_id)
+            .where(ClaudeSessionId.session_id.in_(ids))
+            .order_by(ClaudeSessionId.seen_at)
+        ):
+            aliases[session_id].append(claude_id)
+        return [
+            SessionSummary(_record(row), row.title, aliases[row.id], *stats.get(row.id, (0, 0.0)))
+            for row in rows
+        ]
+
+    async def last_result_text(self, session_id: str) -> str | None:
+        async with self._sessions() as db:
+            return await db.scalar(
+                select(Run.result_text)
+                .where(Run.session_id == session_id, Run.result_text.is_not(None))
+                .order_by(Run.started_at.desc())
+                .limit(1)
+            )
+
+    async def idle_since(self, cutoff: float) -> list[SessionRecord]:
+        async with self._sessions() as db:
+            rows = await db.scalars(
+                select(Session).where(
+                    Session.last_used_at < cutoff, Session.active_run_id.is_(None)
+                )
+            )
+            return [_record(row) for row in rows]

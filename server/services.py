@@ -1,0 +1,58 @@
+"""What the relay is made of at run time, built once from settings.
+
+The HTTP app (in its lifespan) and the command line (``sessions``, ``gc``) build the same
+:class:`Services`, so both see the same stores, workspaces and CLI environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .command import build_env, current_env
+from .config import Settings
+from .storage.database import create_engine, migrate, sessionmaker
+from .storage.runs import EventWriter, RunStore
+from .storage.sessions import SessionCatalog, SessionStore
+from .workspaces import Workspaces
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: SessionStore
+    catalog: SessionCatalog
+    runs: RunStore
+    events: EventWriter
+    workspaces: Workspaces
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def child_env(self) -> dict[str, str]:
+        """The CLI's environment (without a run marker): where its transcripts go."""
+        return build_env(current_env(), self.settings.claude_env, run_id="")
+
+    async def close(self) -> None:
+        await self.events.close()
+        await self.engine.dispose()
+
+
+async def open_services(settings: Settings) -> Services:
+    """Connect, migrate to the newest schema, and build the stores."""
+    engine = create_engine(settings.database_url)
+    await migrate(engine)
+    maker = sessionmaker(engine)
+    workspaces = Workspaces(settings.workspaces_dir)
+    workspaces.ensure_root()
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=SessionStore(maker),
+        catalog=SessionCatalog(maker),
+        runs=RunStore(maker),
+        events=EventWriter(maker),
+        workspaces=workspaces,
+    )

@@ -52,7 +52,8 @@ async def _relay_events(run: Run, after: int, shutdown: anyio.Event) -> AsyncIte
             yield encode_events(batch)
     finally:
         watcher.cancel()
-        if not run.done and not run.detached:
+        # After its result the CLI is only exiting: leaving then is not a cancellation.
+        if not run.done and not run.detached and run.result is None:
             run.request_stop(StopReason.CLIENT_DISCONNECTED)
 
 

@@ -162,6 +162,19 @@ def test_disconnect_stops_every_process_of_the_run(fake_relay: Relay) -> None:
     assert zombies == []
 
 
+def test_leaving_right_after_the_result_does_not_cancel_the_run(fake_relay: Relay) -> None:
+    body = script(lines=1, linger=1.5)
+    with fake_relay.client() as client, client.stream("POST", "/api/claude", json=body) as response:
+        run_id = response.headers["x-run-id"]
+        lines = response.iter_lines()
+        for line in lines:
+            if '"type": "result"' in line:
+                break
+    run_url = f"{fake_relay.url}/api/runs/{run_id}"
+    assert wait_until(lambda: httpx.get(run_url).json()["status"] != "running", 10)
+    assert httpx.get(run_url).json()["status"] == "succeeded"
+
+
 def test_no_file_descriptors_leak_across_runs(fake_relay: Relay) -> None:
     fake_relay.run(script(lines=1))
     before = psutil.Process(fake_relay.pid).num_fds()

@@ -18,6 +18,7 @@ The prompt arrives on stdin, as from the relay. If it is a JSON object, it is th
     {"ignore_sigint": true}          ignore SIGINT (only SIGTERM or SIGKILL stop it)
     {"ignore_sigterm": true}         ignore SIGTERM as well
     {"no_newline": true}             the last line has no newline
+    {"linger": 1.5}                  stay alive this long after the result line
     {"new_session_id": "<uuid>"}     report this session id instead of the given one
 
 Anything else is a plain prompt and gets one assistant line echoing it. The fake reports the
@@ -157,6 +158,7 @@ def main() -> int:
     )
     sys.stdout.write(result + ("" if script.get("no_newline") else "\n"))
     sys.stdout.flush()
+    time.sleep(float(script.get("linger", 0)))
     return int(script.get("exit", 0))
 
 

@@ -29,7 +29,12 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         shown = f" (default: {default})" if default else ""
         if field.type in ("bool", bool):
             parser.add_argument(
-                flag, action="store_const", const="1", dest=name, help=f"{help_text} [{env_var}]"
+                flag,
+                nargs="?",
+                const="1",
+                dest=name,
+                metavar="0|1",
+                help=f"{help_text} [{env_var}]",
             )
         else:
             parser.add_argument(

@@ -85,16 +85,20 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def marked_processes(marker: str) -> list[psutil.Process]:
-    """Every live process whose environment carries this run's marker."""
+def marked_processes(marker: str, since: float = 0.0) -> list[psutil.Process]:
+    """Every live process whose environment carries this run's marker.
+
+    ``since`` (a Unix time) skips processes started earlier without reading their
+    environment: a run's processes are all younger than the run, and reading every
+    process's environment is most of the cost of a sweep.
+    """
     found = []
     me = os.getpid()
-    needle = marker
-    for proc in psutil.process_iter():
-        if proc.pid == me:
+    for proc in psutil.process_iter(["create_time"]):
+        if proc.pid == me or (proc.info["create_time"] or 0) < since:
             continue
         try:
-            if proc.environ().get(RUN_MARKER_ENV) == needle and proc.status() != "zombie":
+            if proc.environ().get(RUN_MARKER_ENV) == marker and proc.status() != "zombie":
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
@@ -132,6 +136,7 @@ async def stop(
     *,
     interrupt_grace: float,
     terminate_grace: float,
+    since: float = 0.0,
 ) -> None:
     """Interrupt, then terminate, then kill the CLI (and, at that last step, all it started).
 
@@ -144,15 +149,16 @@ async def stop(
             _signal_group(proc.pid, signal.SIGTERM)
             if not await _wait(proc, terminate_grace):
                 log.warning("run %s: no exit after SIGTERM, killing every process", marker)
-                survivors = {p.pid: p for p in [*_tree(proc.pid), *marked_processes(marker)]}
+                found = [*_tree(proc.pid), *marked_processes(marker, since)]
+                survivors = {p.pid: p for p in found}
                 _signal_group(proc.pid, signal.SIGKILL)
                 _kill_all(survivors.values(), signal.SIGKILL)
                 await proc.exited
 
 
-async def sweep(marker: str, *, grace: float) -> int:
+async def sweep(marker: str, *, grace: float, since: float = 0.0) -> int:
     """Stop processes a finished run left behind (background jobs, setsid'ed tool commands)."""
-    leftovers = await asyncio.to_thread(marked_processes, marker)
+    leftovers = await asyncio.to_thread(marked_processes, marker, since)
     if not leftovers:
         return 0
     log.info("run %s: stopping %d leftover process(es)", marker, len(leftovers))

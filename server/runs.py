@@ -158,6 +158,11 @@ class Run:
         self._supervisor = asyncio.create_task(self._supervise(stdin), name=f"run-{self.id}")
 
     @property
+    def _spawned_after(self) -> float:
+        """A time before any process of this run started (clock ticks are coarse)."""
+        return self.started_at - 2.0
+
+    @property
     def pid(self) -> int | None:
         return self._child.pid if self._child else None
 
@@ -184,6 +189,7 @@ class Run:
                 self.id,
                 interrupt_grace=self.limits.interrupt_grace,
                 terminate_grace=self.limits.terminate_grace,
+                since=self._spawned_after,
             ),
             name=f"stop-{self.id}",
         )
@@ -229,7 +235,9 @@ class Run:
             await child.exited
             self.exit_code = child.returncode
             # Whatever the CLI left running must go before its pipes can reach end of file.
-            await process.sweep(self.id, grace=self.limits.terminate_grace)
+            await process.sweep(
+                self.id, grace=self.limits.terminate_grace, since=self._spawned_after
+            )
             await self._finish_task(reader, "stdout")
             await self._finish_task(helpers[1], "stderr")
         except BaseException:

@@ -6,14 +6,14 @@ The HTTP app (in its lifespan) and the command line (``sessions``, ``gc``) build
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .command import build_env, current_env
 from .config import Settings
 from .storage.database import create_engine, migrate, sessionmaker
+from .storage.fingerprints import FingerprintStore
 from .storage.runs import EventWriter, RunStore
 from .storage.sessions import SessionCatalog, SessionStore
 from .workspaces import Workspaces
@@ -27,8 +27,8 @@ class Services:
     catalog: SessionCatalog
     runs: RunStore
     events: EventWriter
+    fingerprints: FingerprintStore
     workspaces: Workspaces
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def child_env(self) -> dict[str, str]:
@@ -54,5 +54,6 @@ async def open_services(settings: Settings) -> Services:
         catalog=SessionCatalog(maker),
         runs=RunStore(maker),
         events=EventWriter(maker),
+        fingerprints=FingerprintStore(maker),
         workspaces=workspaces,
     )

@@ -96,6 +96,7 @@ def upgrade() -> None:
         "run_events",
         sa.Column("run_id", sa.String(length=36), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("last_seq", sa.Integer(), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.ForeignKeyConstraint(
             ["run_id"], ["runs.id"], name=op.f("fk_run_events_run_id_runs"), ondelete="CASCADE"

@@ -25,7 +25,6 @@ from ..auth import caller_id
 from ..errors import HTTPError, NotFound, PayloadTooLarge
 from ..options import RunRequest
 from ..runs import Run, RunStatus, StopReason
-from ..storage.database import sessionmaker
 from ..storage.fingerprints import FingerprintStore
 from .continuity import (
     CONVERSATION_HEADER,
@@ -47,15 +46,6 @@ class RunFailed(HTTPError):
     """The CLI run behind a non-streaming (or not yet started) response failed."""
 
     status_code = 500
-
-
-def fingerprint_store(state: Any) -> FingerprintStore:
-    """The app's fingerprint store, made on first use from the app's engine."""
-    store = getattr(state, "fingerprints", None)
-    if store is None:
-        store = FingerprintStore(sessionmaker(state.engine))
-        state.fingerprints = store
-    return store
 
 
 @dataclass
@@ -183,7 +173,7 @@ async def start_turn(
     state = request.app.state
     settings = state.settings
     api_key_id = caller_id(request)
-    fingerprints = fingerprint_store(state)
+    fingerprints = state.services.fingerprints
     plan = await plan_turn(
         conversation,
         api_key_id=api_key_id,

@@ -14,8 +14,15 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, inspect
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -50,11 +57,45 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+READ_ONLY = "relay_read_only"
+
+
+class Sessions(async_sessionmaker[AsyncSession]):
+    """``maker()`` gives a session for reading, ``maker.begin()`` one that writes and commits.
+
+    Writers take SQLite's write lock up front (``BEGIN IMMEDIATE``) so they queue instead of
+    failing; readers must not, or every lookup would wait behind the event writer. Every store
+    reads with ``async with maker() as db`` and writes with ``async with maker.begin()``.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        self._writer = async_sessionmaker(engine, expire_on_commit=False)
+
+    def begin(self) -> Any:
+        return self._writer.begin()
+
+
+def sessionmaker(engine: AsyncEngine) -> Sessions:
+    return Sessions(engine)
+
+
+def insert_or_update(
+    session: AsyncSession, table: Any, values: dict[str, Any], keys: list[str], update: list[str]
+) -> Any:
+    """An upsert statement for the session's database (SQLite or PostgreSQL)."""
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(table).values(**values)
+    if not update:
+        return statement.on_conflict_do_nothing(index_elements=keys)
+    return statement.on_conflict_do_update(
+        index_elements=keys, set_={column: values[column] for column in update}
+    )
 
 
 def alembic_config(url: str | None = None) -> Config:

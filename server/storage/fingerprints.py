@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from .database import insert_or_update
 from .tables import Fingerprint
 
 
@@ -53,14 +53,11 @@ class FingerprintStore:
         }
         async with self._sessions.begin() as db:
             await db.execute(
-                sqlite_insert(Fingerprint)
-                .values(**values)
-                .on_conflict_do_update(
-                    index_elements=["api_key_id", "fingerprint"],
-                    set_={
-                        "session_id": values["session_id"],
-                        "claude_session_id": values["claude_session_id"],
-                        "created_at": values["created_at"],
-                    },
+                insert_or_update(
+                    db,
+                    Fingerprint,
+                    values,
+                    keys=["api_key_id", "fingerprint"],
+                    update=["session_id", "claude_session_id", "created_at"],
                 )
             )

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,15 +177,21 @@ class RunStore:
             row = await db.get(Run, run_id)
             return run_record(row) if row else None
 
-    async def events(self, run_id: str, after: int, limit: int = 1000) -> list[tuple[int, bytes]]:
+    async def events(self, run_id: str, after: int, limit: int = 64) -> list[tuple[int, bytes]]:
+        """Events after ``after``, from at most ``limit`` stored chunks."""
         async with self._sessions() as db:
             rows = await db.execute(
                 select(RunEvent.seq, RunEvent.data)
-                .where(RunEvent.run_id == run_id, RunEvent.seq > after)
+                .where(RunEvent.run_id == run_id, RunEvent.last_seq > after)
                 .order_by(RunEvent.seq)
                 .limit(limit)
             )
-            return [(seq, bytes(data)) for seq, data in rows]
+            events = []
+            for first, data in rows:
+                chunk = bytes(data).split(b"\n")
+                skip = max(0, after + 1 - first)
+                events.extend(enumerate(chunk[skip:], start=first + skip))
+            return events
 
     async def for_session(
         self, session_id: str, *, limit: int, before: tuple[float, str] | None = None
@@ -209,7 +214,9 @@ class RunStore:
     async def mark_failed(self, run_id: str, message: str) -> None:
         async with self._sessions.begin() as db:
             last = await db.scalar(
-                select(func.coalesce(func.max(RunEvent.seq), 0)).where(RunEvent.run_id == run_id)
+                select(func.coalesce(func.max(RunEvent.last_seq), 0)).where(
+                    RunEvent.run_id == run_id
+                )
             )
             await db.execute(
                 update(Run)
@@ -231,6 +238,34 @@ class RunStore:
             return result.rowcount or 0
 
 
+CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def chunk_rows(pending: list[tuple[str, int, list[bytes]]]) -> list[dict[str, Any]]:
+    """Rows for the pending batches: consecutive events of a run joined into chunks."""
+    rows: list[dict[str, Any]] = []
+    open_rows: dict[str, dict[str, Any]] = {}
+    for run_id, first_seq, events in pending:
+        for seq, data in enumerate(events, start=first_seq):
+            row = open_rows.get(run_id)
+            if row is None or row["last_seq"] != seq - 1 or row["size"] + len(data) > CHUNK_BYTES:
+                row = {"run_id": run_id, "seq": seq, "last_seq": seq, "parts": [], "size": 0}
+                rows.append(row)
+                open_rows[run_id] = row
+            row["parts"].append(data)
+            row["last_seq"] = seq
+            row["size"] += len(data) + 1
+    return [
+        {
+            "run_id": r["run_id"],
+            "seq": r["seq"],
+            "last_seq": r["last_seq"],
+            "data": b"\n".join(r["parts"]),
+        }
+        for r in rows
+    ]
+
+
 class EventWriter:
     """Collects events from every run and writes them in batched transactions.
 
@@ -241,7 +276,7 @@ class EventWriter:
     def __init__(self, sessions: async_sessionmaker[Any], *, window: float = 0.05) -> None:
         self._sessions = sessions
         self._window = window
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[tuple[str, int, list[bytes]]] = []
         self._added = 0
         self._done = 0
         self._wakeup = asyncio.Event()
@@ -251,11 +286,8 @@ class EventWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="event-writer")
 
-    def add(self, run_id: str, first_seq: int, events: Sequence[bytes]) -> None:
-        self._pending.extend(
-            {"run_id": run_id, "seq": seq, "data": data}
-            for seq, data in enumerate(events, start=first_seq)
-        )
+    def add(self, run_id: str, first_seq: int, events: list[bytes]) -> None:
+        self._pending.append((run_id, first_seq, events))
         self._added += len(events)
         self._wakeup.set()
 
@@ -287,20 +319,20 @@ class EventWriter:
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            await self._write(batch)
+            await self._write(chunk_rows(batch))
             async with self._progress:
-                self._done += len(batch)
+                self._done += sum(len(events) for _, _, events in batch)
                 self._progress.notify_all()
 
-    async def _write(self, batch: list[dict[str, Any]], attempts: int = 3) -> None:
+    async def _write(self, rows: list[dict[str, Any]], attempts: int = 3) -> None:
         for attempt in range(1, attempts + 1):
             try:
                 async with self._sessions.begin() as db:
-                    await db.execute(insert(RunEvent), batch)
+                    await db.execute(insert(RunEvent), rows)
                 return
             except IntegrityError:
-                log.warning("dropped %d events of deleted runs", len(batch))
+                log.warning("dropped %d event chunk(s) of deleted runs", len(rows))
                 return
             except Exception:
-                log.exception("storing %d events failed (attempt %d)", len(batch), attempt)
+                log.exception("storing %d event chunk(s) failed (attempt %d)", len(rows), attempt)
                 await asyncio.sleep(0.5 * attempt)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from .database import insert_or_update
 from .tables import ClaudeSessionId, Conversation, Fingerprint, Run, RunEvent, Session
 
 
@@ -138,9 +138,13 @@ class SessionStore:
         now = time.time()
         async with self._sessions.begin() as db:
             await db.execute(
-                sqlite_insert(ClaudeSessionId)
-                .values(claude_session_id=claude_id, session_id=session_id, seen_at=now)
-                .on_conflict_do_nothing(index_elements=["claude_session_id"])
+                insert_or_update(
+                    db,
+                    ClaudeSessionId,
+                    {"claude_session_id": claude_id, "session_id": session_id, "seen_at": now},
+                    keys=["claude_session_id"],
+                    update=[],
+                )
             )
             await db.execute(
                 update(Session)

@@ -96,7 +96,12 @@ class Run(Base):
 
 
 class RunEvent(Base):
-    """Every event a run relayed, by its sequence number, exactly as sent."""
+    """A chunk of consecutive events of a run, ``seq`` to ``last_seq``, exactly as sent.
+
+    ``data`` is the events' data joined by ``\n`` (an event never contains one: see
+    ``lines.classify``). One row per chunk rather than per event keeps storing a run's output
+    about as cheap as writing it to a file: the relay's throughput must not depend on it.
+    """
 
     __tablename__ = "run_events"
 
@@ -104,6 +109,7 @@ class RunEvent(Base):
         String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -22,8 +23,8 @@ from .errors import Conflict, NotFound, TooManyRuns
 from .options import RunRequest
 from .runs import Limits, PromptInput, Run, StopReason
 from .services import Services
-from .storage.runs import RunOutcome
-from .storage.sessions import ConversationTaken, SessionRecord
+from .storage.runs import NewRun, RunOutcome
+from .storage.sessions import ConversationTaken
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def outcome_of(run: Run) -> RunOutcome:
         error_message=run.error_message,
         last_seq=run.last_seq,
         result=run.result,
+        pid=run.pid,
     )
 
 
@@ -105,7 +107,15 @@ class RunManager:
 
     async def _start(self, request: RunRequest) -> Run:
         run_id = str(uuid.uuid4())
-        target = await self._resolve(request, run_id)
+        new_run = NewRun(
+            id=run_id,
+            claude_session_id="",
+            owner=self.owner,
+            detached=request.detach,
+            api_key_id=request.api_key_id,
+            prompt=request.prompt,
+        )
+        target = await self._resolve(request, new_run)
         child: process.Child | None = None
         try:
             cwd = self.workspaces.path_for(target.session_id)
@@ -119,22 +129,8 @@ class RunManager:
             )
             env = build_env(current_env(), self.settings.claude_env, run_id)
             child = await process.spawn(argv, cwd=cwd, env=env)
-            await self.services.runs.create(
-                run_id=run_id,
-                session_id=target.session_id,
-                claude_session_id=target.claude_id,
-                owner=self.owner,
-                pid=child.pid,
-                detached=request.detach,
-                api_key_id=request.api_key_id,
-                prompt=request.prompt,
-            )
-        except BaseException:
-            if child is not None:
-                child.kill()
-                await child.exited
-                child.close()
-            await self._abandon(target, run_id)
+        except BaseException as exc:
+            await self._abandon(target, run_id, str(exc))
             raise
         run = Run(
             id=run_id,
@@ -155,7 +151,7 @@ class RunManager:
         )
         return run
 
-    async def _resolve(self, request: RunRequest, run_id: str) -> Resolved:
+    async def _resolve(self, request: RunRequest, new_run: NewRun) -> Resolved:
         """Find (and lock) the session to resume, or create a new one.
 
         ``session_id`` resumes the conversation's *latest* Claude id, so any id the relay
@@ -167,22 +163,26 @@ class RunManager:
             record = await self.store.find_by_claude_id(wanted)
             if record is None:
                 raise NotFound(f"unknown session {wanted}")
-            await self._lock(record, run_id, wanted)
             if request.resume_claude_id:
-                return Resolved(record.id, wanted, resume=True, fork=request.fork)
-            return Resolved(record.id, record.latest_claude_id, resume=True)
+                target = Resolved(record.id, wanted, resume=True, fork=request.fork)
+            else:
+                target = Resolved(record.id, record.latest_claude_id, resume=True)
+            await self._lock(target, new_run, wanted)
+            return target
         if request.conversation is not None:
             record = await self.store.find_by_conversation(request.api_key_id, request.conversation)
             if record is not None:
-                await self._lock(record, run_id, f"of conversation {request.conversation!r}")
-                return Resolved(record.id, record.latest_claude_id, resume=True)
-        return await self._new_session(request, run_id)
+                target = Resolved(record.id, record.latest_claude_id, resume=True)
+                await self._lock(target, new_run, f"of conversation {request.conversation!r}")
+                return target
+        return await self._new_session(request, new_run)
 
-    async def _lock(self, record: SessionRecord, run_id: str, name: str) -> None:
-        if not await self.store.acquire(record.id, run_id=run_id, owner=self.owner):
+    async def _lock(self, target: Resolved, new_run: NewRun, name: str) -> None:
+        run = dataclasses.replace(new_run, claude_session_id=target.claude_id)
+        if not await self.store.acquire(target.session_id, run=run):
             raise Conflict(f"session {name} is already running; wait for its run to end")
 
-    async def _new_session(self, request: RunRequest, run_id: str) -> Resolved:
+    async def _new_session(self, request: RunRequest, new_run: NewRun) -> Resolved:
         session_id, _path = self.workspaces.create()
         claude_id = str(uuid.uuid4())
         conversation = (request.api_key_id, request.conversation) if request.conversation else None
@@ -190,8 +190,7 @@ class RunManager:
             await self.store.create_locked(
                 session_id,
                 claude_id,
-                run_id=run_id,
-                owner=self.owner,
+                run=dataclasses.replace(new_run, claude_session_id=claude_id),
                 title=title_of(request.prompt),
                 conversation=conversation,
             )
@@ -203,12 +202,13 @@ class RunManager:
         except BaseException:
             self.workspaces.remove(session_id)
             raise
-        self._new_sessions.add(run_id)
+        self._new_sessions.add(new_run.id)
         return Resolved(session_id, claude_id, resume=False)
 
-    async def _abandon(self, target: Resolved, run_id: str) -> None:
+    async def _abandon(self, target: Resolved, run_id: str, why: str) -> None:
         """Undo :meth:`_resolve` for a run that never started."""
         if target.resume:
+            await self.services.runs.mark_failed(run_id, why, stop_reason="not_started")
             await self.store.release(target.session_id, run_id=run_id)
         else:
             self._new_sessions.discard(run_id)
@@ -237,8 +237,7 @@ class RunManager:
                 self.workspaces.remove(run.session_id)
                 return
             await self.services.events.flush()
-            await self.services.runs.finish(run.id, outcome_of(run))
-            await self.store.release(run.session_id, run_id=run.id)
+            await self.services.runs.finish(run.id, outcome_of(run), session_id=run.session_id)
         finally:
             self._slots -= 1
             self.runs.pop(run.id, None)

@@ -22,6 +22,7 @@ from server.compat.continuity import (
 from server.errors import BadRequest
 from server.storage.database import create_engine, migrate, sessionmaker
 from server.storage.fingerprints import FingerprintStore
+from server.storage.runs import NewRun
 from server.storage.sessions import SessionStore
 
 U1, A1, U2 = Message("user", "hi"), Message("assistant", "hello!"), Message("user", "more")
@@ -75,8 +76,9 @@ async def _plan(stores, messages, *, session=None, key=None, api_key_id="k1"):
 async def _session(stores, claude_id: str, key: str | None = None) -> str:
     sessions, _ = stores
     session_id = "s-" + claude_id
+    run = NewRun("r-" + claude_id, claude_id, "o", False, "k1", "prompt")
     await sessions.create_locked(
-        session_id, claude_id, run_id="r", owner="o", conversation=("k1", key) if key else None
+        session_id, claude_id, run=run, conversation=("k1", key) if key else None
     )
     return session_id
 
@@ -161,6 +163,6 @@ async def test_fingerprints_go_with_their_session(stores) -> None:
     sessions, fingerprints = stores
     session_id = await _session(stores, "c1")
     await fingerprints.remember("k1", "f" * 64, session_id=session_id, claude_session_id="c1")
-    await sessions.release(session_id, run_id="r")
+    await sessions.release(session_id, run_id="r-c1")
     await sessions.delete(session_id)
     assert await fingerprints.find("k1", "f" * 64) is None

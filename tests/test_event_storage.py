@@ -9,7 +9,7 @@ import pytest
 
 from server.config import Settings
 from server.services import open_services
-from server.storage.runs import chunk_rows
+from server.storage.runs import NewRun, chunk_rows
 
 
 def test_consecutive_events_of_a_run_share_a_chunk() -> None:
@@ -33,17 +33,8 @@ async def _open(settings: Settings):
     services = await open_services(settings)
     for run_id in ("run-a", "run-b"):
         session_id = run_id.replace("run", "sess")
-        await services.sessions.create_locked(session_id, session_id, run_id=run_id, owner="t")
-        await services.runs.create(
-            run_id=run_id,
-            session_id=session_id,
-            claude_session_id=session_id,
-            owner="t",
-            pid=None,
-            detached=False,
-            api_key_id="anonymous",
-            prompt="p",
-        )
+        run = NewRun(run_id, session_id, "t", False, "anonymous", "p")
+        await services.sessions.create_locked(session_id, session_id, run=run)
     await services.close()
     return settings
 
@@ -69,6 +60,33 @@ def test_every_position_replays_exactly_the_events_after_it(services: Settings) 
                 while page := await live.runs.events(run_id, after + len(got), limit=3):
                     got += page
                 assert got == list(enumerate(events[after:], start=after + 1))
+        await live.close()
+
+    asyncio.run(scenario())
+
+
+def test_retention_drops_the_events_of_old_runs_only(services: Settings) -> None:
+    from dataclasses import replace
+
+    from server.housekeeping import expire_events
+    from server.storage.runs import RunOutcome
+
+    async def scenario() -> None:
+        live = await open_services(replace(services, event_retention=3600))
+        for run_id in ("run-a", "run-b"):
+            live.events.add(run_id, 1, [b'{"type":"x"}'])
+            await live.events.flush()
+            outcome = RunOutcome("succeeded", run_id, 0, None, None, 1, None)
+            await live.runs.finish(run_id, outcome, session_id=run_id.replace("run", "sess"))
+        # run-a ended two hours ago, run-b just now.
+        async with live.engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "UPDATE runs SET ended_at = ended_at - 7200 WHERE id = 'run-a'"
+            )
+        assert await expire_events(live) == 1
+        assert await live.runs.events("run-a", 0) == []
+        assert await live.runs.events("run-b", 0) == [(1, b'{"type":"x"}')]
+        assert (await live.runs.get("run-a")).status == "succeeded"  # the run itself stays
         await live.close()
 
     asyncio.run(scenario())

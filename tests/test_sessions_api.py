@@ -188,3 +188,31 @@ def test_gc_removes_idle_sessions_with_their_files(fake_relay: Relay) -> None:
     assert "removed 1 session(s)" in removed.stdout
     assert not workspace.exists()
     assert get(fake_relay, f"/api/sessions/{session}").status_code == 404
+
+
+def test_automatic_gc_collects_idle_sessions_at_start(relay_factory, fake_cli, tmp_path) -> None:
+    shared = {"database": tmp_path / "gc.db", "workspaces": tmp_path / "ws", "home": tmp_path / "h"}
+    first = relay_factory(claude_bin=fake_cli, **shared)
+    session = first.run(fake(lines=1)).headers["x-session-id"]
+    first.stop()
+    kept = relay_factory(claude_bin=fake_cli, env={"CLAUDE_RELAY_GC_IDLE": "30d"}, **shared)
+    assert get(kept, f"/api/sessions/{session}").status_code == 200
+    kept.stop()
+    collecting = relay_factory(claude_bin=fake_cli, env={"CLAUDE_RELAY_GC_IDLE": "0.5s"}, **shared)
+    assert wait_until(lambda: get(collecting, f"/api/sessions/{session}").status_code == 404, 10)
+    assert list((tmp_path / "ws").iterdir()) == []
+
+
+def test_cors_is_off_unless_origins_are_configured(relay_factory, fake_cli) -> None:
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+    }
+    closed = relay_factory(claude_bin=fake_cli)
+    response = httpx.options(closed.url + "/api/claude", headers=preflight)
+    assert "access-control-allow-origin" not in response.headers
+    opened = relay_factory(
+        claude_bin=fake_cli, env={"CLAUDE_RELAY_CORS_ORIGINS": "https://app.example"}
+    )
+    response = httpx.options(opened.url + "/api/claude", headers=preflight)
+    assert response.headers["access-control-allow-origin"] == "https://app.example"

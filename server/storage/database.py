@@ -57,8 +57,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        read_only = connection.get_execution_options().get(READ_ONLY)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # Reads run in SQLite's autocommit mode (each statement sees a consistent snapshot);
+        # a BEGIN would only add a round trip to the driver's thread per lookup.
+        if not connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 READ_ONLY = "relay_read_only"

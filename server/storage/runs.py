@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from .tables import Run, RunEvent
+from .tables import Run, RunEvent, Session
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,33 @@ def run_record(row: Run) -> RunRecord:
 
 
 @dataclass(frozen=True)
+class NewRun:
+    """A run about to start: recorded in the same transaction that locks its session."""
+
+    id: str
+    claude_session_id: str
+    owner: str
+    detached: bool
+    api_key_id: str
+    prompt: str
+
+    def row(self, session_id: str) -> Run:
+        return Run(
+            id=self.id,
+            session_id=session_id,
+            claude_session_id=self.claude_session_id,
+            status="running",
+            owner=self.owner,
+            pid=None,
+            detached=self.detached,
+            api_key_id=self.api_key_id,
+            prompt_head=self.prompt[:PROMPT_HEAD_CHARS],
+            started_at=time.time(),
+            last_seq=0,
+        )
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     """What is known about a run once it has ended."""
 
@@ -108,6 +135,7 @@ class RunOutcome:
     error_message: str | None
     last_seq: int
     result: dict[str, Any] | None
+    pid: int | None = None
 
 
 def _number(value: Any, kind: type) -> Any:
@@ -118,36 +146,8 @@ class RunStore:
     def __init__(self, sessions: async_sessionmaker[Any]) -> None:
         self._sessions = sessions
 
-    async def create(
-        self,
-        *,
-        run_id: str,
-        session_id: str,
-        claude_session_id: str,
-        owner: str,
-        pid: int | None,
-        detached: bool,
-        api_key_id: str,
-        prompt: str,
-    ) -> None:
-        async with self._sessions.begin() as db:
-            db.add(
-                Run(
-                    id=run_id,
-                    session_id=session_id,
-                    claude_session_id=claude_session_id,
-                    status="running",
-                    owner=owner,
-                    pid=pid,
-                    detached=detached,
-                    api_key_id=api_key_id,
-                    prompt_head=prompt[:PROMPT_HEAD_CHARS],
-                    started_at=time.time(),
-                    last_seq=0,
-                )
-            )
-
-    async def finish(self, run_id: str, outcome: RunOutcome) -> None:
+    async def finish(self, run_id: str, outcome: RunOutcome, *, session_id: str) -> None:
+        """Record the outcome and free the session the run held, in one transaction."""
         result = outcome.result or {}
         usage = result.get("usage")
         text = result.get("result")
@@ -157,6 +157,7 @@ class RunStore:
                 .where(Run.id == run_id)
                 .values(
                     status=outcome.status,
+                    pid=outcome.pid,
                     claude_session_id=outcome.claude_session_id,
                     ended_at=time.time(),
                     exit_code=outcome.exit_code,
@@ -170,6 +171,11 @@ class RunStore:
                     usage=json.dumps(usage) if isinstance(usage, dict) else None,
                     result_text=text if isinstance(text, str) else None,
                 )
+            )
+            await db.execute(
+                update(Session)
+                .where(Session.id == session_id, Session.active_run_id == run_id)
+                .values(active_run_id=None, active_owner=None, last_used_at=time.time())
             )
 
     async def get(self, run_id: str) -> RunRecord | None:
@@ -211,7 +217,9 @@ class RunStore:
             rows = await db.scalars(select(Run).where(Run.status == "running"))
             return [run_record(row) for row in rows]
 
-    async def mark_failed(self, run_id: str, message: str) -> None:
+    async def mark_failed(
+        self, run_id: str, message: str, *, stop_reason: str = "relay_died"
+    ) -> None:
         async with self._sessions.begin() as db:
             last = await db.scalar(
                 select(func.coalesce(func.max(RunEvent.last_seq), 0)).where(
@@ -224,7 +232,7 @@ class RunStore:
                 .values(
                     status="failed",
                     ended_at=time.time(),
-                    stop_reason="relay_died",
+                    stop_reason=stop_reason,
                     error_message=message,
                     last_seq=last,
                 )
@@ -280,6 +288,7 @@ class EventWriter:
         self._added = 0
         self._done = 0
         self._wakeup = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
@@ -297,6 +306,7 @@ class EventWriter:
         if self._task is None or self._task.done():
             await self._write_pending()
             return
+        self._hurry.set()
         self._wakeup.set()
         async with self._progress:
             await self._progress.wait_for(lambda: self._done >= target)
@@ -310,10 +320,14 @@ class EventWriter:
         await self._write_pending()
 
     async def _loop(self) -> None:
+        """Wait a short window so a burst becomes one transaction, unless someone waits."""
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            await asyncio.sleep(self._window)
+            if not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._window)
+            self._hurry.clear()
             await self._write_pending()
 
     async def _write_pending(self) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from .database import insert_or_update
+from .runs import NewRun
 from .tables import ClaudeSessionId, Conversation, Fingerprint, Run, RunEvent, Session
 
 
@@ -32,7 +33,17 @@ class SessionRecord:
     active_owner: str | None
 
 
-def _record(row: Session) -> SessionRecord:
+_SESSION_COLUMNS = (
+    Session.id,
+    Session.latest_claude_id,
+    Session.created_at,
+    Session.last_used_at,
+    Session.active_run_id,
+    Session.active_owner,
+)
+
+
+def _record(row: Any) -> SessionRecord:
     return SessionRecord(
         row.id,
         row.latest_claude_id,
@@ -48,18 +59,18 @@ class SessionStore:
 
     def __init__(self, sessions: async_sessionmaker[Any]) -> None:
         self._sessions = sessions
+        self._engine = sessions.kw["bind"]
 
     async def create_locked(
         self,
         session_id: str,
         claude_id: str,
         *,
-        run_id: str,
-        owner: str,
+        run: NewRun,
         title: str | None = None,
         conversation: tuple[str, str] | None = None,
     ) -> SessionRecord:
-        """A new session, already locked by the run that creates it.
+        """A new session, already locked by the run that creates it (recorded too).
 
         With ``conversation`` (api key id, key), the key is bound in the same transaction;
         if another request bound it first, :class:`ConversationTaken` is raised.
@@ -70,8 +81,8 @@ class SessionStore:
             latest_claude_id=claude_id,
             created_at=now,
             last_used_at=now,
-            active_run_id=run_id,
-            active_owner=owner,
+            active_run_id=run.id,
+            active_owner=run.owner,
             title=title,
         )
         try:
@@ -81,6 +92,7 @@ class SessionStore:
                 db.add(
                     ClaudeSessionId(claude_session_id=claude_id, session_id=session_id, seen_at=now)
                 )
+                db.add(run.row(session_id))
                 if conversation is not None:
                     api_key_id, key = conversation
                     db.add(
@@ -92,38 +104,44 @@ class SessionStore:
             raise ConversationTaken(conversation) from None
         return _record(row)
 
-    async def find_by_conversation(self, api_key_id: str, key: str) -> SessionRecord | None:
-        async with self._sessions() as db:
-            row = await db.scalar(
-                select(Session)
-                .join(Conversation, Conversation.session_id == Session.id)
-                .where(Conversation.api_key_id == api_key_id, Conversation.key == key)
-            )
+    async def _first(self, statement: Any) -> SessionRecord | None:
+        """One row through a bare connection: lookups sit on every request's path, and the
+        ORM session around a single-row read costs more than the query itself."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(statement)).first()
             return _record(row) if row else None
 
+    async def find_by_conversation(self, api_key_id: str, key: str) -> SessionRecord | None:
+        return await self._first(
+            select(*_SESSION_COLUMNS)
+            .join(Conversation, Conversation.session_id == Session.id)
+            .where(Conversation.api_key_id == api_key_id, Conversation.key == key)
+        )
+
     async def find_by_claude_id(self, claude_id: str) -> SessionRecord | None:
-        async with self._sessions() as db:
-            row = await db.scalar(
-                select(Session)
-                .join(ClaudeSessionId, ClaudeSessionId.session_id == Session.id)
-                .where(ClaudeSessionId.claude_session_id == claude_id)
-            )
-            return _record(row) if row else None
+        return await self._first(
+            select(*_SESSION_COLUMNS)
+            .join(ClaudeSessionId, ClaudeSessionId.session_id == Session.id)
+            .where(ClaudeSessionId.claude_session_id == claude_id)
+        )
 
     async def get(self, session_id: str) -> SessionRecord | None:
         async with self._sessions() as db:
             row = await db.get(Session, session_id)
             return _record(row) if row else None
 
-    async def acquire(self, session_id: str, *, run_id: str, owner: str) -> bool:
-        """Take the session's run lock; False if another run holds it."""
+    async def acquire(self, session_id: str, *, run: NewRun) -> bool:
+        """Take the session's run lock and record the run; False if another run holds it."""
         async with self._sessions.begin() as db:
             result = await db.execute(
                 update(Session)
                 .where(Session.id == session_id, Session.active_run_id.is_(None))
-                .values(active_run_id=run_id, active_owner=owner, last_used_at=time.time())
+                .values(active_run_id=run.id, active_owner=run.owner, last_used_at=time.time())
             )
-            return result.rowcount == 1
+            if result.rowcount != 1:
+                return False
+            db.add(run.row(session_id))
+            return True
 
     async def release(self, session_id: str, *, run_id: str) -> None:
         async with self._sessions.begin() as db:

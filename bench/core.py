@@ -87,6 +87,7 @@ class Checker:
     seen_result: bool = False
     errors: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    sent: list[float] = field(default_factory=list)
     error_count: int = 0
 
     def _error(self, message: str) -> None:
@@ -108,6 +109,7 @@ class Checker:
             self.next_i = (head.i if isinstance(head.i, int) else self.next_i) + 1
             if head.t is not None:
                 self.latencies.append(now - head.t)
+                self.sent.append(head.t)
         elif head.type == "result":
             self.seen_result = True
         elif head.type == "relay":

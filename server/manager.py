@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
@@ -35,6 +34,17 @@ def title_of(prompt: str) -> str:
     """A session's title: the first non-empty line of its first prompt, shortened."""
     first = next((line.strip() for line in prompt.splitlines() if line.strip()), "")
     return first[:120]
+
+
+async def _discard(spawning: asyncio.Future[process.Child]) -> None:
+    """Kill a CLI that was started but must not run (it never got its prompt)."""
+    try:
+        child = await spawning
+    except Exception:
+        return
+    process.kill_group(child)
+    await child.exited
+    child.close()
 
 
 def outcome_of(run: Run) -> RunOutcome:
@@ -106,29 +116,43 @@ class RunManager:
             raise
 
     async def _start(self, request: RunRequest) -> Run:
+        """Plan, then spawn the CLI while its session is claimed in the database.
+
+        The CLI does nothing until its prompt arrives on stdin, and the prompt is only sent
+        once the claim (the session lock, or the new session's rows) has succeeded; if the
+        claim fails the idle process is killed. Overlapping the two saves the database round
+        trips from every run's time to first byte.
+        """
         run_id = str(uuid.uuid4())
+        target = await self._plan(request)
+        cwd = self.workspaces.path_for(target.session_id)
+        cwd.mkdir(mode=0o700, exist_ok=True)
+        argv = build_argv(
+            self.settings.claude_bin,
+            request,
+            resume_id=target.claude_id if target.resume else None,
+            new_session_id=None if target.resume else target.claude_id,
+            fork=target.fork,
+        )
+        env = build_env(current_env(), self.settings.claude_env, run_id)
+        spawning = asyncio.ensure_future(process.spawn(argv, cwd=cwd, env=env))
         new_run = NewRun(
             id=run_id,
-            claude_session_id="",
+            claude_session_id=target.claude_id,
             owner=self.owner,
             detached=request.detach,
             api_key_id=request.api_key_id,
             prompt=request.prompt,
         )
-        target = await self._resolve(request, new_run)
-        child: process.Child | None = None
         try:
-            cwd = self.workspaces.path_for(target.session_id)
-            cwd.mkdir(mode=0o700, exist_ok=True)
-            argv = build_argv(
-                self.settings.claude_bin,
-                request,
-                resume_id=target.claude_id if target.resume else None,
-                new_session_id=None if target.resume else target.claude_id,
-                fork=target.fork,
-            )
-            env = build_env(current_env(), self.settings.claude_env, run_id)
-            child = await process.spawn(argv, cwd=cwd, env=env)
+            await self._claim(request, target, new_run)
+        except BaseException:
+            await _discard(spawning)
+            if not target.resume:
+                self.workspaces.remove(target.session_id)
+            raise
+        try:
+            child = await spawning
         except BaseException as exc:
             await self._abandon(target, run_id, str(exc))
             raise
@@ -151,8 +175,8 @@ class RunManager:
         )
         return run
 
-    async def _resolve(self, request: RunRequest, new_run: NewRun) -> Resolved:
-        """Find (and lock) the session to resume, or create a new one.
+    async def _plan(self, request: RunRequest) -> Resolved:
+        """Which session the run continues, or a new one; reads only.
 
         ``session_id`` resumes the conversation's *latest* Claude id, so any id the relay
         ever returned continues the same conversation. ``resume_claude_id`` (set by the
@@ -164,49 +188,39 @@ class RunManager:
             if record is None:
                 raise NotFound(f"unknown session {wanted}")
             if request.resume_claude_id:
-                target = Resolved(record.id, wanted, resume=True, fork=request.fork)
-            else:
-                target = Resolved(record.id, record.latest_claude_id, resume=True)
-            await self._lock(target, new_run, wanted)
-            return target
+                return Resolved(record.id, wanted, resume=True, fork=request.fork)
+            return Resolved(record.id, record.latest_claude_id, resume=True)
         if request.conversation is not None:
             record = await self.store.find_by_conversation(request.api_key_id, request.conversation)
             if record is not None:
-                target = Resolved(record.id, record.latest_claude_id, resume=True)
-                await self._lock(target, new_run, f"of conversation {request.conversation!r}")
-                return target
-        return await self._new_session(request, new_run)
+                return Resolved(record.id, record.latest_claude_id, resume=True)
+        session_id = str(uuid.uuid4())
+        return Resolved(session_id, str(uuid.uuid4()), resume=False)
 
-    async def _lock(self, target: Resolved, new_run: NewRun, name: str) -> None:
-        run = dataclasses.replace(new_run, claude_session_id=target.claude_id)
-        if not await self.store.acquire(target.session_id, run=run):
-            raise Conflict(f"session {name} is already running; wait for its run to end")
-
-    async def _new_session(self, request: RunRequest, new_run: NewRun) -> Resolved:
-        session_id, _path = self.workspaces.create()
-        claude_id = str(uuid.uuid4())
+    async def _claim(self, request: RunRequest, target: Resolved, new_run: NewRun) -> None:
+        """Lock the session for this run (recording the run), or create it locked."""
+        name = request.session_id or request.resume_claude_id or f"of {request.conversation!r}"
+        if target.resume:
+            if not await self.store.acquire(target.session_id, run=new_run):
+                raise Conflict(f"session {name} is already running; wait for its run to end")
+            return
         conversation = (request.api_key_id, request.conversation) if request.conversation else None
         try:
             await self.store.create_locked(
-                session_id,
-                claude_id,
-                run=dataclasses.replace(new_run, claude_session_id=claude_id),
+                target.session_id,
+                target.claude_id,
+                run=new_run,
                 title=title_of(request.prompt),
                 conversation=conversation,
             )
         except ConversationTaken:
-            self.workspaces.remove(session_id)
             raise Conflict(
                 f"conversation {request.conversation!r} is already running; wait for its run to end"
             ) from None
-        except BaseException:
-            self.workspaces.remove(session_id)
-            raise
         self._new_sessions.add(new_run.id)
-        return Resolved(session_id, claude_id, resume=False)
 
     async def _abandon(self, target: Resolved, run_id: str, why: str) -> None:
-        """Undo :meth:`_resolve` for a run that never started."""
+        """Undo :meth:`_claim` for a run whose CLI could not start."""
         if target.resume:
             await self.services.runs.mark_failed(run_id, why, stop_reason="not_started")
             await self.store.release(target.session_id, run_id=run_id)

@@ -85,6 +85,11 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
+def kill_group(child: Child) -> None:
+    """SIGKILL the CLI's process group at once (a CLI that must not go on)."""
+    _signal_group(child.pid, signal.SIGKILL)
+
+
 def marked_processes(marker: str, since: float = 0.0) -> list[psutil.Process]:
     """Every live process whose environment carries this run's marker.
 

@@ -32,14 +32,6 @@ class Workspaces:
             raise BadRequest(f"workspace of {session_id!r} would leave the workspaces root")
         return path
 
-    def create(self) -> tuple[str, Path]:
-        """A fresh, empty directory for a new session."""
-        self.ensure_root()
-        session_id = str(uuid.uuid4())
-        path = self.path_for(session_id)
-        path.mkdir(mode=0o700)
-        return session_id, path
-
     def remove(self, session_id: str) -> bool:
         path = self.path_for(session_id)
         if not path.exists():

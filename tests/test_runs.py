@@ -264,3 +264,20 @@ def test_sigterm_ends_open_streams_with_an_error_and_exits(fake_relay: Relay) ->
     assert stream.payloads[-1]["subtype"] == "error"
     assert "shutting down" in stream.payloads[-1]["message"]
     assert not processes_with_marker(stream.headers["x-run-id"])
+
+
+def test_a_refused_resume_leaves_no_process_behind(fake_relay: Relay) -> None:
+    """The CLI is spawned while the session lock is taken; when the lock is refused, the
+    process (which never got its prompt) must be gone."""
+    session = fake_relay.run(script(lines=1)).headers["x-session-id"]
+    results: list = []
+    body = {**script(lines=1, hang=3), "session_id": session}
+    thread = threading.Thread(target=lambda: results.append(fake_relay.run(body)))
+    thread.start()
+    assert wait_until(lambda: len(fake_relay.children()) == 1, 10)
+    for _ in range(3):
+        assert fake_relay.run({**script(lines=1), "session_id": session}).status == 409
+    assert wait_until(lambda: len(fake_relay.children()) == 1, 5)
+    thread.join(30)
+    assert results[0].payloads[-1]["type"] == "result"
+    assert wait_until(lambda: not fake_relay.children(), 5)

@@ -108,20 +108,21 @@ class NewRun:
     api_key_id: str
     prompt: str
 
-    def row(self, session_id: str) -> Run:
-        return Run(
-            id=self.id,
-            session_id=session_id,
-            claude_session_id=self.claude_session_id,
-            status="running",
-            owner=self.owner,
-            pid=None,
-            detached=self.detached,
-            api_key_id=self.api_key_id,
-            prompt_head=self.prompt[:PROMPT_HEAD_CHARS],
-            started_at=time.time(),
-            last_seq=0,
-        )
+    def values(self, session_id: str) -> dict[str, Any]:
+        """Column values of its ``runs`` row."""
+        return {
+            "id": self.id,
+            "session_id": session_id,
+            "claude_session_id": self.claude_session_id,
+            "status": "running",
+            "owner": self.owner,
+            "pid": None,
+            "detached": self.detached,
+            "api_key_id": self.api_key_id,
+            "prompt_head": self.prompt[:PROMPT_HEAD_CHARS],
+            "started_at": time.time(),
+            "last_seq": 0,
+        }
 
 
 @dataclass(frozen=True)

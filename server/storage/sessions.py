@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -76,33 +76,37 @@ class SessionStore:
         if another request bound it first, :class:`ConversationTaken` is raised.
         """
         now = time.time()
-        row = Session(
-            id=session_id,
-            latest_claude_id=claude_id,
-            created_at=now,
-            last_used_at=now,
-            active_run_id=run.id,
-            active_owner=run.owner,
-            title=title,
-        )
+        record = SessionRecord(session_id, claude_id, now, now, run.id, run.owner)
+        # Core inserts, not ORM objects: this is on the path of every new conversation.
         try:
             async with self._sessions.begin() as db:
-                db.add(row)
-                await db.flush()
-                db.add(
-                    ClaudeSessionId(claude_session_id=claude_id, session_id=session_id, seen_at=now)
+                await db.execute(
+                    insert(Session).values(
+                        id=session_id,
+                        latest_claude_id=claude_id,
+                        created_at=now,
+                        last_used_at=now,
+                        active_run_id=run.id,
+                        active_owner=run.owner,
+                        title=title,
+                    )
                 )
-                db.add(run.row(session_id))
+                await db.execute(
+                    insert(ClaudeSessionId).values(
+                        claude_session_id=claude_id, session_id=session_id, seen_at=now
+                    )
+                )
+                await db.execute(insert(Run).values(run.values(session_id)))
                 if conversation is not None:
                     api_key_id, key = conversation
-                    db.add(
-                        Conversation(
+                    await db.execute(
+                        insert(Conversation).values(
                             api_key_id=api_key_id, key=key, session_id=session_id, created_at=now
                         )
                     )
         except IntegrityError:
             raise ConversationTaken(conversation) from None
-        return _record(row)
+        return record
 
     async def _first(self, statement: Any) -> SessionRecord | None:
         """One row through a bare connection: lookups sit on every request's path, and the
@@ -140,7 +144,7 @@ class SessionStore:
             )
             if result.rowcount != 1:
                 return False
-            db.add(run.row(session_id))
+            await db.execute(insert(Run).values(run.values(session_id)))
             return True
 
     async def release(self, session_id: str, *, run_id: str) -> None:

@@ -119,8 +119,6 @@ class PromptInput:
             log.debug("the CLI closed stdin before reading the whole prompt")
         finally:
             stdin.close()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await stdin.wait_closed()
 
 
 @dataclass

@@ -36,7 +36,8 @@ class _Response(EventSourceResponse):
 
 
 def _ping() -> ServerSentEvent:
-    return ServerSentEvent(comment="ping")
+    # LF like the events (sse-starlette's default is CRLF): one line ending per stream.
+    return ServerSentEvent(comment="ping", sep="\n")
 
 
 async def _stop_on_shutdown(event: anyio.Event, run: Run) -> None:
@@ -77,6 +78,7 @@ def sse_response(
         headers=dict(headers or {}),
         ping=ping_interval,
         ping_message_factory=_ping,
+        sep="\n",
         shutdown_event=shutdown,
         shutdown_grace_period=shutdown_grace,
     )

@@ -135,6 +135,7 @@ def test_keepalive_pings_flow_while_the_cli_is_quiet(relay_factory, fake_cli: Pa
     relay = relay_factory(claude_bin=fake_cli, env={"CLAUDE_RELAY_PING_INTERVAL": "0.2"})
     stream = relay.run(script(lines=1, hang=1.5))
     assert stream.comments.count("ping") >= 3
+    assert b"\r" not in stream.body  # one line ending throughout, as the events use
     assert stream.payloads[-1]["type"] == "result"
 
 

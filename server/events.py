@@ -7,8 +7,6 @@ was not JSON) and ``error`` (the run ended badly; always the last event).
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 
@@ -25,11 +23,6 @@ def relay_error(message: str, *, exit_code: int | None, stderr: str) -> bytes:
     )
 
 
-def encode_event(seq: int, data: bytes) -> bytes:
-    """One SSE event. ``data`` never holds CR or LF (``lines.classify`` makes sure)."""
-    return encode_events([(seq, data)])
-
-
 def encode_events(events: list[tuple[int, bytes]]) -> bytes:
     """Many events as one chunk: one ASGI send for a burst instead of one per line.
 
@@ -40,11 +33,3 @@ def encode_events(events: list[tuple[int, bytes]]) -> bytes:
     for seq, data in events:
         parts += (b"id: ", str(seq).encode(), b"\ndata: ", data, b"\n\n")
     return b"".join(parts)
-
-
-def encode_comment(text: str) -> bytes:
-    return b": " + text.encode() + b"\n\n"
-
-
-def decode_json(data: bytes) -> Any:
-    return msgspec.json.decode(data)

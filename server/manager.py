@@ -2,8 +2,8 @@
 
 :class:`RunManager` is the one place that turns a validated request into a running
 :class:`~server.runs.Run`, and the run's observer that keeps the database in step with it.
-Each check fails before anything is spawned, and whatever was taken (a capacity slot, the
-session lock, a new workspace) is given back if a later step fails.
+Whatever a failing step took (a capacity slot, the session lock, a new workspace, a CLI that
+was spawned but never got its prompt) is given back before the error reaches the client.
 """
 
 from __future__ import annotations

@@ -129,11 +129,6 @@ class SessionStore:
             .where(ClaudeSessionId.claude_session_id == claude_id)
         )
 
-    async def get(self, session_id: str) -> SessionRecord | None:
-        async with self._sessions() as db:
-            row = await db.get(Session, session_id)
-            return _record(row) if row else None
-
     async def acquire(self, session_id: str, *, run: NewRun) -> bool:
         """Take the session's run lock and record the run; False if another run holds it."""
         async with self._sessions.begin() as db:
@@ -173,15 +168,6 @@ class SessionStore:
                 .where(Session.id == session_id)
                 .values(latest_claude_id=claude_id, last_used_at=now)
             )
-
-    async def claude_ids(self, session_id: str) -> list[str]:
-        async with self._sessions() as db:
-            rows = await db.scalars(
-                select(ClaudeSessionId.claude_session_id)
-                .where(ClaudeSessionId.session_id == session_id)
-                .order_by(ClaudeSessionId.seen_at)
-            )
-            return list(rows)
 
     async def delete(self, session_id: str, *, only_if_idle: bool = True) -> bool:
         """Forget a session and all that hangs off it; False if unknown or a run holds it."""

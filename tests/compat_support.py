@@ -4,10 +4,12 @@ relay started a run."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
+from tests.conftest import real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay
+from tests.support import Relay, start_relay
 
 
 def dialogue(body: dict[str, Any]) -> list[tuple[str, str]]:
@@ -37,3 +39,11 @@ def started(relay: Relay, run_id: str) -> str:
     match = re.search(rf"run {run_id} started: session (\S+) \((\w+)\)", relay.log())
     assert match, f"no start line for run {run_id}"
     return f"{match.group(2)} {match.group(1)}"
+
+
+KEY = "relay-test-key"
+
+
+def keyed_relay(folder: Path, real_cli: Path, fake_api: FakeAnthropicAPI) -> Relay:
+    """A relay with the real CLI and an API key, shared by a whole test module."""
+    return start_relay(folder, claude_bin=real_cli, env=real_cli_env(fake_api), api_key=KEY)

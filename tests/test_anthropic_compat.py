@@ -13,24 +13,16 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from tests.compat_support import dialogue, last_dialogue, started
-from tests.conftest import real_cli_env
+from tests.compat_support import KEY, dialogue, keyed_relay, last_dialogue, started
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay, start_relay
-
-KEY = "relay-test-key"
+from tests.support import Relay
 
 
 @pytest.fixture(scope="module")
 def relay(
     tmp_path_factory: pytest.TempPathFactory, real_cli: Path, fake_api: FakeAnthropicAPI
 ) -> Iterator[Relay]:
-    relay = start_relay(
-        tmp_path_factory.mktemp("anthropic-relay"),
-        claude_bin=real_cli,
-        env=real_cli_env(fake_api),
-        api_key=KEY,
-    )
+    relay = keyed_relay(tmp_path_factory.mktemp("anthropic-relay"), real_cli, fake_api)
     yield relay
     relay.stop()
 

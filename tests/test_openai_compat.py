@@ -22,12 +22,10 @@ import httpx
 import openai
 import pytest
 
-from tests.compat_support import dialogue, last_dialogue, started
+from tests.compat_support import KEY, dialogue, keyed_relay, last_dialogue, started
 from tests.conftest import real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.support import Relay, parse_sse, start_relay, wait_until
-
-KEY = "relay-test-key"
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +33,7 @@ def relay(
     tmp_path_factory: pytest.TempPathFactory, real_cli: Path, fake_api: FakeAnthropicAPI
 ) -> Iterator[Relay]:
     """One relay for the module (default settings: compact tool display), with an API key."""
-    relay = start_relay(
-        tmp_path_factory.mktemp("openai-relay"),
-        claude_bin=real_cli,
-        env=real_cli_env(fake_api),
-        api_key=KEY,
-    )
+    relay = keyed_relay(tmp_path_factory.mktemp("openai-relay"), real_cli, fake_api)
     yield relay
     relay.stop()
 

@@ -236,18 +236,9 @@ async def sweep(marker: str, *, grace: float, since: float = 0.0) -> int:
     return len(leftovers)
 
 
-def kill_orphans(markers: Iterable[str]) -> int:
-    """After a crash: kill every process still marked with one of these run ids."""
-    wanted = set(markers)
-    if not wanted:
-        return 0
-    victims = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get(RUN_MARKER_ENV) in wanted:
-                victims.append(proc)
-        except (psutil.Error, OSError):
-            continue
+def kill_orphans(marker: str) -> int:
+    """After a crash: kill every process still marked with this run's id."""
+    victims = marked_processes(marker)
     _kill_all(victims, signal.SIGKILL)
     psutil.wait_procs(victims, timeout=2)
     return len(victims)

@@ -46,7 +46,7 @@ async def recover(store: SessionStore, runs: RunStore) -> int:
     for run in await runs.running():
         if not owner_is_dead(run.owner, run.started_at):
             continue
-        killed = await asyncio.to_thread(process.kill_orphans, [run.id])
+        killed = await asyncio.to_thread(process.kill_orphans, run.id)
         await runs.mark_failed(run.id, "the relay running it stopped unexpectedly")
         await store.release(run.session_id, run_id=run.id)
         log.warning("run %s of a dead relay marked failed; %d orphan(s) killed", run.id, killed)

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 from litestar import Request
 
 from ..auth import caller_id
@@ -250,9 +249,3 @@ async def wait_unless_disconnected(request: Request[Any, Any, Any], turn: Turn) 
         if not reader.done():
             turn.stop_if_running()
             reader.cancel()
-
-
-async def stop_on_shutdown(event: anyio.Event, turn: Turn) -> None:
-    """Mirror of ``streaming._stop_on_shutdown``: a stream stops its run when the app stops."""
-    await event.wait()
-    turn.run.request_stop(StopReason.SHUTDOWN)

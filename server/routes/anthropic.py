@@ -16,9 +16,9 @@ from litestar import Request, post
 from litestar.types import ASGIApp
 
 from ..compat import anthropic
-from ..compat.turns import Turn, start_turn, stop_on_shutdown, wait_unless_disconnected
+from ..compat.turns import Turn, start_turn, wait_unless_disconnected
 from ..errors import HTTPError, anthropic_error_body
-from ..streaming import sse_response
+from ..streaming import sse_response, stop_on_shutdown
 from .openai import json_response, read_json
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ async def create_message(request: Request[Any, Any, Any]) -> ASGIApp:
 
 async def _stream(turn: Turn, mid: str, model: str, shutdown: anyio.Event) -> AsyncIterator[bytes]:
     """``message_start``, one text block's deltas as tokens arrive, then ``message_stop``."""
-    watcher = asyncio.create_task(stop_on_shutdown(shutdown, turn))
+    watcher = asyncio.create_task(stop_on_shutdown(shutdown, turn.run))
     try:
         yield anthropic.stream_start(mid, model)
         try:

@@ -20,9 +20,9 @@ from litestar.types import ASGIApp
 
 from ..compat import openai
 from ..compat.reply import openai_finish_reason
-from ..compat.turns import Turn, start_turn, stop_on_shutdown, wait_unless_disconnected
+from ..compat.turns import Turn, start_turn, wait_unless_disconnected
 from ..errors import BadRequest, HTTPError, ModelNotFound, openai_error_body
-from ..streaming import sse_response
+from ..streaming import sse_response, stop_on_shutdown
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ async def _stream(
             )
         )
 
-    watcher = asyncio.create_task(stop_on_shutdown(shutdown, turn))
+    watcher = asyncio.create_task(stop_on_shutdown(shutdown, turn.run))
     try:
         yield chunk({"role": "assistant", "content": ""})
         try:

@@ -249,6 +249,18 @@ def processes_with_marker(run_id: str) -> list[psutil.Process]:
     return found
 
 
+def command_line(proc: psutil.Process) -> str:
+    """A process's command line, or "" once it is exiting or gone.
+
+    A process that exits while it is inspected has an empty cmdline (or none at all): tests
+    that look for a process by its command line must treat that as "not this one", not fail.
+    """
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.Error, OSError):
+        return ""
+
+
 @contextlib.contextmanager
 def running(relay: Relay) -> Iterator[Relay]:
     try:

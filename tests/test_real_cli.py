@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay, processes_with_marker, wait_until
+from tests.support import Relay, command_line, processes_with_marker, wait_until
 
 
 def _reply_text(stream) -> str:
@@ -114,15 +113,14 @@ def test_disconnect_kills_a_running_bash_tool_that_escaped_the_group(real_relay:
                 break
 
         def sleepers() -> list:
-            return [p for p in processes_with_marker(run_id) if "time.sleep" in p.cmdline()[-1]]
+            return [p for p in processes_with_marker(run_id) if "time.sleep" in command_line(p)]
 
         assert wait_until(sleepers, 20)
         # Bash-tool commands run in a session of their own: a process-group kill misses them.
         sleeper = sleepers()[0]
         assert os.getpgid(sleeper.pid) != real_relay.children()[0].pid
-    dropped = time.monotonic()
-    assert wait_until(lambda: not processes_with_marker(run_id), 5)
-    assert time.monotonic() - dropped < 5
+    # Stopping takes the interrupt and terminate graces (2 s + 1.5 s by default), then SIGKILL.
+    assert wait_until(lambda: not processes_with_marker(run_id), 30)
 
 
 def test_sessions_survive_a_restart(

@@ -19,7 +19,7 @@ import psutil
 
 from tests.support import real_cli_path
 
-from .scenarios import PLANS, SCENARIOS, TITLES, scratch
+from bench.scenarios import PLANS, SCENARIOS, TITLES, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

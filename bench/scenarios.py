@@ -24,7 +24,7 @@ import msgspec
 
 from tests.support import real_cli_path
 
-from .core import (
+from bench.core import (
     CLI_ARGS,
     Outcome,
     ProcessSampler,
@@ -572,7 +572,7 @@ async def session_lookup(plan: Plan, folder: Path) -> dict[str, Any]:
     from sqlalchemy import insert
 
     from server.storage.database import create_engine, migrate, sessionmaker
-    from server.storage.sessions import SessionStore
+    from server.storage.session_store import SessionStore
     from server.storage.tables import ClaudeSessionId, Session
 
     folder.mkdir(parents=True, exist_ok=True)

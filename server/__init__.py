@@ -6,7 +6,7 @@ else is internal and may change.
 
 __version__ = "0.1.0"
 
-from .app import create_app
-from .config import Settings
+from server.app import create_app
+from server.config import Settings
 
 __all__ = ["Settings", "__version__", "create_app"]

@@ -12,26 +12,26 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
-from . import __version__
-from .auth import require_api_key
-from .config import Settings
-from .errors import EXCEPTION_HANDLERS
-from .housekeeping import housekeeping_loop
-from .manager import RunManager
-from .recovery import recover
-from .routes.anthropic import create_message
-from .routes.claude import run_claude
-from .routes.health import health
-from .routes.openai import chat_completions, get_model, list_models
-from .routes.runs import cancel_run, get_run, run_events
-from .routes.sessions import (
+from server import __version__
+from server.api.auth import require_api_key
+from server.config import Settings
+from server.errors import EXCEPTION_HANDLERS
+from server.engine.housekeeping import housekeeping_loop
+from server.engine.manager import RunManager
+from server.engine.recovery import recover
+from server.compat.anthropic.router import create_message
+from server.api.claude import run_claude
+from server.api.health import health
+from server.compat.openai.router import chat_completions, get_model, list_models
+from server.api.runs import cancel_run, get_run, run_events
+from server.api.sessions import (
     delete_session,
     get_session,
     last_assistant_text,
     list_session_runs,
     list_sessions,
 )
-from .services import open_services
+from server.engine.runtime import open_services
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from server.errors import ConfigError
 
 ENV_PREFIX = "CLAUDE_RELAY_"
 
@@ -90,7 +90,7 @@ class ModelMap(dict[str, str | None]):
 
 def parse_models(raw: str) -> ModelMap:
     """``claude-code,claude-code-sonnet=sonnet``: ids for /v1/models, each with its CLI model."""
-    from .options import _MODEL as MODEL_PATTERN
+    from server.engine.options import _MODEL as MODEL_PATTERN
 
     models = ModelMap()
     for item in _parse_list(raw):

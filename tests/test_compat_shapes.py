@@ -12,7 +12,8 @@ import json
 
 import pytest
 
-from server.compat import anthropic, openai
+from server.compat.anthropic import schemas as anthropic
+from server.compat.openai import schemas as openai
 from server.compat.reply import (
     ReplyReader,
     anthropic_stop_reason,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.cli import check_bind_safety, main
+from server.main import check_bind_safety, main
 from server.config import Settings, parse_duration
 from server.errors import ConfigError
 

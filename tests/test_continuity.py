@@ -21,9 +21,9 @@ from server.compat.continuity import (
 )
 from server.errors import BadRequest
 from server.storage.database import create_engine, migrate, sessionmaker
-from server.storage.fingerprints import FingerprintStore
-from server.storage.runs import NewRun
-from server.storage.sessions import SessionStore
+from server.storage.fingerprint_store import FingerprintStore
+from server.storage.run_store import NewRun
+from server.storage.session_store import SessionStore
 
 U1, A1, U2 = Message("user", "hi"), Message("assistant", "hello!"), Message("user", "more")
 

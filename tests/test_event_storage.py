@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from server.config import Settings
-from server.services import open_services
-from server.storage.runs import NewRun, chunk_rows
+from server.engine.runtime import open_services
+from server.storage.run_store import NewRun, chunk_rows
 
 
 def test_consecutive_events_of_a_run_share_a_chunk() -> None:
@@ -68,8 +68,8 @@ def test_every_position_replays_exactly_the_events_after_it(services: Settings) 
 def test_retention_drops_the_events_of_old_runs_only(services: Settings) -> None:
     from dataclasses import replace
 
-    from server.housekeeping import expire_events
-    from server.storage.runs import RunOutcome
+    from server.engine.housekeeping import expire_events
+    from server.storage.run_store import RunOutcome
 
     async def scenario() -> None:
         live = await open_services(replace(services, event_retention=3600))

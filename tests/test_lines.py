@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from server.lines import LineSplitter, LineTooLong, classify
+from server.claude.lines import LineSplitter, LineTooLong, classify
 
 
 def test_lines_split_across_chunks_are_joined_exactly() -> None:

@@ -2,9 +2,9 @@
 
 import pytest
 
-from server.command import RUN_MARKER_ENV, build_argv, build_env
+from server.claude.command import RUN_MARKER_ENV, build_argv, build_env
 from server.errors import BadRequest, Forbidden, PayloadTooLarge
-from server.options import FIELDS, parse_run_request
+from server.engine.options import FIELDS, parse_run_request
 
 
 def parse(body, allow_dangerous=False, cap=1000):

@@ -32,9 +32,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import BadRequest
-from ..storage.fingerprints import FingerprintStore
-from ..storage.sessions import SessionStore
+from server.errors import BadRequest
+from server.storage.fingerprint_store import FingerprintStore
+from server.storage.session_store import SessionStore
 
 log = logging.getLogger(__name__)
 

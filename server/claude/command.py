@@ -1,0 +1,67 @@
+"""The CLI's command line and environment for one run.
+
+Every option is passed as a single ``--flag=value`` argument: the CLI's list flags are variadic
+and would otherwise swallow whatever follows. The prompt is not here at all; it goes to stdin,
+so a prompt such as ``--help`` or one of 200 KB reaches the model as text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from server.config import ENV_PREFIX
+from server.engine.options import RunRequest
+
+# Marks every process of a run, whatever process group or session it moved to, so that
+# stopping a run (or a relay restarted after a crash) can find all of them.
+RUN_MARKER_ENV = "CLAUDE_RELAY_RUN_ID"
+
+
+def build_argv(
+    claude_bin: str,
+    request: RunRequest,
+    *,
+    resume_id: str | None = None,
+    new_session_id: str | None = None,
+    fork: bool = False,
+) -> list[str]:
+    """``claude -p --verbose --output-format=stream-json`` plus the request's options."""
+    argv = [claude_bin, "-p", "--verbose", "--output-format=stream-json"]
+    if resume_id:
+        argv.append(f"--resume={resume_id}")
+        if fork:
+            argv.append("--fork-session")
+    elif new_session_id:
+        argv.append(f"--session-id={new_session_id}")
+    optional = {
+        "--model": request.model,
+        "--system-prompt": request.system_prompt,
+        "--append-system-prompt": request.append_system_prompt,
+        "--permission-mode": request.permission_mode,
+        "--max-turns": request.max_turns,
+        "--max-budget-usd": request.max_budget_usd,
+        "--effort": request.effort,
+    }
+    argv.extend(f"{flag}={value}" for flag, value in optional.items() if value is not None)
+    if request.allowed_tools:
+        argv.append("--allowedTools=" + ",".join(request.allowed_tools))
+    if request.disallowed_tools:
+        argv.append("--disallowedTools=" + ",".join(request.disallowed_tools))
+    if request.skip_permissions:
+        argv.append("--dangerously-skip-permissions")
+    if request.include_partial_messages:
+        argv.append("--include-partial-messages")
+    return argv
+
+
+def build_env(base: Mapping[str, str], extra: Mapping[str, str], run_id: str) -> dict[str, str]:
+    """The server's environment minus the relay's own settings (its keys among them)."""
+    env = {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX)}
+    env.update(extra)
+    env[RUN_MARKER_ENV] = run_id
+    return env
+
+
+def current_env() -> dict[str, str]:
+    return dict(os.environ)

@@ -1,0 +1,272 @@
+"""Starting runs: capacity, the session and its lock, the workspace, the process.
+
+:class:`RunManager` is the one place that turns a validated request into a running
+:class:`~server.runs.Run`, and the run's observer that keeps the database in step with it.
+Whatever a failing step took (a capacity slot, the session lock, a new workspace, a CLI that
+was spawned but never got its prompt) is given back before the error reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from server.claude import process
+from server.claude.command import build_argv, build_env, current_env
+from server.errors import Conflict, NotFound, TooManyRuns
+from server.engine.options import RunRequest
+from server.engine.run import Limits, PromptInput, Run, StopReason
+from server.engine.runtime import Services
+from server.storage.run_store import NewRun, RunOutcome
+from server.storage.session_store import ConversationTaken
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+
+
+def title_of(prompt: str) -> str:
+    """A session's title: the first non-empty line of its first prompt, shortened."""
+    first = next((line.strip() for line in prompt.splitlines() if line.strip()), "")
+    return first[:120]
+
+
+async def _discard(spawning: asyncio.Future[process.Child]) -> None:
+    """Kill a CLI that was started but must not run (it never got its prompt)."""
+    try:
+        child = await spawning
+    except Exception:
+        return
+    process.kill_group(child)
+    await child.exited
+    child.close()
+
+
+def outcome_of(run: Run) -> RunOutcome:
+    return RunOutcome(
+        status=str(run.status),
+        claude_session_id=run.claude_id,
+        exit_code=run.exit_code,
+        stop_reason=str(run.stop_reason) if run.stop_reason else None,
+        error_message=run.error_message,
+        last_seq=run.last_seq,
+        result=run.result,
+        pid=run.pid,
+    )
+
+
+def owner_id() -> str:
+    """Names this relay process in session locks: host, then pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a run goes: its session, its directory, and what to pass the CLI."""
+
+    session_id: str
+    claude_id: str
+    resume: bool
+    fork: bool = False
+
+
+class RunManager:
+    """Starts runs, tracks the live ones, and stops them all at shutdown."""
+
+    def __init__(self, services: Services) -> None:
+        settings = services.settings
+        self.settings = settings
+        self.services = services
+        self.store = services.sessions
+        self.workspaces = services.workspaces
+        self.owner = owner_id()
+        self.runs: dict[str, Run] = {}
+        self._slots = 0
+        self._new_sessions: set[str] = set()
+        self.limits = Limits(
+            idle_timeout=settings.idle_timeout,
+            total_timeout=settings.total_timeout,
+            interrupt_grace=settings.interrupt_grace,
+            terminate_grace=settings.terminate_grace,
+            max_line_bytes=settings.max_line_bytes,
+            stderr_tail_bytes=settings.stderr_tail_bytes,
+        )
+
+    @property
+    def active_count(self) -> int:
+        return self._slots
+
+    async def start(self, request: RunRequest) -> Run:
+        """Start a run for ``request`` or raise the error the client should see."""
+        if self._slots >= self.settings.max_concurrent_runs:
+            raise TooManyRuns(
+                f"{self._slots} runs are in progress, the relay's limit; try again shortly",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        self._slots += 1
+        try:
+            return await self._start(request)
+        except BaseException:
+            self._slots -= 1
+            raise
+
+    async def _start(self, request: RunRequest) -> Run:
+        """Plan, then spawn the CLI while its session is claimed in the database.
+
+        The CLI does nothing until its prompt arrives on stdin, and the prompt is only sent
+        once the claim (the session lock, or the new session's rows) has succeeded; if the
+        claim fails the idle process is killed. Overlapping the two saves the database round
+        trips from every run's time to first byte.
+        """
+        run_id = str(uuid.uuid4())
+        target = await self._plan(request)
+        cwd = self.workspaces.path_for(target.session_id)
+        cwd.mkdir(mode=0o700, exist_ok=True)
+        argv = build_argv(
+            self.settings.claude_bin,
+            request,
+            resume_id=target.claude_id if target.resume else None,
+            new_session_id=None if target.resume else target.claude_id,
+            fork=target.fork,
+        )
+        env = build_env(current_env(), self.settings.claude_env, run_id)
+        spawning = asyncio.ensure_future(process.spawn(argv, cwd=cwd, env=env))
+        new_run = NewRun(
+            id=run_id,
+            claude_session_id=target.claude_id,
+            owner=self.owner,
+            detached=request.detach,
+            api_key_id=request.api_key_id,
+            prompt=request.prompt,
+        )
+        try:
+            await self._claim(request, target, new_run)
+        except BaseException:
+            await _discard(spawning)
+            if not target.resume:
+                self.workspaces.remove(target.session_id)
+            raise
+        try:
+            child = await spawning
+        except BaseException as exc:
+            await self._abandon(target, run_id, str(exc))
+            raise
+        run = Run(
+            id=run_id,
+            session_id=target.session_id,
+            claude_id=target.claude_id,
+            observer=self,
+            limits=self.limits,
+            detached=request.detach,
+        )
+        self.runs[run_id] = run
+        run.start(child, PromptInput(request.prompt))
+        log.info(
+            "run %s started: session %s (%s), pid %s",
+            run_id,
+            target.claude_id,
+            "resume" if target.resume else "new",
+            child.pid,
+        )
+        return run
+
+    async def _plan(self, request: RunRequest) -> Resolved:
+        """Which session the run continues, or a new one; reads only.
+
+        ``session_id`` resumes the conversation's *latest* Claude id, so any id the relay
+        ever returned continues the same conversation. ``resume_claude_id`` (set by the
+        compatible APIs) resumes exactly that id, optionally forking a branch from it.
+        """
+        wanted = request.resume_claude_id or request.session_id
+        if wanted is not None:
+            record = await self.store.find_by_claude_id(wanted)
+            if record is None:
+                raise NotFound(f"unknown session {wanted}")
+            if request.resume_claude_id:
+                return Resolved(record.id, wanted, resume=True, fork=request.fork)
+            return Resolved(record.id, record.latest_claude_id, resume=True)
+        if request.conversation is not None:
+            record = await self.store.find_by_conversation(request.api_key_id, request.conversation)
+            if record is not None:
+                return Resolved(record.id, record.latest_claude_id, resume=True)
+        session_id = str(uuid.uuid4())
+        return Resolved(session_id, str(uuid.uuid4()), resume=False)
+
+    async def _claim(self, request: RunRequest, target: Resolved, new_run: NewRun) -> None:
+        """Lock the session for this run (recording the run), or create it locked."""
+        name = request.session_id or request.resume_claude_id or f"of {request.conversation!r}"
+        if target.resume:
+            if not await self.store.acquire(target.session_id, run=new_run):
+                raise Conflict(f"session {name} is already running; wait for its run to end")
+            return
+        conversation = (request.api_key_id, request.conversation) if request.conversation else None
+        try:
+            await self.store.create_locked(
+                target.session_id,
+                target.claude_id,
+                run=new_run,
+                title=title_of(request.prompt),
+                conversation=conversation,
+            )
+        except ConversationTaken:
+            raise Conflict(
+                f"conversation {request.conversation!r} is already running; wait for its run to end"
+            ) from None
+        self._new_sessions.add(new_run.id)
+
+    async def _abandon(self, target: Resolved, run_id: str, why: str) -> None:
+        """Undo :meth:`_claim` for a run whose CLI could not start."""
+        if target.resume:
+            await self.services.runs.mark_failed(run_id, why, stop_reason="not_started")
+            await self.store.release(target.session_id, run_id=run_id)
+        else:
+            self._new_sessions.discard(run_id)
+            await self.store.delete(target.session_id, only_if_idle=False)
+            self.workspaces.remove(target.session_id)
+
+    # -- RunObserver -----------------------------------------------------------------------
+
+    async def claude_id_seen(self, run: Run, claude_id: str) -> None:
+        await self.store.add_claude_id(run.session_id, claude_id)
+
+    async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
+        if self.settings.persist_events:
+            self.services.events.add(run.id, first_seq, events)
+
+    async def finished(self, run: Run) -> None:
+        """Record the outcome, then free the session; the live run is dropped last, so a
+        reader finds it either in memory or, complete, in the database."""
+        created = run.id in self._new_sessions
+        self._new_sessions.discard(run.id)
+        log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
+        try:
+            if created and not run.session_reported:
+                # The CLI never reported the session, so there is no transcript to resume.
+                await self.store.delete(run.session_id, only_if_idle=False)
+                self.workspaces.remove(run.session_id)
+                return
+            await self.services.events.flush()
+            await self.services.runs.finish(run.id, outcome_of(run), session_id=run.session_id)
+        finally:
+            self._slots -= 1
+            self.runs.pop(run.id, None)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def stop_all(self, reason: StopReason) -> None:
+        for run in list(self.runs.values()):
+            run.request_stop(reason)
+
+    async def shutdown(self) -> None:
+        """Stop every run and wait for each to record its end."""
+        self.stop_all(StopReason.SHUTDOWN)
+        limit = self.limits.interrupt_grace + self.limits.terminate_grace + 10
+        runs = [run.wait() for run in list(self.runs.values())]
+        if runs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*runs), limit)

@@ -1,0 +1,42 @@
+"""Re-attaching to a run: every event after a position, then live ones, then the end.
+
+A run this relay is running is followed in memory, where all its events are. Any other run
+is read from the database in pages; if it is still running (on another relay process that
+shares the database) new events are polled for until its row says it ended. The manager
+records a run's end in the database *before* dropping it from memory, so a run missing from
+memory is complete in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from server.engine.manager import RunManager
+from server.storage.run_store import RunStore
+
+PAGE = 1000
+POLL_INTERVAL = 0.5
+
+
+async def follow_run(
+    run_id: str, after: int, *, manager: RunManager, runs: RunStore
+) -> AsyncIterator[list[tuple[int, bytes]]]:
+    live = manager.runs.get(run_id)
+    if live is not None:
+        async for batch in live.follow(after):
+            yield batch
+        return
+    seen = after
+    while True:
+        batch = await runs.events(run_id, seen, PAGE)
+        if batch:
+            seen = batch[-1][0]
+            yield batch
+            continue
+        record = await runs.get(run_id)
+        if record is None or record.status != "running":
+            if not await runs.events(run_id, seen, 1):
+                return
+            continue
+        await asyncio.sleep(POLL_INTERVAL)

@@ -1,63 +1,55 @@
-"""The Litestar application: routes, auth, errors, and what lives for the app's lifetime."""
+"""The composition root: the Litestar app, its routers, and what lives for its lifetime.
+
+Each router brings its own error shape (the relay's ``{"error": …}``, OpenAI's, Anthropic's);
+handlers get what they need by dependency injection from :class:`~server.api.dependencies.Relay`,
+which the lifespan fills in: the runtime (database, stores, workspaces) and the run manager.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
-from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
-from server import __version__
-from server.api.auth import require_api_key
-from server.config import Settings
-from server.errors import EXCEPTION_HANDLERS
+from server.api import claude, runs, sessions
+from server.api.auth import api_key_guard
+from server.api.dependencies import Relay, dependencies
+from server.api.errors import RELAY_EXCEPTION_HANDLERS
+from server.api.health import health
+from server.compat.anthropic import router as anthropic
+from server.compat.openai import router as openai
+from server.config import VERSION, Settings
 from server.engine.housekeeping import housekeeping_loop
 from server.engine.manager import RunManager
 from server.engine.recovery import recover
-from server.compat.anthropic.router import create_message
-from server.api.claude import run_claude
-from server.api.health import health
-from server.compat.openai.router import chat_completions, get_model, list_models
-from server.api.runs import cancel_run, get_run, run_events
-from server.api.sessions import (
-    delete_session,
-    get_session,
-    last_assistant_text,
-    list_session_runs,
-    list_sessions,
-)
-from server.engine.runtime import open_services
+from server.engine.runtime import open_runtime
 
 log = logging.getLogger(__name__)
 
 
-def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = await open_services(settings)
-        await recover(services.sessions, services.runs)
-        services.events.start()
-        manager = RunManager(services)
-        app.state.update(
-            services=services,
-            engine=services.engine,
-            store=services.sessions,
-            manager=manager,
-            workspaces=services.workspaces,
+        runtime = await open_runtime(relay.settings)
+        await recover(runtime.sessions, runtime.runs)
+        runtime.event_writer.start()
+        relay.runtime, relay.manager = runtime, RunManager(runtime)
+        housekeeping = asyncio.create_task(housekeeping_loop(runtime), name="housekeeping")
+        log.info(
+            "workspaces under %s, database %s", runtime.workspaces.root, runtime.database.engine.url
         )
-        housekeeping = asyncio.create_task(housekeeping_loop(services), name="housekeeping")
-        log.info("workspaces under %s, database %s", services.workspaces.root, services.engine.url)
         try:
             yield
         finally:
             housekeeping.cancel()
-            await manager.shutdown()
-            await services.close()
+            await relay.manager.shutdown()
+            await runtime.close()
+            relay.runtime = relay.manager = None
 
     return lifespan
 
@@ -65,30 +57,23 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
 def create_app(settings: Settings | None = None) -> Litestar:
     """The relay as an ASGI app; settings default to the ``CLAUDE_RELAY_*`` environment."""
     settings = settings or Settings.from_env()
+    relay = Relay(settings)
     cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
     return Litestar(
         route_handlers=[
-            run_claude,
             health,
-            list_models,
-            get_model,
-            chat_completions,
-            create_message,
-            list_sessions,
-            get_session,
-            last_assistant_text,
-            list_session_runs,
-            delete_session,
-            get_run,
-            run_events,
-            cancel_run,
+            claude.router,
+            sessions.router,
+            runs.router,
+            openai.router,
+            anthropic.router,
         ],
-        guards=[require_api_key],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=[_lifespan(settings)],
+        guards=[api_key_guard(settings.api_keys)],
+        dependencies=dependencies(relay),
+        exception_handlers=RELAY_EXCEPTION_HANDLERS,
+        lifespan=[_lifespan(relay)],
         cors_config=cors,
         # The prompt's own cap is checked after decoding; JSON escaping can grow a body.
         request_max_body_size=settings.max_prompt_bytes * 2 + 1024 * 1024,
-        openapi_config=OpenAPIConfig(title="claude-relay", version=__version__, path="/schema"),
-        state=State({"settings": settings}),
+        openapi_config=OpenAPIConfig(title="claude-relay", version=VERSION, path="/schema"),
     )

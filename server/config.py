@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,11 @@ from typing import Any
 from server.errors import ConfigError
 
 ENV_PREFIX = "CLAUDE_RELAY_"
+VERSION = "0.1.0"
+
+# A model id or alias as the CLI's --model takes it: `sonnet`, `claude-sonnet-4-5-20250929`,
+# `opus[1m]`, a Bedrock ARN. Requests and the configured model map are checked against it.
+MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/\[\]-]{0,199}")
 
 
 def _parse_bool(raw: str) -> bool:
@@ -90,8 +96,6 @@ class ModelMap(dict[str, str | None]):
 
 def parse_models(raw: str) -> ModelMap:
     """``claude-code,claude-code-sonnet=sonnet``: ids for /v1/models, each with its CLI model."""
-    from server.engine.options import _MODEL as MODEL_PATTERN
-
     models = ModelMap()
     for item in _parse_list(raw):
         key, sep, value = (part.strip() for part in item.partition("="))
@@ -263,7 +267,7 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
         if f.default is not dataclasses.MISSING:
             default = f.default
         else:
-            default = f.default_factory()  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[operator]
         shown = "" if default in ((), {}) else str(default)
         flag = "--" + f.name.replace("_", "-")
         rows.append((ENV_PREFIX + f.name.upper(), flag, shown, f.metadata["help"]))

@@ -1,5 +1,7 @@
 """The ``claude-relay`` command: ``serve``, ``migrate``, ``sessions`` and ``gc``.
 
+(Named ``main`` rather than ``cli``: in this code base "the CLI" is Claude Code's.)
+
 ``serve`` flags mirror the settings in ``config.py`` one to one (``--idle-timeout`` is
 ``CLAUDE_RELAY_IDLE_TIMEOUT``); a flag given on the command line wins over the environment.
 """
@@ -116,16 +118,16 @@ def migrate(settings: Settings) -> int:
     return 0
 
 
-def _with_services(settings: Settings, work: Any) -> Any:
-    """Run ``work(services)`` against the configured database, then close it."""
-    from server.engine.runtime import open_services
+def _with_runtime(settings: Settings, work: Any) -> Any:
+    """Run ``work(runtime)`` against the configured database, then close it."""
+    from server.engine.runtime import open_runtime
 
     async def main() -> Any:
-        services = await open_services(settings)
+        runtime = await open_runtime(settings)
         try:
-            return await work(services)
+            return await work(runtime)
         finally:
-            await services.close()
+            await runtime.close()
 
     return asyncio.run(main())
 
@@ -138,26 +140,26 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def sessions_command(settings: Settings, args: argparse.Namespace) -> int:
-    from server.errors import HTTPError
-    from server.engine.housekeeping import forget_session
-    from server.api.schemas import run_json, session_json
+    from server.api.schemas import run_out, session_out, to_builtins
     from server.api.sessions import find_session
+    from server.engine.housekeeping import forget_session
+    from server.errors import Refused
 
-    async def work(services: Any) -> int:
+    async def work(runtime: Any) -> int:
         if args.action == "list":
-            page = await services.catalog.page(limit=args.limit)
-            rows = [session_json(item, services.workspaces) for item in page]
+            page = await runtime.catalog.page(limit=args.limit)
+            rows = to_builtins([session_out(item, runtime.workspaces) for item in page])
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
                 _print_table(rows, ["session_id", "state", "runs", "last_used_at", "title"])
             return 0
-        record = await find_session(services, args.session_id)
+        record = await find_session(runtime, args.session_id)
         if args.action == "show":
-            summary = await services.catalog.summary(record.id)
-            body = session_json(summary, services.workspaces)
-            runs = await services.runs.for_session(record.id, limit=20)
-            body["recent_runs"] = [run_json(run) for run in runs]
+            summary = await runtime.catalog.summary(record.workspace_id)
+            body = to_builtins(session_out(summary, runtime.workspaces))
+            runs = await runtime.runs.for_session(record.workspace_id, limit=20)
+            body["recent_runs"] = to_builtins([run_out(run) for run in runs])
             if args.json:
                 print(json.dumps(body, indent=2))
             else:
@@ -167,18 +169,17 @@ def sessions_command(settings: Settings, args: argparse.Namespace) -> int:
                 print()
                 _print_table(body["recent_runs"], ["run_id", "status", "started_at", "prompt"])
             return 0
-        forgotten = await forget_session(services, record.id, purge=args.purge)
+        forgotten = await forget_session(runtime, record.workspace_id, purge=args.purge)
         if args.json:
             print(json.dumps(dataclasses.asdict(forgotten)))
         else:
-            print(
-                f"deleted session {record.latest_claude_id}" + (" (purged)" if args.purge else "")
-            )
+            deleted = record.latest_claude_session_id
+            print(f"deleted session {deleted}" + (" (purged)" if args.purge else ""))
         return 0
 
     try:
-        return _with_services(settings, work)
-    except HTTPError as exc:
+        return int(_with_runtime(settings, work))
+    except Refused as exc:
         print(f"claude-relay: {exc.message}", file=sys.stderr)
         return 1
 
@@ -192,10 +193,10 @@ def gc_command(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--idle-for: {exc}") from None
 
-    async def work(services: Any) -> list[str]:
-        return await collect_garbage(services, idle_for=idle_for, dry_run=args.dry_run)
+    async def work(runtime: Any) -> list[str]:
+        return await collect_garbage(runtime, idle_for=idle_for, dry_run=args.dry_run)
 
-    removed = _with_services(settings, work)
+    removed = _with_runtime(settings, work)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "sessions": removed}))
     else:
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = _settings_from(args)
-        return COMMANDS[args.command](settings, args)
+        return int(COMMANDS[args.command](settings, args))
     except ConfigError as exc:
         print(f"claude-relay: {exc}", file=sys.stderr)
         return 2

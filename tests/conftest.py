@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay, fake_claude_bin, real_cli_path, start_relay
+from tests.support import (
+    Relay,
+    RelayProcess,
+    fake_claude_bin,
+    real_cli_path,
+    serve_relay,
+    start_relay,
+)
 
 
 @pytest.fixture(scope="session")
@@ -54,21 +61,31 @@ def real_cli_env(api: FakeAnthropicAPI, **extra: str) -> dict[str, str]:
 RelayFactory = Callable[..., Relay]
 
 
-@pytest.fixture
-def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
-    """Start relays for this test; all are stopped when it ends."""
+def _factory(tmp_path: Path, launch: Callable[..., Relay]) -> Iterator[RelayFactory]:
     started: list[Relay] = []
 
     def start(**kw: Any) -> Relay:
         folder = tmp_path / f"relay{len(started)}"
         folder.mkdir()
-        relay = start_relay(folder, **kw)
+        relay = launch(folder, **kw)
         started.append(relay)
         return relay
 
     yield start
     for relay in started:
         relay.stop()
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
+    """Serve relays in this process for this test; all are stopped when it ends."""
+    yield from _factory(tmp_path, serve_relay)
+
+
+@pytest.fixture
+def relay_process_factory(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """Start relay subprocesses (for signals, crashes, restarts); stopped when the test ends."""
+    yield from _factory(tmp_path, start_relay)  # type: ignore[misc]
 
 
 @pytest.fixture

@@ -1,8 +1,14 @@
-"""Running a real relay server for a test, and reading its SSE streams.
+"""Running real relay servers for a test, and reading their SSE streams.
 
-Every relay a test uses is a real ``python -m server serve`` process on 127.0.0.1 and a free
-port, with its own database, workspaces and ``HOME``; the test stops it. Nothing is mocked
-between the HTTP client and the CLI.
+Two launchers, one interface (:class:`Relay`):
+
+* :func:`serve_relay` runs the relay **in this process**: the real app under uvicorn, on a
+  thread of its own, on 127.0.0.1 and a free port, with its own database, workspaces and CLI
+  ``HOME``. No interpreter start, no imports, no health polling: most tests use it.
+* :func:`start_relay` runs ``python -m server serve`` as a **subprocess**, for what only a
+  separate process shows: signals to the relay, a relay killed mid-run, a restart, its fds.
+
+Either way nothing is mocked between the HTTP client and the CLI; the test stops the relay.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -107,20 +114,18 @@ def parse_sse(text: str) -> tuple[list[Event], list[str]]:
 
 @dataclass
 class Relay:
-    """A running relay process and what it was started with."""
+    """A running relay and what it was started with (base of both launchers)."""
 
     url: str
-    process: subprocess.Popen[bytes]
     home: Path
     workspaces: Path
     database: Path
-    log_path: Path
     env: dict[str, str]
     api_key: str | None = None
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        raise NotImplementedError
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -134,8 +139,19 @@ class Relay:
         with self.client(timeout) as client:
             return read_stream(client, "POST", "/api/claude", json=body, **kw)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        with self.client() as client:
+            return client.get(f"/api/runs/{run_id}").json()
+
+    def wait_run_ended(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
+        """The run once it has ended (a state, not a log line), or fail."""
+        assert wait_until(lambda: self.get_run(run_id)["status"] != "running", timeout), run_id
+        return self.get_run(run_id)
+
+    def session_runs(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's runs, oldest first."""
+        with self.client() as client:
+            return list(reversed(client.get(f"/api/sessions/{session_id}/runs").json()["runs"]))
 
     def children(self) -> list[psutil.Process]:
         try:
@@ -144,6 +160,28 @@ class Relay:
             return []
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        raise NotImplementedError
+
+
+@dataclass
+class RelayProcess(Relay):
+    """A relay running as ``python -m server serve``."""
+
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log(self) -> str:
+        """Its output, for failure messages only (tests wait on states, not on logs)."""
+        assert self.log_path is not None
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
@@ -173,7 +211,7 @@ def start_relay(
     database: Path | None = None,
     workspaces: Path | None = None,
     home: Path | None = None,
-) -> Relay:
+) -> RelayProcess:
     """Start ``python -m server serve`` and wait until ``/health`` answers."""
     port = free_port()
     home = home or tmp / "home"
@@ -208,14 +246,21 @@ def start_relay(
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )
-    relay = Relay(
-        f"http://127.0.0.1:{port}", process, home, workspaces, database, log_path, full_env, api_key
+    relay = RelayProcess(
+        f"http://127.0.0.1:{port}",
+        home,
+        workspaces,
+        database,
+        full_env,
+        api_key,
+        process=process,
+        log_path=log_path,
     )
     _wait_ready(relay)
     return relay
 
 
-def _wait_ready(relay: Relay, timeout: float = 30) -> None:
+def _wait_ready(relay: RelayProcess, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if relay.process.poll() is not None:
@@ -267,3 +312,115 @@ def running(relay: Relay) -> Iterator[Relay]:
         yield relay
     finally:
         relay.stop()
+
+
+# -- in this process --------------------------------------------------------------------------
+
+
+@dataclass
+class InProcessRelay(Relay):
+    """The relay app under uvicorn on a thread of this process (see the module docstring).
+
+    The CLI processes it starts are children of the test process, so :meth:`children` lists
+    exactly them; ``pid`` is the test process.
+    """
+
+    server: Any = None
+    thread: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        """Shut the server down as SIGTERM would (its lifespan stops every run)."""
+        assert sig == signal.SIGTERM, "an in-process relay can only be stopped gracefully"
+        if self.thread is not None and self.thread.is_alive():
+            self.server.should_exit = True
+            self.thread.join(timeout)
+            assert not self.thread.is_alive(), "the in-process relay did not stop"
+        return 0
+
+
+# The CLI's own environment for every test relay (the relay puts it on top of the test
+# process's environment): quiet, no updates, and a HOME of its own for transcripts.
+CLI_QUIET_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+
+
+def serve_relay(
+    tmp: Path,
+    *,
+    claude_bin: Path | str,
+    env: dict[str, str] | None = None,
+    api_key: str | None = None,
+    database: Path | None = None,
+    workspaces: Path | None = None,
+    home: Path | None = None,
+) -> InProcessRelay:
+    """Serve the relay app in this process; ``env`` is read like the subprocess's environment.
+
+    ``CLAUDE_RELAY_*`` entries are settings; any other entry is environment for the CLI
+    (``ANTHROPIC_BASE_URL``, say), as it would inherit it from a relay subprocess.
+    """
+    import asyncio
+
+    import uvicorn
+    from sse_starlette.sse import AppStatus
+
+    from server.app import create_app
+    from server.config import Settings
+
+    home = home or tmp / "home"
+    workspaces = workspaces or tmp / "workspaces"
+    database = database or tmp / "relay.db"
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(env or {})
+    settings_env = {k: v for k, v in env.items() if k.startswith("CLAUDE_RELAY_")}
+    cli_env = {**CLI_QUIET_ENV, "HOME": str(home)}
+    cli_env.update({k: v for k, v in env.items() if not k.startswith("CLAUDE_RELAY_")})
+    extra = settings_env.pop("CLAUDE_RELAY_CLAUDE_ENV", "")
+    pairs = ",".join(f"{k}={v}" for k, v in cli_env.items())
+    settings_env = {
+        "CLAUDE_RELAY_CLAUDE_BIN": str(claude_bin),
+        "CLAUDE_RELAY_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "CLAUDE_RELAY_WORKSPACES_DIR": str(workspaces),
+        "CLAUDE_RELAY_LOG_LEVEL": "warning",
+        **({"CLAUDE_RELAY_API_KEYS": api_key} if api_key else {}),
+        **settings_env,
+        "CLAUDE_RELAY_CLAUDE_ENV": ",".join(p for p in (pairs, extra) if p),
+    }
+    settings = Settings.from_env(settings_env)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    grace = settings.shutdown_grace + settings.interrupt_grace + settings.terminate_grace + 5
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=int(grace),
+    )
+    server = uvicorn.Server(config)
+    # sse-starlette's exit flag is process-wide and never resets by itself.
+    AppStatus.should_exit = False
+    thread = threading.Thread(
+        target=lambda: asyncio.run(server.serve(sockets=[sock])), name=f"relay-{port}", daemon=True
+    )
+    thread.start()
+    relay = InProcessRelay(
+        f"http://127.0.0.1:{port}",
+        home,
+        workspaces,
+        database,
+        settings_env,
+        api_key,
+        server=server,
+        thread=thread,
+    )
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            relay.stop()
+            raise RuntimeError("the in-process relay did not start")
+        time.sleep(0.01)
+    return relay

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from server.engine.manager import ANONYMOUS
 from server.errors import Unauthorized
 
 PUBLIC_OPT = "public"
-ANONYMOUS = "anonymous"
 
 
 def key_id(key: str) -> str:
@@ -44,24 +45,31 @@ def _matches(presented: str, keys: tuple[str, ...]) -> str | None:
     return found
 
 
-def require_api_key(
-    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
-) -> None:
-    """Litestar guard: pass when keys are off, the route is public, or a key matches."""
-    keys: tuple[str, ...] = connection.app.state.settings.api_keys
-    if not keys:
-        connection.state.api_key_id = ANONYMOUS
-        return
-    if handler.opt.get(PUBLIC_OPT):
-        return
-    presented = _presented_key(connection)
-    if presented is None:
-        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    key = _matches(presented, keys)
-    if key is None:
-        raise Unauthorized("invalid API key")
-    connection.state.api_key_id = key_id(key)
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
 
 
-def caller_id(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    return getattr(connection.state, "api_key_id", ANONYMOUS)
+def api_key_guard(keys: tuple[str, ...]) -> Guard:
+    """A Litestar guard: pass when keys are off, the route is public, or a key matches."""
+
+    def require_api_key(
+        connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        if not keys:
+            connection.state.api_key_id = ANONYMOUS
+            return
+        if handler.opt.get(PUBLIC_OPT):
+            return
+        presented = _presented_key(connection)
+        if presented is None:
+            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+        key = _matches(presented, keys)
+        if key is None:
+            raise Unauthorized("invalid API key")
+        connection.state.api_key_id = key_id(key)
+
+    return require_api_key
+
+
+def caller_id(request: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The dependency ``api_key_id``: who is asking, as the guard found it."""
+    return getattr(request.state, "api_key_id", ANONYMOUS)

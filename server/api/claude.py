@@ -2,57 +2,68 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
-import msgspec
-from litestar import Request, post
+from litestar import Router, post
+from litestar.params import JSONBody
 from litestar.types import ASGIApp
 
-from server.api.auth import caller_id
-from server.errors import BadRequest
-from server.engine.options import parse_run_request
+from server.api.dependencies import CallerDep, ManagerDep, SettingsDep
+from server.api.errors import BODY_OPT
+from server.api.schemas import ClaudeRequest, normal_uuid
 from server.api.sse import run_stream
+from server.claude.options import check_conversation_key, check_prompt
+from server.config import Settings
+from server.engine.manager import RunRequest
+from server.engine.planner import ByConversation, ResumeLatest, Target
+from server.errors import InvalidRequest
 
 DESCRIPTION = """\
-Body (JSON): `prompt` (required); `session_id` to resume; `dangerously-skip-permissions`,
-`allowedTools`, `disallowedTools`, `model`, `system_prompt`, `append_system_prompt`,
-`permission_mode`, `max_turns`, `max_budget_usd`, `effort`, `include_partial_messages`,
-`detach`, `conversation`.
-
-Each stdout line of the CLI is one event: `id` = its 1-based number, `data` = the line. A line
-that is not JSON arrives as `{"type":"relay","subtype":"raw","text":...}`; a run that ends
-badly ends with `{"type":"relay","subtype":"error",...}`. Errors before the stream starts are
-JSON `{"error": ...}` with status 400, 401, 403, 404, 409, 413, 429 or 503.
+Each stdout line of the CLI is one event: `id` = its 1-based number in the run, `data` = the
+line. A line that is not JSON arrives as `{"type":"relay","subtype":"raw","text":...}`; a run
+that ends badly ends with `{"type":"relay","subtype":"error",...}`. Errors before the stream
+starts are JSON `{"error": ...}` with status 400, 401, 403, 404, 409, 413, 429 or 503.
+Response headers: `X-Run-Id`, `X-Session-Id`.
 """
 
 
+def _target(body: ClaudeRequest) -> Target:
+    if body.session_id is not None and body.conversation is not None:
+        raise InvalidRequest("give either `session_id` or `conversation`, not both")
+    if body.session_id is not None:
+        return ResumeLatest(normal_uuid(body.session_id))
+    if body.conversation is not None:
+        return ByConversation(check_conversation_key("conversation", body.conversation))
+    return None
+
+
+def run_request(body: ClaudeRequest, settings: Settings, api_key_id: str) -> RunRequest:
+    """The engine's request for a client's body, refused if any value is not allowed."""
+    return RunRequest(
+        prompt=check_prompt(body.prompt, settings.max_prompt_bytes),
+        options=body.options().check(allow_dangerous=settings.allow_dangerous),
+        target=_target(body),
+        api_key_id=api_key_id,
+        detach=bool(body.detach),
+    )
+
+
 @post(
-    "/api/claude",
+    "/claude",
     status_code=200,
     media_type="text/event-stream",
-    tags=["claude"],
     summary="Run Claude Code and stream its output",
     description=DESCRIPTION,
+    opt={BODY_OPT: ClaudeRequest},
 )
-async def run_claude(request: Request[Any, Any, Any]) -> ASGIApp:
-    state = request.app.state
-    settings = state.settings
-    raw = await request.body()
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    run_request = parse_run_request(
-        body,
-        max_prompt_bytes=settings.max_prompt_bytes,
-        allow_dangerous=settings.allow_dangerous,
-    )
-    run_request = dataclasses.replace(run_request, api_key_id=caller_id(request))
-    run = await state.manager.start(run_request)
+async def run_claude(
+    data: JSONBody[ClaudeRequest], settings: SettingsDep, manager: ManagerDep, api_key_id: CallerDep
+) -> ASGIApp:
+    run = await manager.start(run_request(data, settings, api_key_id))
     return run_stream(
         run,
         ping_interval=settings.ping_interval,
         shutdown_grace=settings.shutdown_grace,
-        headers={"X-Run-Id": run.id, "X-Session-Id": run.claude_id},
+        headers={"X-Run-Id": run.id, "X-Session-Id": run.claude_session_id},
     )
+
+
+router = Router("/api", route_handlers=[run_claude], tags=["claude"])

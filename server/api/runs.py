@@ -4,69 +4,71 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Annotated
 
-from litestar import Request, get, post
-from litestar.params import Parameter
+from litestar import Router, get, post
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.types import ASGIApp
 
-from server.errors import BadRequest, Conflict, NotFound
-from server.engine.replay import follow_run
-from server.api.schemas import run_json
-from server.engine.run import StopReason
-from server.engine.runtime import Services
-from server.storage.run_store import RunRecord
+from server.api.dependencies import ManagerDep, RuntimeDep, SettingsDep
+from server.api.schemas import RunOut, run_out
 from server.api.sse import encoded, sse_response
+from server.engine.replay import follow_run
+from server.engine.run import StopReason
+from server.engine.runtime import Runtime
+from server.errors import Conflict, InvalidRequest, NotFound
+from server.storage.run_store import RunRecord, RunStatus
+
+MAX_EVENT_ID = 10**15
+"""Larger than any run's event count; keeps positions far from integer limits."""
 
 
-def _services(request: Request[Any, Any, Any]) -> Services:
-    return request.app.state.services
-
-
-async def find_run(services: Services, run_id: str) -> RunRecord:
-    record = await services.runs.get(run_id)
+async def find_run(runtime: Runtime, run_id: str) -> RunRecord:
+    record = await runtime.runs.get(run_id)
     if record is None:
         raise NotFound(f"unknown run {run_id}")
     return record
 
 
-@get("/api/runs/{run_id:str}", tags=["runs"], summary="One run and its outcome")
-async def get_run(request: Request[Any, Any, Any], run_id: str) -> dict[str, Any]:
-    record = await find_run(_services(request), run_id)
-    body = run_json(record)
-    live = request.app.state.manager.runs.get(run_id)
-    if live is not None:
-        body["events"] = live.last_seq
-    return body
+@get("/{run_id:str}", summary="One run and its outcome")
+async def get_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep) -> RunOut:
+    record = await find_run(runtime, run_id)
+    live = manager.get(run_id)
+    return run_out(record, events=live.last_seq if live is not None else None)
 
 
-def _start_position(request: Request[Any, Any, Any], after: int | None) -> int:
-    header = request.headers.get("last-event-id")
-    if header is None:
+def start_position(last_event_id: str | None, after: int | None) -> int:
+    """Where a re-attaching client resumes: ``Last-Event-ID`` wins over ``?after=``."""
+    if last_event_id is None:
         return after or 0
     try:
-        return max(0, int(header))
+        position = int(last_event_id.strip())
     except ValueError:
-        raise BadRequest("Last-Event-ID must be an event number") from None
+        raise InvalidRequest("Last-Event-ID must be an event number") from None
+    if not 0 <= position <= MAX_EVENT_ID:
+        raise InvalidRequest(f"Last-Event-ID must be from 0 to {MAX_EVENT_ID}")
+    return position
 
 
 @get(
-    "/api/runs/{run_id:str}/events",
+    "/{run_id:str}/events",
     media_type="text/event-stream",
-    tags=["runs"],
     summary="Replay a run's events, then follow it live until it ends",
     description="Starts after `Last-Event-ID` (or `?after=`). Leaving never stops the run.",
 )
 async def run_events(
-    request: Request[Any, Any, Any],
-    run_id: str,
-    after: int | None = Parameter(default=None, ge=0),
+    run_id: FromPath[str],
+    runtime: RuntimeDep,
+    manager: ManagerDep,
+    settings: SettingsDep,
+    after: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
+    last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> ASGIApp:
-    services = _services(request)
-    record = await find_run(services, run_id)
-    position = _start_position(request, after)
-    batches = follow_run(run_id, position, manager=request.app.state.manager, runs=services.runs)
-    settings = services.settings
+    record = await find_run(runtime, run_id)
+    position = start_position(last_event_id, after)
+    batches = follow_run(
+        run_id, position, manager=manager, runs=runtime.runs, events=runtime.events
+    )
     return sse_response(
         encoded(batches),
         ping_interval=settings.ping_interval,
@@ -75,14 +77,13 @@ async def run_events(
     )
 
 
-@post("/api/runs/{run_id:str}/cancel", status_code=200, tags=["runs"], summary="Stop a run")
-async def cancel_run(request: Request[Any, Any, Any], run_id: str) -> dict[str, Any]:
+@post("/{run_id:str}/cancel", status_code=200, summary="Stop a run")
+async def cancel_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep) -> RunOut:
     """SIGINT first, so the CLI writes its final result; answers once the run has ended."""
-    services = _services(request)
-    record = await find_run(services, run_id)
-    live = request.app.state.manager.runs.get(run_id)
+    record = await find_run(runtime, run_id)
+    live = manager.get(run_id)
     if live is None:
-        if record.status == "running":
+        if record.status is RunStatus.RUNNING:
             raise Conflict(f"run {run_id} is running on another relay process ({record.owner})")
         raise Conflict(f"run {run_id} has already ended ({record.status})")
     if not live.request_stop(StopReason.CANCELLED) and live.stop_reason is None:
@@ -90,4 +91,7 @@ async def cancel_run(request: Request[Any, Any, Any], run_id: str) -> dict[str, 
     limits = live.limits
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(live.wait(), limits.interrupt_grace + limits.terminate_grace + 10)
-    return run_json(await find_run(services, run_id))
+    return run_out(await find_run(runtime, run_id))
+
+
+router = Router("/api/runs", route_handlers=[get_run, run_events, cancel_run], tags=["runs"])

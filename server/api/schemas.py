@@ -1,16 +1,100 @@
-"""The JSON shapes of sessions and runs, the same for the HTTP API and the command line."""
+"""The bodies of the relay's own API, as ``msgspec`` structs: Litestar validates requests
+against them and ``/schema`` documents every one. The command line prints the same shapes.
+
+Public field names stay what clients already send and read: ``session_id`` is always a
+*Claude* session id (any of a session's ids on the way in, its latest on the way out), and
+the request's ``allowedTools`` / ``dangerously-skip-permissions`` are spelled as the original
+Claude Code Server spelled them.
+"""
 
 from __future__ import annotations
 
-import base64
-import json
+import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from server.errors import BadRequest
-from server.storage.run_store import RunRecord
-from server.storage.session_store import SessionSummary
+import msgspec
+
+from server.claude.options import EFFORT_LEVELS, PERMISSION_MODES, RunOptions
 from server.engine.workspaces import Workspaces
+from server.storage.catalog import SessionSummary
+from server.storage.run_store import RunRecord
+
+PermissionMode = Literal["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"]
+Effort = Literal["low", "medium", "high", "xhigh", "max"]
+assert PermissionMode.__args__ == PERMISSION_MODES and Effort.__args__ == EFFORT_LEVELS  # type: ignore[attr-defined]
+
+UUIDText = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$",
+        description="A session id (UUID).",
+    ),
+]
+ToolSpec = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=530,
+        description="`Bash`, `Bash(git log:*)`, `Read(./src/**)`, `mcp__server__tool`.",
+    ),
+]
+
+
+class ClaudeRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``POST /api/claude``: one turn of a session. Only ``prompt`` is required."""
+
+    prompt: Annotated[
+        str, msgspec.Meta(description="Sent to the CLI on stdin, never as an argument.")
+    ]
+    session_id: UUIDText | None = None
+    conversation: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    detach: bool | None = None
+    """Keep running when the client disconnects (default: a disconnect stops the run)."""
+    dangerously_skip_permissions: bool | None = msgspec.field(
+        default=None, name="dangerously-skip-permissions"
+    )
+    allowed_tools: Annotated[list[ToolSpec], msgspec.Meta(max_length=100)] | None = msgspec.field(
+        default=None, name="allowedTools"
+    )
+    disallowed_tools: Annotated[list[ToolSpec], msgspec.Meta(max_length=100)] | None = (
+        msgspec.field(default=None, name="disallowedTools")
+    )
+    model: str | None = None
+    system_prompt: str | None = None
+    append_system_prompt: str | None = None
+    permission_mode: PermissionMode | None = None
+    max_turns: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    max_budget_usd: Annotated[float, msgspec.Meta(gt=0, le=1e6)] | None = None
+    effort: Effort | None = None
+    include_partial_messages: bool | None = None
+
+    def options(self) -> RunOptions:
+        return RunOptions(
+            skip_permissions=bool(self.dangerously_skip_permissions),
+            allowed_tools=tuple(self.allowed_tools or ()),
+            disallowed_tools=tuple(self.disallowed_tools or ()),
+            model=self.model,
+            system_prompt=self.system_prompt,
+            append_system_prompt=self.append_system_prompt,
+            permission_mode=self.permission_mode,
+            max_turns=self.max_turns,
+            max_budget_usd=self.max_budget_usd,
+            effort=self.effort,
+            include_partial_messages=bool(self.include_partial_messages),
+        )
+
+
+def field_names(struct: type[msgspec.Struct]) -> list[str]:
+    """The names a client sends for a struct's fields, in order."""
+    return [field.encode_name for field in msgspec.structs.fields(struct)]
+
+
+def normal_uuid(text: str) -> str:
+    """The canonical form of a UUID the schema already checked."""
+    return str(uuid.UUID(text))
+
+
+# -- responses -----------------------------------------------------------------------------
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -19,40 +103,139 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-def session_json(summary: SessionSummary, workspaces: Workspaces) -> dict[str, Any]:
+class SessionOut(msgspec.Struct):
+    """A session: its ids, workspace, title, use and state."""
+
+    session_id: str
+    """The latest Claude session id: the one a resume continues."""
+    session_ids: list[str]
+    """Every Claude session id the session ever had; any of them resumes it."""
+    workspace: str
+    title: str | None
+    created_at: str | None
+    last_used_at: str | None
+    runs: int
+    total_cost_usd: float
+    state: Literal["running", "idle"]
+    active_run_id: str | None
+
+
+def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
     record = summary.record
-    return {
-        "session_id": record.latest_claude_id,
-        "session_ids": summary.claude_ids,
-        "workspace": str(workspaces.path_for(record.id)),
-        "title": summary.title,
-        "created_at": iso(record.created_at),
-        "last_used_at": iso(record.last_used_at),
-        "runs": summary.run_count,
-        "total_cost_usd": round(summary.total_cost_usd, 6),
-        "state": "running" if record.active_run_id else "idle",
-        "active_run_id": record.active_run_id,
-    }
+    return SessionOut(
+        session_id=record.latest_claude_session_id,
+        session_ids=summary.claude_session_ids,
+        workspace=str(workspaces.path_for(record.workspace_id)),
+        title=summary.title,
+        created_at=iso(record.created_at),
+        last_used_at=iso(record.last_used_at),
+        runs=summary.run_count,
+        total_cost_usd=round(summary.total_cost_usd, 6),
+        state="running" if record.active_run_id else "idle",
+        active_run_id=record.active_run_id,
+    )
 
 
-def run_json(record: RunRecord) -> dict[str, Any]:
-    body = record.as_json()
-    body["started_at"] = iso(record.started_at)
-    body["ended_at"] = iso(record.ended_at)
-    return body
+class SessionPage(msgspec.Struct):
+    sessions: list[SessionOut]
+    next_cursor: str | None
 
 
-def encode_cursor(position: tuple[float, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+class RunOut(msgspec.Struct):
+    """A run: its status and, once it ended, how and what it cost."""
+
+    run_id: str
+    session_id: str
+    status: Literal["running", "succeeded", "failed", "cancelled", "timed_out"]
+    detached: bool
+    prompt: str
+    started_at: str | None
+    ended_at: str | None
+    exit_code: int | None
+    stop_reason: str | None
+    is_error: bool | None
+    num_turns: int | None
+    total_cost_usd: float | None
+    usage: dict[str, Any] | None
+    duration_ms: int | None
+    result: str | None
+    error: str | None
+    events: int
+    placement: str | None
+    """How the run found its session: new, resume, conversation, fingerprint or explicit."""
 
 
-def decode_cursor(cursor: str | None) -> tuple[float, str] | None:
-    """The position after which the next page starts; 400 for anything we did not issue."""
-    if not cursor:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        stamp, key = json.loads(base64.urlsafe_b64decode(padded))
-        return float(stamp), str(key)
-    except (ValueError, TypeError):
-        raise BadRequest("`cursor` is not one this relay issued") from None
+def run_out(record: RunRecord, *, events: int | None = None) -> RunOut:
+    return RunOut(
+        run_id=record.id,
+        session_id=record.claude_session_id,
+        status=record.status.value,
+        detached=record.detached,
+        prompt=record.prompt_head,
+        started_at=iso(record.started_at),
+        ended_at=iso(record.ended_at),
+        exit_code=record.exit_code,
+        stop_reason=record.stop_reason,
+        is_error=record.is_error,
+        num_turns=record.num_turns,
+        total_cost_usd=record.total_cost_usd,
+        usage=record.usage,
+        duration_ms=record.duration_ms,
+        result=record.result_text,
+        error=record.error_message,
+        events=record.last_seq if events is None else events,
+        placement=record.placement,
+    )
+
+
+class RunPage(msgspec.Struct):
+    runs: list[RunOut]
+    next_cursor: str | None
+
+
+class LastAnswer(msgspec.Struct):
+    session_id: str
+    text: str
+
+
+class Deleted(msgspec.Struct):
+    deleted: str
+    purged: bool
+    workspace_removed: bool
+    transcript_dirs_removed: int
+
+
+class CLIHealth(msgspec.Struct):
+    path: str | None
+    version: str | None
+    error: str | None
+
+
+class DatabaseHealth(msgspec.Struct, omit_defaults=True):
+    ok: bool
+    revision: str | None = None
+    error: str | None = None
+
+
+class RunsHealth(msgspec.Struct):
+    active: int
+    max: int
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok", "unavailable"]
+    version: str
+    cli: CLIHealth
+    database: DatabaseHealth
+    runs: RunsHealth
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error of the relay's own API before a stream starts."""
+
+    error: str
+
+
+def to_builtins(value: Any) -> Any:
+    """A struct (or a list of them) as plain JSON-ready values, for the command line."""
+    return msgspec.to_builtins(value)

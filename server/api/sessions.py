@@ -3,102 +3,114 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated
 
-from litestar import Request, delete, get
-from litestar.params import Parameter
+from litestar import Router, delete, get
+from litestar.params import FromPath, FromQuery, QueryParameter
 
-from server.errors import BadRequest, NotFound
+from server.api.dependencies import RuntimeDep
+from server.api.pagination import decode_cursor, encode_cursor
+from server.api.schemas import (
+    Deleted,
+    LastAnswer,
+    RunPage,
+    SessionOut,
+    SessionPage,
+    run_out,
+    session_out,
+)
 from server.engine.housekeeping import forget_session
-from server.api.schemas import decode_cursor, encode_cursor, run_json, session_json
-from server.engine.runtime import Services
+from server.engine.runtime import Runtime
+from server.errors import InvalidRequest, NotFound
 from server.storage.session_store import SessionRecord
 
-Limit = Parameter(ge=1, le=500, default=50, description="Page size.")
-Cursor = Parameter(default=None, description="`next_cursor` of the previous page.")
+Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size.")]
+Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]
 
 
-def _services(request: Request[Any, Any, Any]) -> Services:
-    return request.app.state.services
-
-
-async def find_session(services: Services, session_id: str) -> SessionRecord:
+async def find_session(runtime: Runtime, session_id: str) -> SessionRecord:
     """Any Claude session id the relay ever reported resolves to its session."""
     try:
-        uuid.UUID(session_id)
+        claude_session_id = str(uuid.UUID(session_id))
     except ValueError:
-        raise BadRequest(f"not a session id: {session_id!r}") from None
-    record = await services.sessions.find_by_claude_id(session_id)
+        raise InvalidRequest(f"not a session id: {session_id!r}") from None
+    record = await runtime.sessions.find_by_claude_session_id(claude_session_id)
     if record is None:
         raise NotFound(f"unknown session {session_id}")
     return record
 
 
-@get("/api/sessions", tags=["sessions"], summary="List sessions, newest first")
+@get("/", summary="List sessions, newest first")
 async def list_sessions(
-    request: Request[Any, Any, Any], limit: int = Limit, cursor: str | None = Cursor
-) -> dict[str, Any]:
-    services = _services(request)
-    page = await services.catalog.page(limit=limit, before=decode_cursor(cursor))
+    runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
+) -> SessionPage:
+    page = await runtime.catalog.page(limit=limit, before=decode_cursor(cursor))
     last = page[-1].record if len(page) == limit else None
-    return {
-        "sessions": [session_json(item, services.workspaces) for item in page],
-        "next_cursor": encode_cursor((last.created_at, last.id)) if last else None,
-    }
+    return SessionPage(
+        sessions=[session_out(item, runtime.workspaces) for item in page],
+        next_cursor=encode_cursor((last.created_at, last.workspace_id)) if last else None,
+    )
 
 
-@get("/api/sessions/{session_id:str}", tags=["sessions"], summary="One session, by any of its ids")
-async def get_session(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
-    services = _services(request)
-    record = await find_session(services, session_id)
-    summary = await services.catalog.summary(record.id)
+@get("/{session_id:str}", summary="One session, by any of its ids")
+async def get_session(session_id: FromPath[str], runtime: RuntimeDep) -> SessionOut:
+    record = await find_session(runtime, session_id)
+    summary = await runtime.catalog.summary(record.workspace_id)
     if summary is None:
         raise NotFound(f"unknown session {session_id}")
-    return session_json(summary, services.workspaces)
+    return session_out(summary, runtime.workspaces)
 
 
-@get("/api/sessions/{session_id:str}/last", tags=["sessions"], summary="The last answer")
-async def last_assistant_text(request: Request[Any, Any, Any], session_id: str) -> dict[str, Any]:
-    services = _services(request)
-    record = await find_session(services, session_id)
-    text = await services.catalog.last_result_text(record.id)
+@get("/{session_id:str}/last", summary="The last answer")
+async def last_assistant_text(session_id: FromPath[str], runtime: RuntimeDep) -> LastAnswer:
+    record = await find_session(runtime, session_id)
+    text = await runtime.catalog.last_result_text(record.workspace_id)
     if text is None:
         raise NotFound(f"session {session_id} has no answer yet")
-    return {"session_id": record.latest_claude_id, "text": text}
+    return LastAnswer(session_id=record.latest_claude_session_id, text=text)
 
 
-@get("/api/sessions/{session_id:str}/runs", tags=["sessions"], summary="A session's runs")
+@get("/{session_id:str}/runs", summary="A session's runs, newest first")
 async def list_session_runs(
-    request: Request[Any, Any, Any],
-    session_id: str,
-    limit: int = Limit,
-    cursor: str | None = Cursor,
-) -> dict[str, Any]:
-    services = _services(request)
-    record = await find_session(services, session_id)
-    runs = await services.runs.for_session(record.id, limit=limit, before=decode_cursor(cursor))
+    session_id: FromPath[str], runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
+) -> RunPage:
+    record = await find_session(runtime, session_id)
+    runs = await runtime.runs.for_session(
+        record.workspace_id, limit=limit, before=decode_cursor(cursor)
+    )
     last = runs[-1] if len(runs) == limit else None
-    return {
-        "runs": [run_json(run) for run in runs],
-        "next_cursor": encode_cursor((last.started_at, last.id)) if last else None,
-    }
+    return RunPage(
+        runs=[run_out(run) for run in runs],
+        next_cursor=encode_cursor((last.started_at, last.id)) if last else None,
+    )
 
 
 @delete(
-    "/api/sessions/{session_id:str}",
+    "/{session_id:str}",
     status_code=200,
-    tags=["sessions"],
     summary="Forget a session; ?purge=true also deletes its workspace and transcripts",
 )
 async def delete_session(
-    request: Request[Any, Any, Any], session_id: str, purge: bool = False
-) -> dict[str, Any]:
-    services = _services(request)
-    record = await find_session(services, session_id)
-    forgotten = await forget_session(services, record.id, purge=purge)
-    return {
-        "deleted": record.latest_claude_id,
-        "purged": purge,
-        "workspace_removed": forgotten.workspace_removed,
-        "transcript_dirs_removed": forgotten.transcript_dirs_removed,
-    }
+    session_id: FromPath[str], runtime: RuntimeDep, purge: FromQuery[bool] = False
+) -> Deleted:
+    record = await find_session(runtime, session_id)
+    forgotten = await forget_session(runtime, record.workspace_id, purge=purge)
+    return Deleted(
+        deleted=record.latest_claude_session_id,
+        purged=purge,
+        workspace_removed=forgotten.workspace_removed,
+        transcript_dirs_removed=forgotten.transcript_dirs_removed,
+    )
+
+
+router = Router(
+    "/api/sessions",
+    route_handlers=[
+        list_sessions,
+        get_session,
+        last_assistant_text,
+        list_session_runs,
+        delete_session,
+    ],
+    tags=["sessions"],
+)

@@ -1,6 +1,6 @@
 """Following a run over Server-Sent Events.
 
-The stream is a thin reader of a :class:`~server.runs.Run`: it sends every event after the
+The stream is a thin reader of a :class:`~server.engine.run.Run`: it sends every event after the
 client's position in batches (one ASGI send per burst), keep-alive comments when idle, and
 nothing else. When the client goes away, a run that is not detached is stopped; when the
 server is asked to shut down, the run is stopped and the stream stays open (for up to the
@@ -11,28 +11,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from typing import cast
 
 import anyio
-from litestar.types import Message, Send
+from litestar.types import ASGIApp
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from server.engine.relay_events import encode_events
 from server.engine.run import Run, StopReason
 
 
-class _Response(EventSourceResponse):
-    """sse-starlette's response without a cancel scope around every send.
+def encode_events(events: list[tuple[int, bytes]]) -> bytes:
+    """Many events as one chunk: one ASGI send for a burst instead of one per line.
 
-    With no ``send_timeout`` (the relay sets none), ``move_on_after(None)`` only costs: an
-    anyio cancel scope entered and left per event, a measurable share of the relay's CPU per
-    line when many streams each send one line at a time (see bench/README.md).
+    ``id:`` is the event's 1-based number in its run, ``data:`` the line. Built as one
+    ``join`` of parts: bytes ``%`` formatting copies each line again and costs several times
+    more (about 90 µs instead of 7 µs for a 100 KB line).
     """
-
-    async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        if self.send_timeout is None:
-            await send(message)
-        else:
-            await super()._send_with_timeout(send, message)
+    parts: list[bytes] = []
+    for seq, data in events:
+        parts += (b"id: ", str(seq).encode(), b"\ndata: ", data, b"\n\n")
+    return b"".join(parts)
 
 
 def _ping() -> ServerSentEvent:
@@ -72,9 +70,12 @@ def sse_response(
     shutdown_grace: float,
     headers: Mapping[str, str] | None = None,
     shutdown: anyio.Event | None = None,
-) -> EventSourceResponse:
-    """An SSE response with the relay's ping, shutdown and header conventions."""
-    return _Response(
+) -> ASGIApp:
+    """An SSE response with the relay's ping, shutdown and header conventions.
+
+    Typed as Litestar's ``ASGIApp``: a handler returning it has Litestar pass it through.
+    """
+    response = EventSourceResponse(
         body,
         headers=dict(headers or {}),
         ping=ping_interval,
@@ -83,6 +84,7 @@ def sse_response(
         shutdown_event=shutdown,
         shutdown_grace_period=shutdown_grace,
     )
+    return cast(ASGIApp, response)
 
 
 def run_stream(
@@ -92,7 +94,7 @@ def run_stream(
     ping_interval: float,
     shutdown_grace: float,
     headers: Mapping[str, str] | None = None,
-) -> EventSourceResponse:
+) -> ASGIApp:
     """Stream ``run``'s events after ``after`` to one client."""
     shutdown = anyio.Event()
     return sse_response(

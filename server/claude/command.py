@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from server.claude.options import RunOptions
 from server.config import ENV_PREFIX
-from server.engine.options import RunRequest
 
 # Marks every process of a run, whatever process group or session it moved to, so that
 # stopping a run (or a relay restarted after a crash) can find all of them.
@@ -20,7 +20,7 @@ RUN_MARKER_ENV = "CLAUDE_RELAY_RUN_ID"
 
 def build_argv(
     claude_bin: str,
-    request: RunRequest,
+    request: RunOptions,
     *,
     resume_id: str | None = None,
     new_session_id: str | None = None,

@@ -1,7 +1,9 @@
-"""One chat turn on a compatible endpoint: plan it, run it, read its reply, remember it.
+"""One chat turn on a compatible endpoint: start it, read its reply, remember it, stream it.
 
-Both the OpenAI and the Anthropic routes go through :func:`start_turn` and :class:`Turn`, so
-the continuity rules, the tool display and the failure handling are the same for both.
+Both the OpenAI and the Anthropic routers go through :func:`start_turn`, :class:`Turn` and
+:func:`chat_stream`, so the continuity rules, the tool display, the failure handling and the
+stream's life cycle are the same for both; each API only brings its own :class:`StreamShape`.
+Nothing here knows about Litestar.
 
 The response is not started until the CLI has reported the turn's session id (its first
 line, well before any text): a forked turn gets a *new* id, and clients are told it in the
@@ -14,37 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from litestar import Request
+import anyio
 
-from server.api.auth import caller_id
-from server.errors import HTTPError, NotFound, PayloadTooLarge
-from server.engine.options import RunRequest
-from server.engine.run import Run, RunStatus, StopReason
-from server.storage.fingerprint_store import FingerprintStore
-from server.compat.continuity import (
-    CONVERSATION_HEADER,
-    SESSION_HEADER,
-    Conversation,
-    TurnPlan,
-    new_session_plan,
-    plan_turn,
-    remember_turn,
-)
+from server.claude.options import RunOptions
+from server.compat.continuity import SESSION_HEADER, ChatHistory, chat_turn, remember_turn
 from server.compat.reply import ReplyReader
+from server.config import Settings
+from server.engine.manager import RunManager, RunRequest
+from server.engine.run import Run, StopReason
+from server.errors import RunFailed
+from server.storage.fingerprint_store import FingerprintStore
+from server.storage.run_store import RunStatus
 
 log = logging.getLogger(__name__)
 
 SESSION_REPORT_TIMEOUT = 60.0
-
-
-class RunFailed(HTTPError):
-    """The CLI run behind a non-streaming (or not yet started) response failed."""
-
-    status_code = 500
 
 
 @dataclass
@@ -58,8 +48,7 @@ class Outcome:
 @dataclass
 class Turn:
     run: Run
-    plan: TurnPlan
-    conversation: Conversation
+    history: ChatHistory
     api_key_id: str
     fingerprints: FingerprintStore
     reader: ReplyReader
@@ -69,9 +58,9 @@ class Turn:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {SESSION_HEADER: self.run.claude_id, "X-Run-Id": self.run.id}
+        return {SESSION_HEADER: self.run.claude_session_id, "X-Run-Id": self.run.id}
 
-    async def _wait_for_session(self) -> None:
+    async def wait_for_session(self) -> None:
         """Read events until the CLI names the session (or ends); keep them for the body."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SESSION_REPORT_TIMEOUT):
@@ -127,18 +116,20 @@ class Turn:
 
     async def _remember(self) -> None:
         run = self.run
-        if self.plan.fork and run.claude_id == self.plan.resume_claude_id:
+        if run.forked_from is not None and run.claude_session_id == run.forked_from:
             # Without a new id the transcript would keep growing under an old fingerprint.
-            log.warning("run %s: --fork-session kept id %s; no fingerprint", run.id, run.claude_id)
+            log.warning(
+                "run %s: --fork-session kept id %s; no fingerprint", run.id, run.claude_session_id
+            )
             return
         try:
             await remember_turn(
                 self.fingerprints,
                 api_key_id=self.api_key_id,
-                conversation=self.conversation,
+                history=self.history,
                 reply=self.reader.text,
-                session_id=run.session_id,
-                claude_id=run.claude_id,
+                workspace_id=run.workspace_id,
+                claude_session_id=run.claude_session_id,
             )
         except Exception:
             log.exception("run %s: could not store the conversation fingerprint", run.id)
@@ -161,83 +152,66 @@ class Turn:
             self.run.request_stop(StopReason.CLIENT_DISCONNECTED)
 
 
+@dataclass(frozen=True)
+class TurnRequest:
+    """A parsed chat request, in the terms both APIs share."""
+
+    history: ChatHistory
+    cli_model: str | None
+    effort: str | None = None
+    session_header: str | None = None
+    conversation_header: str | None = None
+
+
 async def start_turn(
-    request: Request[Any, Any, Any],
-    conversation: Conversation,
-    cli_model: str | None,
+    request: TurnRequest,
     *,
-    effort: str | None = None,
+    api_key_id: str,
+    settings: Settings,
+    manager: RunManager,
+    fingerprints: FingerprintStore,
 ) -> Turn:
-    """Plan and start the turn; raises the HTTP error to answer if it cannot run."""
-    state = request.app.state
-    settings = state.settings
-    api_key_id = caller_id(request)
-    fingerprints = state.services.fingerprints
-    plan = await plan_turn(
-        conversation,
-        api_key_id=api_key_id,
-        session_header=request.headers.get(SESSION_HEADER),
-        conversation_header=request.headers.get(CONVERSATION_HEADER),
-        sessions=state.store,
-        fingerprints=fingerprints,
+    """Start the turn; raises the domain error to answer if it cannot run."""
+    target = chat_turn(
+        request.history,
+        session_header=request.session_header,
+        conversation_header=request.conversation_header,
     )
+    options = RunOptions(
+        model=request.cli_model,
+        effort=request.effort,
+        append_system_prompt=request.history.system,
+        include_partial_messages=True,
+    ).check(allow_dangerous=False)
+    run = await manager.start(
+        RunRequest(
+            prompt=request.history.latest,
+            options=options,
+            target=target,
+            api_key_id=api_key_id,
+        )
+    )
+    log.info("run %s: chat turn (%s) from %s", run.id, run.placed_by, run.forked_from or "-")
+    turn = Turn(run, request.history, api_key_id, fingerprints, ReplyReader(settings.openai_tools))
     try:
-        run = await _start_run(state, plan, conversation, cli_model, effort, api_key_id)
-    except NotFound:
-        if plan.how != "fingerprint":
-            raise
-        # The fingerprinted session is gone (deleted, collected): start over with context.
-        plan = new_session_plan(conversation)
-        run = await _start_run(state, plan, conversation, cli_model, effort, api_key_id)
-    log.info("run %s: chat turn (%s) from %s", run.id, plan.how, plan.resume_claude_id or "-")
-    reader = ReplyReader(settings.openai_tools)
-    turn = Turn(run, plan, conversation, api_key_id, fingerprints, reader)
-    try:
-        await turn._wait_for_session()
+        await turn.wait_for_session()
     except BaseException:
         turn.stop_if_running()
         raise
     return turn
 
 
-async def _start_run(
-    state: Any,
-    plan: TurnPlan,
-    conversation: Conversation,
-    model: str | None,
-    effort: str | None,
-    api_key_id: str,
-) -> Run:
-    limit = state.settings.max_prompt_bytes
-    if len(plan.prompt.encode()) > limit:
-        raise PayloadTooLarge(f"the conversation is larger than the relay's cap of {limit} bytes")
-    return await state.manager.start(
-        RunRequest(
-            prompt=plan.prompt,
-            model=model,
-            effort=effort,
-            append_system_prompt=conversation.system,
-            include_partial_messages=True,
-            api_key_id=api_key_id,
-            resume_claude_id=plan.resume_claude_id,
-            fork=plan.fork,
-            conversation=plan.conversation,
-        )
-    )
-
-
-async def wait_unless_disconnected(request: Request[Any, Any, Any], turn: Turn) -> Outcome:
-    """For non-streaming answers: the outcome, or stop the run if the client goes away."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+async def wait_unless_disconnected(
+    turn: Turn, disconnected: Callable[[], Awaitable[None]]
+) -> Outcome:
+    """For non-streaming answers: the outcome, or stop the run if the client goes away
+    (``disconnected`` returns when it does)."""
 
     async def read() -> Outcome:
         await turn.read_all()
         return await turn.finish()
 
-    watcher = asyncio.create_task(disconnected())
+    watcher = asyncio.ensure_future(disconnected())
     reader = asyncio.create_task(read())
     try:
         done, _ = await asyncio.wait({watcher, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -249,3 +223,48 @@ async def wait_unless_disconnected(request: Request[Any, Any, Any], turn: Turn) 
         if not reader.done():
             turn.stop_if_running()
             reader.cancel()
+
+
+class StreamShape(Protocol):
+    """How one API frames a streamed reply."""
+
+    def start(self) -> bytes: ...
+
+    def delta(self, text: str) -> bytes: ...
+
+    def end(self, outcome: Outcome) -> bytes: ...
+
+    def error(self, message: str) -> bytes: ...
+
+
+async def chat_stream(
+    turn: Turn, shape: StreamShape, shutdown: anyio.Event
+) -> AsyncIterator[bytes]:
+    """The one streaming loop: start, text as it arrives, then the end or an error event.
+
+    Leaving the stream (the client went away) stops a run that is still going; the app
+    shutting down stops it too, and the stream then ends with the run's error.
+    """
+
+    async def stop_on_shutdown() -> None:
+        await shutdown.wait()
+        turn.run.request_stop(StopReason.SHUTDOWN)
+
+    watcher = asyncio.create_task(stop_on_shutdown())
+    try:
+        yield shape.start()
+        try:
+            async for text in turn.deltas():
+                yield shape.delta(text)
+            outcome = await turn.finish()
+        except Exception:
+            log.exception("run %s: the chat stream failed", turn.run.id)
+            yield shape.error("internal error; see the relay's log")
+            return
+        if not outcome.ok:
+            yield shape.error(outcome.error or "the run failed")
+            return
+        yield shape.end(outcome)
+    finally:
+        watcher.cancel()
+        turn.stop_if_running()

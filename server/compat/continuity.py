@@ -32,9 +32,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from server.errors import BadRequest
+from server.engine.planner import ChatTurn
+from server.errors import InvalidRequest
 from server.storage.fingerprint_store import FingerprintStore
-from server.storage.session_store import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ _FINGERPRINT_VERSION = "v1"
 
 
 @dataclass(frozen=True)
-class Message:
+class TextMessage:
     """One user or assistant message, reduced to what the relay can pass on: its text."""
 
     role: str
@@ -52,14 +52,15 @@ class Message:
 
 
 @dataclass(frozen=True)
-class Conversation:
+class ChatHistory:
     """A parsed chat request: the system text and the messages, the last one from the user."""
 
     system: str | None
-    messages: tuple[Message, ...]
+    messages: tuple[TextMessage, ...]
 
     @property
-    def history(self) -> tuple[Message, ...]:
+    def earlier(self) -> tuple[TextMessage, ...]:
+        """Every message before the latest one."""
         return self.messages[:-1]
 
     @property
@@ -72,7 +73,7 @@ def normalize(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
-def fingerprint(messages: Sequence[Message]) -> str:
+def fingerprint(messages: Sequence[TextMessage]) -> str:
     """sha256 of the canonical JSON of ``[[role, text], ...]`` (see the module docstring)."""
     canonical = json.dumps(
         [_FINGERPRINT_VERSION, [[m.role, normalize(m.text)] for m in messages]],
@@ -82,7 +83,7 @@ def fingerprint(messages: Sequence[Message]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def context_prompt(history: Sequence[Message], latest: str) -> str:
+def context_prompt(history: Sequence[TextMessage], latest: str) -> str:
     """The prompt for a new session that must know earlier messages it never saw.
 
     The earlier messages are quoted in a ``<conversation_history>`` block, one
@@ -103,78 +104,48 @@ def context_prompt(history: Sequence[Message], latest: str) -> str:
     return "\n\n".join(parts)
 
 
-@dataclass(frozen=True)
-class TurnPlan:
-    """How to run one turn: the prompt and which session (if any) to fork from."""
-
-    prompt: str
-    resume_claude_id: str | None = None
-    conversation: str | None = None
-    how: str = "new"
-    """``explicit``, ``conversation``, ``fingerprint`` or ``new`` (for logs and tests)."""
-
-    @property
-    def fork(self) -> bool:
-        return self.resume_claude_id is not None
-
-
-def new_session_plan(conversation: Conversation, key: str | None = None) -> TurnPlan:
-    return TurnPlan(
-        context_prompt(conversation.history, conversation.latest), conversation=key, how="new"
-    )
-
-
 def _session_header(value: str) -> str:
     try:
         return str(uuid.UUID(value.strip()))
     except ValueError:
-        raise BadRequest(f"{SESSION_HEADER} must be a session id (a UUID), got {value!r}") from None
+        raise InvalidRequest(
+            f"{SESSION_HEADER} must be a session id (a UUID), got {value!r}"
+        ) from None
 
 
-async def plan_turn(
-    conversation: Conversation,
-    *,
-    api_key_id: str,
-    session_header: str | None,
-    conversation_header: str | None,
-    sessions: SessionStore,
-    fingerprints: FingerprintStore,
-) -> TurnPlan:
-    """Decide where the turn runs; see the module docstring for the rules, in this order."""
-    latest = conversation.latest
-    if session_header:
-        return TurnPlan(latest, resume_claude_id=_session_header(session_header), how="explicit")
-    history_key = fingerprint(conversation.history) if conversation.history else None
+def chat_turn(
+    history: ChatHistory, *, session_header: str | None, conversation_header: str | None
+) -> ChatTurn:
+    """How this request names its conversation, for the engine's planner (which applies
+    the rules of the module docstring, in that order)."""
+    key = None
     if conversation_header is not None:
         key = conversation_header.strip()
         if not key or len(key) > 256:
-            raise BadRequest(f"{CONVERSATION_HEADER} must be 1 to 256 characters")
-        record = await sessions.find_by_conversation(api_key_id, key)
-        if record is None:
-            return new_session_plan(conversation, key)
-        # Within the conversation, a matching fingerprint still picks the branch point.
-        match = await fingerprints.find(api_key_id, history_key) if history_key else None
-        if match is not None and match.session_id == record.id:
-            return TurnPlan(latest, resume_claude_id=match.claude_session_id, how="conversation")
-        return TurnPlan(latest, resume_claude_id=record.latest_claude_id, how="conversation")
-    if history_key is not None:
-        match = await fingerprints.find(api_key_id, history_key)
-        if match is not None:
-            return TurnPlan(latest, resume_claude_id=match.claude_session_id, how="fingerprint")
-    return new_session_plan(conversation)
+            raise InvalidRequest(f"{CONVERSATION_HEADER} must be 1 to 256 characters")
+    return ChatTurn(
+        new_session_prompt=context_prompt(history.earlier, history.latest),
+        history_fingerprint=fingerprint(history.earlier) if history.earlier else None,
+        conversation_key=key,
+        claude_session_id=_session_header(session_header) if session_header else None,
+    )
 
 
 async def remember_turn(
     fingerprints: FingerprintStore,
     *,
     api_key_id: str,
-    conversation: Conversation,
+    history: ChatHistory,
     reply: str,
-    session_id: str,
-    claude_id: str,
+    workspace_id: str,
+    claude_session_id: str,
 ) -> None:
-    """After a successful turn: the conversation including ``reply`` now ends at ``claude_id``."""
-    messages = (*conversation.messages, Message("assistant", reply))
+    """After a successful turn: the conversation including ``reply`` now ends at
+    ``claude_session_id``."""
+    messages = (*history.messages, TextMessage("assistant", reply))
     await fingerprints.remember(
-        api_key_id, fingerprint(messages), session_id=session_id, claude_session_id=claude_id
+        api_key_id,
+        fingerprint(messages),
+        workspace_id=workspace_id,
+        claude_session_id=claude_session_id,
     )

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 
 from server.claude import transcripts
+from server.engine.runtime import Runtime
 from server.errors import Conflict
-from server.engine.runtime import Services
 
 log = logging.getLogger(__name__)
 
@@ -24,56 +24,54 @@ HOUSEKEEPING_INTERVAL = 3600.0
 
 @dataclass(frozen=True)
 class Forgotten:
-    session_id: str
+    workspace_id: str
     workspace_removed: bool
     transcript_dirs_removed: int
 
 
-async def forget_session(services: Services, session_id: str, *, purge: bool) -> Forgotten:
+async def forget_session(runtime: Runtime, workspace_id: str, *, purge: bool) -> Forgotten:
     """Delete a session's rows; with ``purge`` also its workspace and transcripts.
 
     Raises :class:`Conflict` while a run holds the session.
     """
-    workspace = services.workspaces.path_for(session_id)
-    if not await services.sessions.delete(session_id, only_if_idle=True):
+    workspace = runtime.workspaces.path_for(workspace_id)
+    if not await runtime.sessions.delete(workspace_id, only_if_idle=True):
         raise Conflict("the session is running; cancel its run or wait for it to end")
     if not purge:
-        return Forgotten(session_id, False, 0)
-    removed_transcripts = transcripts.remove(services.child_env, workspace)
-    removed_workspace = services.workspaces.remove(session_id)
-    return Forgotten(session_id, removed_workspace, removed_transcripts)
+        return Forgotten(workspace_id, False, 0)
+    removed_transcripts = transcripts.remove(runtime.child_env, workspace)
+    removed_workspace = runtime.workspaces.remove(workspace_id)
+    return Forgotten(workspace_id, removed_workspace, removed_transcripts)
 
 
-async def collect_garbage(
-    services: Services, *, idle_for: float, dry_run: bool = False
-) -> list[str]:
+async def collect_garbage(runtime: Runtime, *, idle_for: float, dry_run: bool = False) -> list[str]:
     """Purge sessions unused for ``idle_for`` seconds; the ids (relay ids) affected."""
     cutoff = time.time() - idle_for
-    candidates = await services.catalog.idle_since(cutoff)
+    candidates = await runtime.catalog.idle_since(cutoff)
     if dry_run:
-        return [session.id for session in candidates]
+        return [session.workspace_id for session in candidates]
     removed = []
     for session in candidates:
         with contextlib.suppress(Conflict):
-            await forget_session(services, session.id, purge=True)
-            removed.append(session.id)
+            await forget_session(runtime, session.workspace_id, purge=True)
+            removed.append(session.workspace_id)
     if removed:
         log.info("gc: removed %d session(s) idle for %.0fs", len(removed), idle_for)
     return removed
 
 
-async def expire_events(services: Services) -> int:
-    cutoff = time.time() - services.settings.event_retention
-    return await services.runs.delete_events_before(cutoff)
+async def expire_events(runtime: Runtime) -> int:
+    cutoff = time.time() - runtime.settings.event_retention
+    return await runtime.events.delete_before(cutoff)
 
 
-async def housekeeping_loop(services: Services) -> None:
+async def housekeeping_loop(runtime: Runtime) -> None:
     """Hourly: expire old events and, when ``gc_idle`` is set, collect idle sessions."""
     while True:
         try:
-            await expire_events(services)
-            if services.settings.gc_idle > 0:
-                await collect_garbage(services, idle_for=services.settings.gc_idle)
+            await expire_events(runtime)
+            if runtime.settings.gc_idle > 0:
+                await collect_garbage(runtime, idle_for=runtime.settings.gc_idle)
         except Exception:
             log.exception("housekeeping failed; retrying in an hour")
         await asyncio.sleep(HOUSEKEEPING_INTERVAL)

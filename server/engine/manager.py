@@ -1,9 +1,10 @@
 """Starting runs: capacity, the session and its lock, the workspace, the process.
 
-:class:`RunManager` is the one place that turns a validated request into a running
-:class:`~server.runs.Run`, and the run's observer that keeps the database in step with it.
-Whatever a failing step took (a capacity slot, the session lock, a new workspace, a CLI that
-was spawned but never got its prompt) is given back before the error reaches the client.
+:class:`RunManager` is the one place that turns a :class:`RunRequest` into a running
+:class:`~server.engine.run.Run`, and the run's observer that keeps the database in step with
+it. Which session a run continues is the planner's answer (``engine/planner.py``). Whatever a
+failing step took (a capacity slot, the session lock, a new workspace, a CLI that was spawned
+but never got its prompt) is given back before the error reaches the client.
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
-from server.errors import Conflict, NotFound, TooManyRuns
-from server.engine.options import RunRequest
+from server.claude.options import RunOptions, utf8_size
+from server.engine.planner import ByConversation, Placement, Planner, ResumeLatest, Target
 from server.engine.run import Limits, PromptInput, Run, StopReason
-from server.engine.runtime import Services
+from server.engine.runtime import Runtime
+from server.errors import Conflict, TooLarge, TooManyRuns
 from server.storage.run_store import NewRun, RunOutcome
 from server.storage.session_store import ConversationTaken
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+ANONYMOUS = "anonymous"
 
 
 def title_of(prompt: str) -> str:
@@ -49,8 +52,8 @@ async def _discard(spawning: asyncio.Future[process.Child]) -> None:
 
 def outcome_of(run: Run) -> RunOutcome:
     return RunOutcome(
-        status=str(run.status),
-        claude_session_id=run.claude_id,
+        status=run.status,
+        claude_session_id=run.claude_session_id,
         exit_code=run.exit_code,
         stop_reason=str(run.stop_reason) if run.stop_reason else None,
         error_message=run.error_message,
@@ -66,24 +69,40 @@ def owner_id() -> str:
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """Where a run goes: its session, its directory, and what to pass the CLI."""
+class RunRequest:
+    """What the engine is asked to run: the prompt, the CLI options, which conversation.
 
-    session_id: str
-    claude_id: str
-    resume: bool
-    fork: bool = False
+    Built by the web layer from a client's body (or by a compatible endpoint from a chat
+    request); ``options`` are checked (``RunOptions.check``) before they get here.
+    """
+
+    prompt: str
+    options: RunOptions = field(default_factory=RunOptions)
+    target: Target = None
+    api_key_id: str = ANONYMOUS
+    """Who is asking (a hash of their API key): conversation keys are scoped to it."""
+    detach: bool = False
+
+
+def _name_of(wanted: Target, placed: Placement) -> str:
+    """How the client named the session, for messages."""
+    if isinstance(wanted, ByConversation):
+        return f"of conversation {wanted.key!r}"
+    if isinstance(wanted, ResumeLatest):
+        return wanted.claude_session_id
+    return placed.claude_session_id
 
 
 class RunManager:
     """Starts runs, tracks the live ones, and stops them all at shutdown."""
 
-    def __init__(self, services: Services) -> None:
-        settings = services.settings
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
         self.settings = settings
-        self.services = services
-        self.store = services.sessions
-        self.workspaces = services.workspaces
+        self.runtime = runtime
+        self.store = runtime.sessions
+        self.workspaces = runtime.workspaces
+        self.planner = Planner(runtime.sessions, runtime.fingerprints)
         self.owner = owner_id()
         self.runs: dict[str, Run] = {}
         self._slots = 0
@@ -101,6 +120,10 @@ class RunManager:
     def active_count(self) -> int:
         return self._slots
 
+    def get(self, run_id: str) -> Run | None:
+        """The run with this id if this relay is running it."""
+        return self.runs.get(run_id)
+
     async def start(self, request: RunRequest) -> Run:
         """Start a run for ``request`` or raise the error the client should see."""
         if self._slots >= self.settings.max_concurrent_runs:
@@ -116,7 +139,7 @@ class RunManager:
             raise
 
     async def _start(self, request: RunRequest) -> Run:
-        """Plan, then spawn the CLI while its session is claimed in the database.
+        """Place, then spawn the CLI while its session is claimed in the database.
 
         The CLI does nothing until its prompt arrives on stdin, and the prompt is only sent
         once the claim (the session lock, or the new session's rows) has succeeded; if the
@@ -124,32 +147,36 @@ class RunManager:
         trips from every run's time to first byte.
         """
         run_id = str(uuid.uuid4())
-        target = await self._plan(request)
-        cwd = self.workspaces.path_for(target.session_id)
+        target = await self.planner.place(
+            request.target, request.prompt, api_key_id=request.api_key_id
+        )
+        self._check_size(target)
+        cwd = self.workspaces.path_for(target.workspace_id)
         cwd.mkdir(mode=0o700, exist_ok=True)
         argv = build_argv(
             self.settings.claude_bin,
-            request,
-            resume_id=target.claude_id if target.resume else None,
-            new_session_id=None if target.resume else target.claude_id,
+            request.options,
+            resume_id=target.claude_session_id if target.resume else None,
+            new_session_id=None if target.resume else target.claude_session_id,
             fork=target.fork,
         )
         env = build_env(current_env(), self.settings.claude_env, run_id)
         spawning = asyncio.ensure_future(process.spawn(argv, cwd=cwd, env=env))
         new_run = NewRun(
             id=run_id,
-            claude_session_id=target.claude_id,
+            claude_session_id=target.claude_session_id,
             owner=self.owner,
             detached=request.detach,
             api_key_id=request.api_key_id,
-            prompt=request.prompt,
+            prompt=target.prompt,
+            placement=target.how,
         )
         try:
             await self._claim(request, target, new_run)
         except BaseException:
             await _discard(spawning)
             if not target.resume:
-                self.workspaces.remove(target.session_id)
+                self.workspaces.remove(target.workspace_id)
             raise
         try:
             child = await spawning
@@ -158,85 +185,72 @@ class RunManager:
             raise
         run = Run(
             id=run_id,
-            session_id=target.session_id,
-            claude_id=target.claude_id,
+            workspace_id=target.workspace_id,
+            claude_session_id=target.claude_session_id,
             observer=self,
             limits=self.limits,
             detached=request.detach,
+            placed_by=target.how,
+            forked_from=target.claude_session_id if target.fork else None,
         )
         self.runs[run_id] = run
-        run.start(child, PromptInput(request.prompt))
+        run.start(child, PromptInput(target.prompt))
         log.info(
             "run %s started: session %s (%s), pid %s",
             run_id,
-            target.claude_id,
-            "resume" if target.resume else "new",
+            target.claude_session_id,
+            target.how,
             child.pid,
         )
         return run
 
-    async def _plan(self, request: RunRequest) -> Resolved:
-        """Which session the run continues, or a new one; reads only.
+    def _check_size(self, target: Placement) -> None:
+        """The prompt as placed must fit the cap: a chat turn that starts a new session quotes
+        the whole conversation so far in it."""
+        limit = self.settings.max_prompt_bytes
+        if utf8_size("prompt", target.prompt) > limit:
+            raise TooLarge(f"the prompt is larger than the relay's cap of {limit} bytes")
 
-        ``session_id`` resumes the conversation's *latest* Claude id, so any id the relay
-        ever returned continues the same conversation. ``resume_claude_id`` (set by the
-        compatible APIs) resumes exactly that id, optionally forking a branch from it.
-        """
-        wanted = request.resume_claude_id or request.session_id
-        if wanted is not None:
-            record = await self.store.find_by_claude_id(wanted)
-            if record is None:
-                raise NotFound(f"unknown session {wanted}")
-            if request.resume_claude_id:
-                return Resolved(record.id, wanted, resume=True, fork=request.fork)
-            return Resolved(record.id, record.latest_claude_id, resume=True)
-        if request.conversation is not None:
-            record = await self.store.find_by_conversation(request.api_key_id, request.conversation)
-            if record is not None:
-                return Resolved(record.id, record.latest_claude_id, resume=True)
-        session_id = str(uuid.uuid4())
-        return Resolved(session_id, str(uuid.uuid4()), resume=False)
-
-    async def _claim(self, request: RunRequest, target: Resolved, new_run: NewRun) -> None:
+    async def _claim(self, request: RunRequest, target: Placement, new_run: NewRun) -> None:
         """Lock the session for this run (recording the run), or create it locked."""
-        name = request.session_id or request.resume_claude_id or f"of {request.conversation!r}"
         if target.resume:
-            if not await self.store.acquire(target.session_id, run=new_run):
+            if not await self.store.acquire(target.workspace_id, run=new_run):
+                name = _name_of(request.target, target)
                 raise Conflict(f"session {name} is already running; wait for its run to end")
             return
-        conversation = (request.api_key_id, request.conversation) if request.conversation else None
+        key = target.conversation_key
         try:
             await self.store.create_locked(
-                target.session_id,
-                target.claude_id,
+                target.workspace_id,
+                target.claude_session_id,
                 run=new_run,
                 title=title_of(request.prompt),
-                conversation=conversation,
+                conversation=(request.api_key_id, key) if key else None,
             )
         except ConversationTaken:
             raise Conflict(
-                f"conversation {request.conversation!r} is already running; wait for its run to end"
+                f"conversation {key!r} is already running; wait for its run to end"
             ) from None
         self._new_sessions.add(new_run.id)
 
-    async def _abandon(self, target: Resolved, run_id: str, why: str) -> None:
+    async def _abandon(self, target: Placement, run_id: str, why: str) -> None:
         """Undo :meth:`_claim` for a run whose CLI could not start."""
         if target.resume:
-            await self.services.runs.mark_failed(run_id, why, stop_reason="not_started")
-            await self.store.release(target.session_id, run_id=run_id)
+            await self.runtime.runs.mark_failed(run_id, why, stop_reason="not_started")
+            await self.store.release(target.workspace_id, run_id=run_id)
         else:
             self._new_sessions.discard(run_id)
-            await self.store.delete(target.session_id, only_if_idle=False)
-            self.workspaces.remove(target.session_id)
+            await self.store.delete(target.workspace_id, only_if_idle=False)
+            self.workspaces.remove(target.workspace_id)
 
     # -- RunObserver -----------------------------------------------------------------------
 
-    async def claude_id_seen(self, run: Run, claude_id: str) -> None:
-        await self.store.add_claude_id(run.session_id, claude_id)
+    async def claude_session_id_seen(self, run: Run, claude_session_id: str) -> None:
+        await self.store.add_claude_session_id(run.workspace_id, claude_session_id)
 
     async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
         if self.settings.persist_events:
-            self.services.events.add(run.id, first_seq, events)
+            self.runtime.event_writer.add(run.id, first_seq, events)
 
     async def finished(self, run: Run) -> None:
         """Record the outcome, then free the session; the live run is dropped last, so a
@@ -247,11 +261,11 @@ class RunManager:
         try:
             if created and not run.session_reported:
                 # The CLI never reported the session, so there is no transcript to resume.
-                await self.store.delete(run.session_id, only_if_idle=False)
-                self.workspaces.remove(run.session_id)
+                await self.store.delete(run.workspace_id, only_if_idle=False)
+                self.workspaces.remove(run.workspace_id)
                 return
-            await self.services.events.flush()
-            await self.services.runs.finish(run.id, outcome_of(run), session_id=run.session_id)
+            await self.runtime.event_writer.flush()
+            await self.store.finish_run(run.workspace_id, run.id, outcome_of(run))
         finally:
             self._slots -= 1
             self.runs.pop(run.id, None)

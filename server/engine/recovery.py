@@ -35,7 +35,7 @@ def owner_is_dead(owner: str, since: float) -> bool:
     if pid == os.getpid():
         return False
     try:
-        return psutil.Process(pid).create_time() > since + 1
+        return bool(psutil.Process(pid).create_time() > since + 1)
     except psutil.NoSuchProcess:
         return True
 
@@ -48,11 +48,11 @@ async def recover(store: SessionStore, runs: RunStore) -> int:
             continue
         killed = await asyncio.to_thread(process.kill_orphans, run.id)
         await runs.mark_failed(run.id, "the relay running it stopped unexpectedly")
-        await store.release(run.session_id, run_id=run.id)
+        await store.release(run.workspace_id, run_id=run.id)
         log.warning("run %s of a dead relay marked failed; %d orphan(s) killed", run.id, killed)
         recovered += 1
     for session in await store.locked():
         if session.active_owner and owner_is_dead(session.active_owner, session.last_used_at):
-            await store.release(session.id, run_id=session.active_run_id or "")
-            log.warning("freed session %s locked by a dead relay", session.id)
+            await store.release(session.workspace_id, run_id=session.active_run_id or "")
+            log.warning("freed session %s locked by a dead relay", session.workspace_id)
     return recovered

@@ -13,30 +13,31 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from server.engine.manager import RunManager
-from server.storage.run_store import RunStore
+from server.storage.event_store import EventStore
+from server.storage.run_store import RunStatus, RunStore
 
 PAGE = 1000
 POLL_INTERVAL = 0.5
 
 
 async def follow_run(
-    run_id: str, after: int, *, manager: RunManager, runs: RunStore
+    run_id: str, after: int, *, manager: RunManager, runs: RunStore, events: EventStore
 ) -> AsyncIterator[list[tuple[int, bytes]]]:
-    live = manager.runs.get(run_id)
+    live = manager.get(run_id)
     if live is not None:
         async for batch in live.follow(after):
             yield batch
         return
     seen = after
     while True:
-        batch = await runs.events(run_id, seen, PAGE)
+        batch = await events.events(run_id, seen, PAGE)
         if batch:
             seen = batch[-1][0]
             yield batch
             continue
         record = await runs.get(run_id)
-        if record is None or record.status != "running":
-            if not await runs.events(run_id, seen, 1):
+        if record is None or record.status is not RunStatus.RUNNING:
+            if not await events.events(run_id, seen, 1):
                 return
             continue
         await asyncio.sleep(POLL_INTERVAL)

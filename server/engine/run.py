@@ -22,25 +22,18 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 
 from server.claude import process
-from server.engine.relay_events import relay_error
 from server.claude.lines import LineSplitter, LineTooLong, classify
+from server.engine.relay_events import relay_error
+from server.storage.run_store import RunStatus
 
 log = logging.getLogger(__name__)
-
-
-class RunStatus(enum.StrEnum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
 
 
 class StopReason(enum.StrEnum):
@@ -77,7 +70,7 @@ class Limits:
 class RunObserver(Protocol):
     """What the relay does around a run: storage, locks, bookkeeping."""
 
-    async def claude_id_seen(self, run: Run, claude_id: str) -> None:
+    async def claude_session_id_seen(self, run: Run, claude_session_id: str) -> None:
         """Called before the first line carrying a new session id is relayed."""
 
     async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
@@ -126,11 +119,14 @@ class Run:
     """One CLI process and the ordered, numbered events it produced."""
 
     id: str
-    session_id: str
-    claude_id: str
+    workspace_id: str
+    claude_session_id: str
     observer: RunObserver
     limits: Limits
     detached: bool = False
+    placed_by: str = "new"
+    """How the planner found its session (``new``, ``resume``, ``fingerprint``, ...)."""
+    forked_from: str | None = None
     status: RunStatus = RunStatus.RUNNING
     stop_reason: StopReason | None = None
     exit_code: int | None = None
@@ -138,7 +134,7 @@ class Run:
     error_message: str | None = None
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
-    claude_ids: set[str] = field(default_factory=set)
+    claude_session_ids: set[str] = field(default_factory=set)
     session_reported: bool = False
     _events: list[bytes] = field(default_factory=list)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -152,7 +148,7 @@ class Run:
 
     def start(self, child: process.Child, stdin: PromptInput) -> None:
         self._child = child
-        self.claude_ids.add(self.claude_id)
+        self.claude_session_ids.add(self.claude_session_id)
         self._supervisor = asyncio.create_task(self._supervise(stdin), name=f"run-{self.id}")
 
     @property
@@ -198,7 +194,7 @@ class Run:
     def events_after(self, seq: int) -> list[tuple[int, bytes]]:
         return [(i + 1, data) for i, data in enumerate(self._events[seq:], start=seq)]
 
-    async def follow(self, after: int = 0) -> AsyncIterator[list[tuple[int, bytes]]]:
+    async def follow(self, after: int = 0) -> AsyncGenerator[list[tuple[int, bytes]]]:
         """Batches of ``(seq, data)`` after ``after``, live, until the run's last event."""
         seen = after
         while True:
@@ -282,8 +278,8 @@ class Run:
             line = classify(raw)
             if line.session_id:
                 self.session_reported = True
-                if line.session_id not in self.claude_ids:
-                    await self._on_new_claude_id(line.session_id)
+                if line.session_id not in self.claude_session_ids:
+                    await self._on_new_claude_session_id(line.session_id)
             if line.type == "result":
                 self._on_result(line.data)
             appended.append(line.data)
@@ -291,13 +287,13 @@ class Run:
         self._notify()
         await self.observer.events_appended(self, first_seq, appended)
 
-    async def _on_new_claude_id(self, claude_id: str) -> None:
-        self.claude_ids.add(claude_id)
-        self.claude_id = claude_id
+    async def _on_new_claude_session_id(self, claude_session_id: str) -> None:
+        self.claude_session_ids.add(claude_session_id)
+        self.claude_session_id = claude_session_id
         try:
-            await self.observer.claude_id_seen(self, claude_id)
+            await self.observer.claude_session_id_seen(self, claude_session_id)
         except Exception:
-            log.exception("run %s: could not store session id %s", self.id, claude_id)
+            log.exception("run %s: could not store session id %s", self.id, claude_session_id)
 
     def _on_result(self, data: bytes) -> None:
         try:

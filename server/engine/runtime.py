@@ -1,32 +1,33 @@
 """What the relay is made of at run time, built once from settings.
 
 The HTTP app (in its lifespan) and the command line (``sessions``, ``gc``) build the same
-:class:`Services`, so both see the same stores, workspaces and CLI environment.
+:class:`Runtime`, so both see the same stores, workspaces and CLI environment.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from server.claude.command import build_env, current_env
 from server.config import Settings
-from server.storage.database import create_engine, migrate, sessionmaker
-from server.storage.fingerprint_store import FingerprintStore
-from server.storage.run_store import EventWriter, RunStore
-from server.storage.session_store import SessionCatalog, SessionStore
 from server.engine.workspaces import Workspaces
+from server.storage.catalog import SessionCatalog
+from server.storage.database import Database, create_engine, migrate
+from server.storage.event_store import EventStore, EventWriter
+from server.storage.fingerprint_store import FingerprintStore
+from server.storage.run_store import RunStore
+from server.storage.session_store import SessionStore
 
 
 @dataclass
-class Services:
+class Runtime:
     settings: Settings
-    engine: AsyncEngine
+    database: Database
     sessions: SessionStore
     catalog: SessionCatalog
     runs: RunStore
-    events: EventWriter
+    events: EventStore
+    event_writer: EventWriter
     fingerprints: FingerprintStore
     workspaces: Workspaces
 
@@ -36,24 +37,25 @@ class Services:
         return build_env(current_env(), self.settings.claude_env, run_id="")
 
     async def close(self) -> None:
-        await self.events.close()
-        await self.engine.dispose()
+        await self.event_writer.close()
+        await self.database.engine.dispose()
 
 
-async def open_services(settings: Settings) -> Services:
+async def open_runtime(settings: Settings) -> Runtime:
     """Connect, migrate to the newest schema, and build the stores."""
     engine = create_engine(settings.database_url)
     await migrate(engine)
-    maker = sessionmaker(engine)
+    database = Database(engine)
     workspaces = Workspaces(settings.workspaces_dir)
     workspaces.ensure_root()
-    return Services(
+    return Runtime(
         settings=settings,
-        engine=engine,
-        sessions=SessionStore(maker),
-        catalog=SessionCatalog(maker),
-        runs=RunStore(maker),
-        events=EventWriter(maker),
-        fingerprints=FingerprintStore(maker),
+        database=database,
+        sessions=SessionStore(database),
+        catalog=SessionCatalog(database),
+        runs=RunStore(database),
+        events=EventStore(database),
+        event_writer=EventWriter(database),
+        fingerprints=FingerprintStore(database),
         workspaces=workspaces,
     )

@@ -11,7 +11,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from server.errors import BadRequest
+from server.errors import InvalidRequest
 
 
 class Workspaces:
@@ -21,19 +21,19 @@ class Workspaces:
     def ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def path_for(self, session_id: str) -> Path:
+    def path_for(self, workspace_id: str) -> Path:
         """The directory of a session, refusing anything that is not a plain UUID."""
         try:
-            name = str(uuid.UUID(session_id))
+            name = str(uuid.UUID(workspace_id))
         except ValueError:
-            raise BadRequest(f"not a session id: {session_id!r}") from None
+            raise InvalidRequest(f"not a workspace id: {workspace_id!r}") from None
         path = (self.root / name).resolve()
         if path.parent != self.root:
-            raise BadRequest(f"workspace of {session_id!r} would leave the workspaces root")
+            raise InvalidRequest(f"workspace of {workspace_id!r} would leave the workspaces root")
         return path
 
-    def remove(self, session_id: str) -> bool:
-        path = self.path_for(session_id)
+    def remove(self, workspace_id: str) -> bool:
+        path = self.path_for(workspace_id)
         if not path.exists():
             return False
         shutil.rmtree(path, ignore_errors=True)

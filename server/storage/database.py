@@ -8,6 +8,7 @@ read-modify-write updates. WAL lets readers go on while one writer works.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -66,31 +68,43 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 READ_ONLY = "relay_read_only"
 
 
-class Sessions(async_sessionmaker[AsyncSession]):
-    """``maker()`` gives a session for reading, ``maker.begin()`` one that writes and commits.
+class Database:
+    """The one way stores reach the database: short reads and short write transactions.
 
-    Writers take SQLite's write lock up front (``BEGIN IMMEDIATE``) so they queue instead of
-    failing; readers must not, or every lookup would wait behind the event writer. Every store
-    reads with ``async with maker() as db`` and writes with ``async with maker.begin()``.
+    ``read()`` gives a database session (``db``) that never takes SQLite's write lock, so
+    lookups do not wait behind the event writer; ``write()`` gives one inside a transaction
+    that takes the write lock up front (``BEGIN IMMEDIATE``) and commits on exit, so writers
+    queue instead of failing. ``connect()`` is a bare connection for single-row lookups on a
+    hot path, where the ORM session around one query costs more than the query itself.
+    No store keeps a database session beyond one call.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        self.engine = engine
+        self._reader = async_sessionmaker(
+            engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
         self._writer = async_sessionmaker(engine, expire_on_commit=False)
+        self._read_engine = engine.execution_options(**{READ_ONLY: True})
 
-    def begin(self) -> Any:
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def read(self) -> AsyncSession:
+        return self._reader()
+
+    def write(self) -> AbstractAsyncContextManager[AsyncSession]:
         return self._writer.begin()
 
-
-def sessionmaker(engine: AsyncEngine) -> Sessions:
-    return Sessions(engine)
+    def connect(self) -> AsyncConnection:
+        return self._read_engine.connect()
 
 
 def insert_or_update(
-    session: AsyncSession, table: Any, values: dict[str, Any], keys: list[str], update: list[str]
+    dialect: str, table: Any, values: dict[str, Any], keys: list[str], update: list[str]
 ) -> Any:
-    """An upsert statement for the session's database (SQLite or PostgreSQL)."""
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    """An upsert statement for ``dialect`` (``sqlite`` or ``postgresql``)."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(table).values(**values)
     if not update:

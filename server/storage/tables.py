@@ -1,6 +1,12 @@
 """The relay's tables. Change them only together with a migration in ``migrations/``.
 
-Times are Unix seconds (floats): easy to compare for timeouts and GC on any database.
+Names: a *session* is the relay's record of one conversation; its key is the
+``workspace_id``, the UUID that also names its workspace directory. A *Claude session id* is
+an id the CLI knows a transcript by (``claude_session_id``); a session has one or more. Row
+classes end in ``Row`` so that they never share a name with the engine's objects.
+
+Times are Unix seconds (floats): easy to compare for timeouts and GC on any database. Every
+foreign key cascades, so deleting a session row removes all that hangs off it.
 """
 
 from __future__ import annotations
@@ -31,19 +37,19 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Session(Base):
+class SessionRow(Base):
     """A conversation: one workspace, any number of Claude session ids over time.
 
-    ``id`` is the relay's own UUID and the name of the workspace directory; the path is
-    always derived from the configured root, so no stored or client-given path is trusted.
-    ``active_run_id`` is the per-session run lock: set with a conditional UPDATE, so two relay
-    processes sharing the database cannot run the same session at once.
+    ``workspace_id`` is the relay's own UUID and the name of the workspace directory; the
+    path is always derived from the configured root, so no stored or client-given path is
+    trusted. ``active_run_id`` is the per-session run lock: set with a conditional UPDATE, so
+    two relay processes sharing the database cannot run the same session at once.
     """
 
     __tablename__ = "sessions"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    latest_claude_id: Mapped[str] = mapped_column(String(36))
+    workspace_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    latest_claude_session_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[float] = mapped_column(Float)
     last_used_at: Mapped[float] = mapped_column(Float, index=True)
     active_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
@@ -51,28 +57,28 @@ class Session(Base):
     title: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
-class ClaudeSessionId(Base):
-    """Every session id the CLI ever reported, mapped to its conversation."""
+class ClaudeSessionIdRow(Base):
+    """Every Claude session id the CLI ever reported, mapped to its session."""
 
     __tablename__ = "claude_session_ids"
 
     claude_session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    session_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("sessions.id", ondelete="CASCADE")
+    workspace_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.workspace_id", ondelete="CASCADE")
     )
     seen_at: Mapped[float] = mapped_column(Float)
 
-    __table_args__ = (Index("ix_claude_session_ids_session_id", "session_id"),)
+    __table_args__ = (Index("ix_claude_session_ids_workspace_id", "workspace_id"),)
 
 
-class Run(Base):
+class RunRow(Base):
     """One ``POST /api/claude`` (or compatible call): its outcome and where it ran."""
 
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    session_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    workspace_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.workspace_id", ondelete="CASCADE"), index=True
     )
     claude_session_id: Mapped[str] = mapped_column(String(36))
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -93,14 +99,16 @@ class Run(Base):
     result_text: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    placement: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """How the planner found the run's session: new, resume, conversation, fingerprint, …"""
 
 
-class RunEvent(Base):
+class RunEventRow(Base):
     """A chunk of consecutive events of a run, ``seq`` to ``last_seq``, exactly as sent.
 
-    ``data`` is the events' data joined by ``\n`` (an event never contains one: see
-    ``lines.classify``). One row per chunk rather than per event keeps storing a run's output
-    about as cheap as writing it to a file: the relay's throughput must not depend on it.
+    ``data`` is the events' data joined by ``\\n`` (an event never contains one: see
+    ``claude.lines.classify``). One row per chunk rather than per event keeps storing a run's
+    output about as cheap as writing it to a file: the relay's throughput must not depend on it.
     """
 
     __tablename__ = "run_events"
@@ -113,20 +121,20 @@ class RunEvent(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class Conversation(Base):
+class ConversationRow(Base):
     """A client's own key for a conversation (e.g. a chat id), scoped to its API key."""
 
     __tablename__ = "conversations"
 
     api_key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     key: Mapped[str] = mapped_column(String(256), primary_key=True)
-    session_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    workspace_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.workspace_id", ondelete="CASCADE"), index=True
     )
     created_at: Mapped[float] = mapped_column(Float)
 
 
-class Fingerprint(Base):
+class FingerprintRow(Base):
     """OpenAI/Anthropic-style continuity: a hash of a conversation's messages so far, mapped
     to the Claude session id whose transcript holds exactly that conversation."""
 
@@ -134,8 +142,8 @@ class Fingerprint(Base):
 
     api_key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
-    session_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    workspace_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.workspace_id", ondelete="CASCADE"), index=True
     )
     claude_session_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[float] = mapped_column(Float)

@@ -1,52 +1,96 @@
 """Anthropic-compatible route: ``POST /v1/messages``, streaming or not.
 
-Same continuity rules and headers as the OpenAI route; errors come in the Anthropic shape
-(``errors.error_response`` picks it by path), and ``x-api-key`` is accepted like a Bearer key.
+Same continuity rules and headers as the OpenAI route; every error on it comes in the
+Anthropic shape, and ``x-api-key`` is accepted like a Bearer key (see ``api/auth.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from litestar import Request, post
+from litestar import Request, Router, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody
 from litestar.types import ASGIApp
 
-from server.compat.anthropic import schemas as anthropic
-from server.compat.chat import Turn, start_turn, wait_unless_disconnected
-from server.errors import HTTPError, anthropic_error_body
-from server.api.sse import sse_response, stop_on_shutdown
-from server.compat.openai.router import json_response, read_json
+from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
+from server.api.errors import BODY_OPT, exception_handlers
+from server.api.sse import sse_response
+from server.compat.anthropic import schemas
+from server.compat.chat import (
+    Outcome,
+    StreamShape,
+    TurnRequest,
+    chat_stream,
+    start_turn,
+    wait_unless_disconnected,
+)
+from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER
+from server.compat.openai.router import disconnect_watcher, json_response
+from server.compat.openai.schemas import resolve_model
+from server.errors import RunFailed
 
-log = logging.getLogger(__name__)
+
+class _Events(StreamShape):
+    def __init__(self, mid: str, model: str) -> None:
+        self.mid, self.model = mid, model
+
+    def start(self) -> bytes:
+        return schemas.stream_start(self.mid, self.model)
+
+    def delta(self, text: str) -> bytes:
+        return schemas.text_delta(text)
+
+    def end(self, outcome: Outcome) -> bytes:
+        return schemas.stream_end(outcome.result)
+
+    def error(self, message: str) -> bytes:
+        return schemas.stream_error(message)
 
 
 @post(
-    "/v1/messages",
+    "/messages",
     status_code=200,
-    tags=["anthropic"],
     summary="A message by Claude Code (Anthropic Messages shape)",
     description="Anthropic Messages API backed by Claude Code sessions; see /v1/chat/completions"
-    " for how conversations continue.",
+    " for how conversations continue. With `stream: true` the answer is the Messages API's"
+    " Server-Sent Events (`message_start` … `message_stop`).",
+    responses={200: ResponseSpec(schemas.Message, description="The message, or its stream.")},
+    opt={BODY_OPT: schemas.MessagesRequest},
 )
-async def create_message(request: Request[Any, Any, Any]) -> ASGIApp:
-    settings = request.app.state.settings
-    parsed = anthropic.parse_messages_request(await read_json(request), settings.models)
-    turn = await start_turn(request, parsed.conversation, parsed.cli_model)
-    mid = anthropic.message_id(turn.run.id)
-    if not parsed.stream:
-        outcome = await wait_unless_disconnected(request, turn)
+async def create_message(
+    data: JSONBody[schemas.MessagesRequest],
+    request: Request[Any, Any, Any],
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    manager: ManagerDep,
+    api_key_id: CallerDep,
+) -> ASGIApp:
+    turn_request = TurnRequest(
+        history=schemas.parse_messages(data.messages, schemas.parse_system(data.system)),
+        cli_model=resolve_model(data.model, settings.models),
+        session_header=request.headers.get(SESSION_HEADER),
+        conversation_header=request.headers.get(CONVERSATION_HEADER),
+    )
+    turn = await start_turn(
+        turn_request,
+        api_key_id=api_key_id,
+        settings=settings,
+        manager=manager,
+        fingerprints=runtime.fingerprints,
+    )
+    mid = schemas.message_id(turn.run.id)
+    if not data.stream:
+        outcome = await wait_unless_disconnected(turn, disconnect_watcher(request))
         if not outcome.ok:
-            error = HTTPError(outcome.error or "the run failed")
-            return json_response(anthropic_error_body(error), status=500, headers=turn.headers)
-        body = anthropic.message(mid, parsed.model, outcome.reply, outcome.result)
+            error = RunFailed(outcome.error or "the run failed")
+            return json_response(schemas.error_body(error), status=500, headers=turn.headers)
+        body = schemas.message(mid, data.model, outcome.reply, outcome.result)
         return json_response(body, headers=turn.headers)
     shutdown = anyio.Event()
     return sse_response(
-        _stream(turn, mid, parsed.model, shutdown),
+        chat_stream(turn, _Events(mid, data.model), shutdown),
         ping_interval=settings.ping_interval,
         shutdown_grace=settings.shutdown_grace,
         headers=turn.headers,
@@ -54,23 +98,9 @@ async def create_message(request: Request[Any, Any, Any]) -> ASGIApp:
     )
 
 
-async def _stream(turn: Turn, mid: str, model: str, shutdown: anyio.Event) -> AsyncIterator[bytes]:
-    """``message_start``, one text block's deltas as tokens arrive, then ``message_stop``."""
-    watcher = asyncio.create_task(stop_on_shutdown(shutdown, turn.run))
-    try:
-        yield anthropic.stream_start(mid, model)
-        try:
-            async for text in turn.deltas():
-                yield anthropic.text_delta(text)
-            outcome = await turn.finish()
-        except Exception:
-            log.exception("run %s: the messages stream failed", turn.run.id)
-            yield anthropic.stream_error("internal error; see the relay's log")
-            return
-        if not outcome.ok:
-            yield anthropic.stream_error(outcome.error or "the run failed")
-            return
-        yield anthropic.stream_end(outcome.result)
-    finally:
-        watcher.cancel()
-        turn.stop_if_running()
+router = Router(
+    "/v1",
+    route_handlers=[create_message],
+    tags=["anthropic"],
+    exception_handlers=exception_handlers(schemas.error_body),
+)

@@ -11,78 +11,78 @@ says (see ``reply.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
-from server.errors import BadRequest, HTTPError, anthropic_error_body
-from server.compat.continuity import Conversation, Message
-from server.compat.openai.schemas import CHAT_ROLES, resolve_model
+from server.compat.continuity import ChatHistory, TextMessage
+from server.compat.openai.schemas import CHAT_ROLES
 from server.compat.reply import anthropic_stop_reason, anthropic_usage
+from server.errors import (
+    CLIUnavailable,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Refused,
+    TooLarge,
+    TooManyRuns,
+    Unauthorized,
+)
+
+Content = str | list[dict[str, Any]]
 
 
-def _block_text(where: str, block: Any) -> str:
-    if not isinstance(block, dict):
-        raise BadRequest(f"{where} must be a content block object")
-    kind = block.get("type")
-    if kind == "text" and isinstance(block.get("text"), str):
-        return block["text"]
-    raise BadRequest(
+class InputMessage(msgspec.Struct):
+    role: str
+    content: Content
+
+
+class MessagesRequest(msgspec.Struct):
+    """``POST /v1/messages``. Fields not listed here are accepted and ignored."""
+
+    model: str
+    messages: Annotated[list[InputMessage], msgspec.Meta(min_length=1)]
+    system: Content | None = None
+    stream: bool | None = None
+
+
+def _block_text(where: str, block: dict[str, Any]) -> str:
+    kind, text = block.get("type"), block.get("text")
+    if kind == "text" and isinstance(text, str):
+        return text
+    raise InvalidRequest(
         f"{where} is a {kind!r} block, which the relay cannot pass to Claude Code; "
         "only text blocks are supported"
     )
 
 
-def content_text(where: str, content: Any) -> str:
+def content_text(where: str, content: Content) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "\n".join(_block_text(f"{where}[{i}]", block) for i, block in enumerate(content))
-    raise BadRequest(f"{where} must be a string or a list of content blocks")
+    return "\n".join(_block_text(f"{where}[{i}]", block) for i, block in enumerate(content))
 
 
-def parse_system(raw: Any) -> str | None:
+def parse_system(raw: Content | None) -> str | None:
     if raw is None:
         return None
     text = content_text("system", raw)
     return text if text.strip() else None
 
 
-def parse_messages(raw: Any, system: str | None) -> Conversation:
-    if not isinstance(raw, list) or not raw:
-        raise BadRequest("`messages` must be a non-empty list")
-    messages: list[Message] = []
+def parse_messages(raw: list[InputMessage], system: str | None) -> ChatHistory:
+    messages: list[TextMessage] = []
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
-        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-            raise BadRequest(f"{where} must have role user or assistant")
-        text = content_text(f"{where}.content", message.get("content"))
-        messages.append(Message(message["role"], text))
+        if message.role not in CHAT_ROLES:
+            raise InvalidRequest(f"{where} must have role user or assistant")
+        text = content_text(f"{where}.content", message.content)
+        messages.append(TextMessage(message.role, text))
     if messages[-1].role != "user":
-        raise BadRequest("the last message must be from the user (no assistant prefill)")
+        raise InvalidRequest("the last message must be from the user (no assistant prefill)")
     if not messages[-1].text.strip():
-        raise BadRequest("the last user message must not be empty")
-    return Conversation(system, tuple(messages))
-
-
-@dataclass(frozen=True)
-class MessagesRequest:
-    model: str
-    cli_model: str | None
-    conversation: Conversation
-    stream: bool
-
-
-def parse_messages_request(body: Any, models: dict[str, str | None]) -> MessagesRequest:
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object with `model` and `messages`")
-    cli_model = resolve_model(body.get("model"), models)
-    conversation = parse_messages(body.get("messages"), parse_system(body.get("system")))
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise BadRequest("`stream` must be true or false")
-    return MessagesRequest(body["model"], cli_model, conversation, stream)
+        raise InvalidRequest("the last user message must not be empty")
+    return ChatHistory(system, tuple(messages))
 
 
 # -- responses -----------------------------------------------------------------------------
@@ -92,20 +92,33 @@ def message_id(run_id: str) -> str:
     return "msg_" + run_id.replace("-", "")
 
 
-def message(
-    mid: str, model: str, text: str | None, result: dict[str, Any] | None
-) -> dict[str, Any]:
+class TextBlock(msgspec.Struct):
+    text: str
+    type: str = "text"
+
+
+class Message(msgspec.Struct):
+    """A whole message (``stream`` false)."""
+
+    id: str
+    model: str
+    content: list[TextBlock]
+    stop_reason: str | None
+    usage: dict[str, int]
+    type: str = "message"
+    role: str = "assistant"
+    stop_sequence: str | None = None
+
+
+def message(mid: str, model: str, text: str | None, result: dict[str, Any] | None) -> Message:
     """A whole message; with ``text=None`` the empty one that ``message_start`` carries."""
-    return {
-        "id": mid,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [] if text is None else [{"type": "text", "text": text}],
-        "stop_reason": None if text is None else anthropic_stop_reason(result),
-        "stop_sequence": None,
-        "usage": anthropic_usage(result),
-    }
+    return Message(
+        id=mid,
+        model=model,
+        content=[] if text is None else [TextBlock(text)],
+        stop_reason=None if text is None else anthropic_stop_reason(result),
+        usage=anthropic_usage(result),
+    )
 
 
 def event(name: str, payload: dict[str, Any]) -> bytes:
@@ -145,4 +158,24 @@ def stream_end(result: dict[str, Any] | None) -> bytes:
 
 
 def stream_error(message_text: str) -> bytes:
-    return event("error", anthropic_error_body(HTTPError(message_text)))
+    return event("error", error_body(Refused(message_text)))
+
+
+# -- errors --------------------------------------------------------------------------------
+
+_ERROR_TYPES: list[tuple[type[Refused], str]] = [
+    (InvalidRequest, "invalid_request_error"),
+    (Unauthorized, "authentication_error"),
+    (Forbidden, "permission_error"),
+    (NotFound, "not_found_error"),
+    (Conflict, "invalid_request_error"),
+    (TooLarge, "request_too_large"),
+    (TooManyRuns, "rate_limit_error"),
+    (CLIUnavailable, "overloaded_error"),
+]
+
+
+def error_body(error: Refused) -> dict[str, Any]:
+    """Anthropic's error object, so its SDK raises the usual exception class."""
+    kind = next((kind for cls, kind in _ERROR_TYPES if isinstance(error, cls)), "api_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}

@@ -1,47 +1,49 @@
 """OpenAI-compatible routes: ``GET /v1/models`` and ``POST /v1/chat/completions``.
 
-Request parsing and response shapes live in ``server/compat/openai.py``; which Claude session
-a request continues in ``server/compat/continuity.py``.
+Request parsing and response shapes live in ``schemas.py`` beside this file; which Claude
+session a request continues in ``server/compat/continuity.py`` and the engine's planner. Every
+error on these routes comes in OpenAI's shape.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import msgspec
-from litestar import MediaType, Request, get, post
+from litestar import MediaType, Request, Router, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp
 
-from server.compat.openai import schemas as openai
+from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
+from server.api.errors import BODY_OPT, exception_handlers
+from server.api.sse import sse_response
+from server.compat.chat import (
+    Outcome,
+    StreamShape,
+    Turn,
+    TurnRequest,
+    chat_stream,
+    start_turn,
+    wait_unless_disconnected,
+)
+from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER
+from server.compat.openai import schemas
 from server.compat.reply import openai_finish_reason
-from server.compat.chat import Turn, start_turn, wait_unless_disconnected
-from server.errors import BadRequest, HTTPError, ModelNotFound, openai_error_body
-from server.api.sse import sse_response, stop_on_shutdown
+from server.errors import ModelNotFound, RunFailed
 
-log = logging.getLogger(__name__)
-
-CHAT_DESCRIPTION = """\
+CHAT_DESCRIPTION = f"""\
 OpenAI Chat Completions backed by Claude Code sessions. Send the whole conversation each turn,
 as OpenAI clients do: a history the relay has answered before continues the same Claude Code
-session (see the continuity rules in `server/compat/continuity.py`). Headers:
-`X-Claude-Session-Id` (returned on every answer; send it to continue exactly that session),
-`X-Claude-Conversation` (a conversation key of your own). Knobs the CLI cannot honour
-(`temperature`, `max_tokens`, `tools`, ...) are accepted and ignored.
+session (see docs/compatible-apis.md). Headers: `{SESSION_HEADER}` (returned on every answer;
+send it to continue exactly that session), `{CONVERSATION_HEADER}` (a conversation key of
+your own). Knobs the CLI cannot honour (`temperature`, `max_tokens`, `tools`, ...) are
+accepted and ignored. With `stream: true` the answer is Server-Sent Events of
+`chat.completion.chunk` objects ending with `data: [DONE]`.
 """
-
-
-async def read_json(request: Request[Any, Any, Any]) -> Any:
-    raw = await request.body()
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
 
 def json_response(payload: Any, *, status: int = 200, headers: dict[str, str]) -> ASGIResponse:
@@ -53,42 +55,104 @@ def json_response(payload: Any, *, status: int = 200, headers: dict[str, str]) -
     )
 
 
-@get("/v1/models", tags=["openai"], summary="List the model ids (OpenAI shape)")
-async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return openai.model_list(request.app.state.settings.models)
+def disconnect_watcher(request: Request[Any, Any, Any]) -> Any:
+    """A coroutine function that returns when the client has gone away."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return disconnected
 
 
-@get("/v1/models/{model_id:str}", tags=["openai"], summary="One model id (OpenAI shape)")
-async def get_model(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
-    models = request.app.state.settings.models
-    if model_id not in models:
+@get("/models", summary="List the model ids (OpenAI shape)")
+async def list_models(settings: SettingsDep) -> schemas.ModelList:
+    return schemas.model_list(settings.models)
+
+
+@get("/models/{model_id:str}", summary="One model id (OpenAI shape)")
+async def get_model(model_id: FromPath[str], settings: SettingsDep) -> schemas.Model:
+    if model_id not in settings.models:
         raise ModelNotFound(f"the model `{model_id}` does not exist")
-    return next(m for m in openai.model_list(models)["data"] if m["id"] == model_id)
+    return schemas.Model(id=model_id, display_name=model_id)
+
+
+class _Chunks(StreamShape):
+    def __init__(self, chat: schemas.ChatCompletionRequest, cid: str, created: int) -> None:
+        self.include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        self.model, self.cid, self.created = chat.model, cid, created
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return schemas.sse_data(
+            schemas.chunk(
+                self.cid,
+                self.created,
+                self.model,
+                delta,
+                finish_reason=finish,
+                with_usage=self.include_usage,
+            )
+        )
+
+    def start(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def delta(self, text: str) -> bytes:
+        return self._chunk({"content": text})
+
+    def end(self, outcome: Outcome) -> bytes:
+        tail = self._chunk({}, openai_finish_reason(outcome.result))
+        if self.include_usage:
+            usage = schemas.usage_chunk(self.cid, self.created, self.model, outcome.result)
+            tail += schemas.sse_data(usage)
+        return tail + schemas.DONE
+
+    def error(self, message: str) -> bytes:
+        return schemas.stream_error(message)
 
 
 @post(
-    "/v1/chat/completions",
+    "/chat/completions",
     status_code=200,
-    tags=["openai"],
     summary="Chat completion by Claude Code (OpenAI shape)",
     description=CHAT_DESCRIPTION,
+    responses={
+        200: ResponseSpec(
+            schemas.ChatCompletion,
+            description="The completion, or (with `stream: true`) a stream of chunks.",
+        )
+    },
+    opt={BODY_OPT: schemas.ChatCompletionRequest},
 )
-async def chat_completions(request: Request[Any, Any, Any]) -> ASGIApp:
-    settings = request.app.state.settings
-    chat = openai.parse_chat_request(await read_json(request), settings.models)
-    turn = await start_turn(request, chat.conversation, chat.cli_model, effort=chat.effort)
-    cid = openai.completion_id(turn.run.id)
+async def chat_completions(
+    data: JSONBody[schemas.ChatCompletionRequest],
+    request: Request[Any, Any, Any],
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    manager: ManagerDep,
+    api_key_id: CallerDep,
+) -> ASGIApp:
+    turn_request = TurnRequest(
+        history=schemas.parse_messages(data.messages),
+        cli_model=schemas.resolve_model(data.model, settings.models),
+        effort=schemas.effort_of(data.reasoning_effort),
+        session_header=request.headers.get(SESSION_HEADER),
+        conversation_header=request.headers.get(CONVERSATION_HEADER),
+    )
+    turn = await start_turn(
+        turn_request,
+        api_key_id=api_key_id,
+        settings=settings,
+        manager=manager,
+        fingerprints=runtime.fingerprints,
+    )
+    cid = schemas.completion_id(turn.run.id)
     created = int(time.time())
-    if not chat.stream:
-        outcome = await wait_unless_disconnected(request, turn)
-        if not outcome.ok:
-            error = HTTPError(outcome.error or "the run failed")
-            return json_response(openai_error_body(error), status=500, headers=turn.headers)
-        body = openai.completion(cid, created, chat.model, outcome.reply, outcome.result)
-        return json_response(body, headers=turn.headers)
+    if not data.stream:
+        return await _whole(turn, data, cid, created, request)
     shutdown = anyio.Event()
     return sse_response(
-        _stream(turn, chat, cid, created, shutdown),
+        chat_stream(turn, _Chunks(data, cid, created), shutdown),
         ping_interval=settings.ping_interval,
         shutdown_grace=settings.shutdown_grace,
         headers=turn.headers,
@@ -96,36 +160,24 @@ async def chat_completions(request: Request[Any, Any, Any]) -> ASGIApp:
     )
 
 
-async def _stream(
-    turn: Turn, chat: openai.ChatRequest, cid: str, created: int, shutdown: anyio.Event
-) -> AsyncIterator[bytes]:
-    """Role chunk, content chunks as tokens arrive, finish chunk, usage chunk, ``[DONE]``."""
+async def _whole(
+    turn: Turn,
+    data: schemas.ChatCompletionRequest,
+    cid: str,
+    created: int,
+    request: Request[Any, Any, Any],
+) -> ASGIApp:
+    outcome = await wait_unless_disconnected(turn, disconnect_watcher(request))
+    if not outcome.ok:
+        error = RunFailed(outcome.error or "the run failed")
+        return json_response(schemas.error_body(error), status=500, headers=turn.headers)
+    body = schemas.completion(cid, created, data.model, outcome.reply, outcome.result)
+    return json_response(body, headers=turn.headers)
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return openai.sse_data(
-            openai.chunk(
-                cid, created, chat.model, delta, finish_reason=finish, with_usage=chat.include_usage
-            )
-        )
 
-    watcher = asyncio.create_task(stop_on_shutdown(shutdown, turn.run))
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        try:
-            async for text in turn.deltas():
-                yield chunk({"content": text})
-            outcome = await turn.finish()
-        except Exception:
-            log.exception("run %s: the chat stream failed", turn.run.id)
-            yield openai.stream_error("internal error; see the relay's log")
-            return
-        if not outcome.ok:
-            yield openai.stream_error(outcome.error or "the run failed")
-            return
-        tail = chunk({}, openai_finish_reason(outcome.result))
-        if chat.include_usage:
-            tail += openai.sse_data(openai.usage_chunk(cid, created, chat.model, outcome.result))
-        yield tail + openai.DONE
-    finally:
-        watcher.cancel()
-        turn.stop_if_running()
+router = Router(
+    "/v1",
+    route_handlers=[list_models, get_model, chat_completions],
+    tags=["openai"],
+    exception_handlers=exception_handlers(schemas.error_body),
+)

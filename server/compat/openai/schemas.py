@@ -17,24 +17,60 @@ named: image, audio and file parts, ``tool`` / ``function`` messages, assistant 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
-from server.errors import BadRequest, HTTPError, ModelNotFound, openai_error_body
-from server.engine.options import EFFORT_LEVELS
-from server.compat.continuity import Conversation, Message
+from server.claude.options import EFFORT_LEVELS
+from server.compat.continuity import ChatHistory, TextMessage
 from server.compat.reply import openai_finish_reason, openai_usage
+from server.errors import (
+    CLIUnavailable,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    Refused,
+    TooLarge,
+    TooManyRuns,
+    Unauthorized,
+)
 
 SYSTEM_ROLES = ("system", "developer")
 CHAT_ROLES = ("user", "assistant")
 
 
-def resolve_model(name: Any, models: Mapping[str, str | None]) -> str | None:
+# -- requests ------------------------------------------------------------------------------
+
+
+class ChatMessage(msgspec.Struct):
+    """A message of the conversation; content parts other than text are refused, named."""
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[Any] | None = None
+    function_call: dict[str, Any] | None = None
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(msgspec.Struct):
+    """``POST /v1/chat/completions``. Fields not listed here are accepted and ignored."""
+
+    model: str
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    reasoning_effort: str | None = None
+
+
+def resolve_model(name: str, models: Mapping[str, str | None]) -> str | None:
     """The CLI ``--model`` value for a public model id; 404 ``model_not_found`` otherwise."""
-    if not isinstance(name, str) or not name:
-        raise BadRequest("`model` is required: one of " + ", ".join(models))
+    if not name:
+        raise InvalidRequest("`model` is required: one of " + ", ".join(models))
     if name not in models:
         raise ModelNotFound(
             f"the model `{name}` does not exist; available: {', '.join(models)} (GET /v1/models)"
@@ -42,124 +78,93 @@ def resolve_model(name: Any, models: Mapping[str, str | None]) -> str | None:
     return models[name]
 
 
-def model_list(models: Mapping[str, str | None]) -> dict[str, Any]:
-    """``GET /v1/models``; each entry also has the fields the Anthropic SDK reads."""
-    data = [
-        {
-            "id": model_id,
-            "object": "model",
-            "created": 0,
-            "owned_by": "claude-relay",
-            "type": "model",
-            "display_name": model_id,
-            "created_at": "1970-01-01T00:00:00Z",
-        }
-        for model_id in models
-    ]
+class Model(msgspec.Struct):
+    """A model id; it also has the fields the Anthropic SDK reads."""
+
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "claude-relay"
+    type: str = "model"
+    display_name: str = ""
+    created_at: str = "1970-01-01T00:00:00Z"
+
+
+class ModelList(msgspec.Struct):
+    data: list[Model]
+    object: str = "list"
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+def model_list(models: Mapping[str, str | None]) -> ModelList:
+    """``GET /v1/models``."""
     ids = list(models)
-    return {
-        "object": "list",
-        "data": data,
-        "has_more": False,
-        "first_id": ids[0] if ids else None,
-        "last_id": ids[-1] if ids else None,
-    }
+    return ModelList(
+        data=[Model(id=model_id, display_name=model_id) for model_id in ids],
+        first_id=ids[0] if ids else None,
+        last_id=ids[-1] if ids else None,
+    )
 
 
-def _part_text(where: str, part: Any) -> str:
-    if not isinstance(part, dict):
-        raise BadRequest(f"{where} must be an object with a `type`")
-    kind = part.get("type")
-    if kind == "text" and isinstance(part.get("text"), str):
-        return part["text"]
-    raise BadRequest(
+def _part_text(where: str, part: dict[str, Any]) -> str:
+    kind, text = part.get("type"), part.get("text")
+    if kind == "text" and isinstance(text, str):
+        return text
+    raise InvalidRequest(
         f"{where} has type {kind!r}, which the relay cannot pass to Claude Code; "
         "only text parts are supported"
     )
 
 
-def content_text(where: str, content: Any) -> str:
+def content_text(where: str, content: str | list[dict[str, Any]] | None) -> str:
     """A message's text: a string, or its text parts joined by newlines."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "\n".join(_part_text(f"{where}[{i}]", part) for i, part in enumerate(content))
-    raise BadRequest(f"{where} must be a string or a list of content parts")
+    return "\n".join(_part_text(f"{where}[{i}]", part) for i, part in enumerate(content))
 
 
-def parse_messages(raw: Any) -> Conversation:
-    if not isinstance(raw, list) or not raw:
-        raise BadRequest("`messages` must be a non-empty list")
+def parse_messages(raw: list[ChatMessage]) -> ChatHistory:
     system: list[str] = []
-    messages: list[Message] = []
+    messages: list[TextMessage] = []
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise BadRequest(f"{where} must be an object")
-        role = message.get("role")
+        role = message.role
         if role in SYSTEM_ROLES:
-            text = content_text(f"{where}.content", message.get("content"))
+            text = content_text(f"{where}.content", message.content)
             if text.strip():
                 system.append(text)
             continue
         if role not in CHAT_ROLES:
-            raise BadRequest(
+            raise InvalidRequest(
                 f"{where} has role {role!r}, which the relay cannot pass to Claude Code "
                 "(Claude Code runs its own tools); use system, developer, user or assistant"
             )
-        if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
-            raise BadRequest(
+        if role == "assistant" and (message.tool_calls or message.function_call):
+            raise InvalidRequest(
                 f"{where} has `tool_calls`, which the relay cannot pass to Claude Code "
                 "(Claude Code runs its own tools)"
             )
-        messages.append(Message(role, content_text(f"{where}.content", message.get("content"))))
-    return _conversation(system, messages)
+        messages.append(TextMessage(role, content_text(f"{where}.content", message.content)))
+    return _history(system, messages)
 
 
-def _conversation(system: list[str], messages: list[Message]) -> Conversation:
+def _history(system: list[str], messages: list[TextMessage]) -> ChatHistory:
     if not messages or messages[-1].role != "user":
-        raise BadRequest("the last message must be from the user")
+        raise InvalidRequest("the last message must be from the user")
     if not messages[-1].text.strip():
-        raise BadRequest("the last user message must not be empty")
-    return Conversation("\n\n".join(system) or None, tuple(messages))
+        raise InvalidRequest("the last user message must not be empty")
+    return ChatHistory("\n\n".join(system) or None, tuple(messages))
 
 
-@dataclass(frozen=True)
-class ChatRequest:
-    model: str
-    cli_model: str | None
-    conversation: Conversation
-    stream: bool
-    include_usage: bool
-    effort: str | None
-
-
-def _effort(value: Any) -> str | None:
+def effort_of(value: str | None) -> str | None:
+    """``reasoning_effort`` as the CLI's ``--effort`` (``minimal`` is ``low``)."""
     if value == "minimal":
         return "low"
     return value if value in EFFORT_LEVELS else None
-
-
-def parse_chat_request(body: Any, models: Mapping[str, str | None]) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object with `model` and `messages`")
-    cli_model = resolve_model(body.get("model"), models)
-    conversation = parse_messages(body.get("messages"))
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise BadRequest("`stream` must be true or false")
-    options = body.get("stream_options") or {}
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    return ChatRequest(
-        body["model"],
-        cli_model,
-        conversation,
-        stream,
-        include_usage,
-        _effort(body.get("reasoning_effort")),
-    )
 
 
 # -- responses -----------------------------------------------------------------------------
@@ -191,7 +196,9 @@ def chunk(
     return body
 
 
-def usage_chunk(cid: str, created: int, model: str, result: dict[str, Any] | None) -> dict:
+def usage_chunk(
+    cid: str, created: int, model: str, result: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
         "id": cid,
         "object": "chat.completion.chunk",
@@ -203,25 +210,45 @@ def usage_chunk(cid: str, created: int, model: str, result: dict[str, Any] | Non
     }
 
 
+class AssistantMessage(msgspec.Struct):
+    content: str
+    role: str = "assistant"
+    refusal: str | None = None
+
+
+class Choice(msgspec.Struct):
+    message: AssistantMessage
+    finish_reason: str
+    index: int = 0
+    logprobs: None = None
+
+
+class ChatCompletion(msgspec.Struct):
+    """A whole answer (``stream`` false)."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: dict[str, Any]
+    object: str = "chat.completion"
+    system_fingerprint: str | None = None
+
+
 def completion(
     cid: str, created: int, model: str, text: str, result: dict[str, Any] | None
-) -> dict[str, Any]:
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": openai_finish_reason(result),
-            }
+) -> ChatCompletion:
+    return ChatCompletion(
+        id=cid,
+        created=created,
+        model=model,
+        choices=[
+            Choice(
+                message=AssistantMessage(content=text), finish_reason=openai_finish_reason(result)
+            )
         ],
-        "usage": openai_usage(result),
-    }
+        usage=openai_usage(result),
+    )
 
 
 def sse_data(payload: Any) -> bytes:
@@ -233,4 +260,28 @@ DONE = b"data: [DONE]\n\n"
 
 def stream_error(message: str) -> bytes:
     """A failure after the stream started: an error event (the SDKs raise it), then [DONE]."""
-    return sse_data(openai_error_body(HTTPError(message))) + DONE
+    return sse_data(error_body(Refused(message))) + DONE
+
+
+# -- errors --------------------------------------------------------------------------------
+
+_ERROR_TYPES: list[tuple[type[Refused], str, str | None]] = [
+    (ModelNotFound, "invalid_request_error", "model_not_found"),
+    (InvalidRequest, "invalid_request_error", None),
+    (Unauthorized, "authentication_error", "invalid_api_key"),
+    (Forbidden, "permission_error", None),
+    (NotFound, "invalid_request_error", None),
+    (Conflict, "invalid_request_error", "conflict"),
+    (TooLarge, "invalid_request_error", None),
+    (TooManyRuns, "rate_limit_error", None),
+    (CLIUnavailable, "server_error", None),
+]
+
+
+def error_body(error: Refused) -> dict[str, Any]:
+    """OpenAI's error object, so its SDK raises the usual exception class."""
+    kind, code = next(
+        ((kind, code) for cls, kind, code in _ERROR_TYPES if isinstance(error, cls)),
+        ("server_error", None),
+    )
+    return {"error": {"message": error.message, "type": kind, "param": None, "code": code}}

@@ -1,0 +1,152 @@
+"""Domain errors as HTTP responses: the one place that knows their status codes.
+
+:func:`exception_handlers` builds Litestar handlers for any body shape: the relay's own API
+uses ``{"error": "<message>"}``; each compatible router registers its own shape (OpenAI's and
+Anthropic's error objects, so their SDKs raise their usual exception classes). Litestar's own
+errors (no route, a body that is not JSON or does not match the schema, a body over the size
+cap) are turned into the same domain errors first, so every error reads the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from server.errors import (
+    CLIUnavailable,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Refused,
+    RunFailed,
+    TooLarge,
+    TooManyRuns,
+    Unauthorized,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[Refused], int] = {
+    InvalidRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    TooManyRuns: 429,
+    RunFailed: 500,
+    CLIUnavailable: 503,
+}
+
+# msgspec's words for a field the struct does not have.
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
+
+BODY_OPT = "body"
+"""A route's ``opt`` key naming its request struct, so a 400 can list the accepted fields."""
+
+
+class HTTPStatusOnly(Refused):
+    """A Litestar error with no domain meaning (405, say): its own status is kept."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def status_of(error: Refused) -> int:
+    if isinstance(error, HTTPStatusOnly):
+        return error.status
+    for cls in type(error).__mro__:
+        if issubclass(cls, Refused) and cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def headers_of(error: Refused) -> dict[str, str]:
+    if isinstance(error, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(error, TooManyRuns):
+        return {"Retry-After": str(error.retry_after)}
+    return {}
+
+
+def _validation_message(request: Request[Any, Any, Any], exc: ValidationException) -> str:
+    """What msgspec found wrong with the body, naming the field; unknown fields also list
+    the accepted ones (the names clients send)."""
+    problems = [str(item.get("message", "")) for item in exc.extra or [] if isinstance(item, dict)]
+    text = "; ".join(p for p in problems if p) or str(exc.detail)
+    unknown = _UNKNOWN_FIELD.search(text)
+    if unknown:
+        struct = request.route_handler.opt.get(BODY_OPT)
+        accepted = ""
+        if struct is not None:
+            names = ", ".join(field.encode_name for field in msgspec.structs.fields(struct))
+            accepted = f". Accepted fields: {names}"
+        return f"unknown field(s): {unknown.group(1)}{accepted}"
+    if "malformed" in text or "truncated" in text:
+        return f"the body is not valid JSON: {text}"
+    return f"invalid body: {text}"
+
+
+def from_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> Refused:
+    """Litestar's own errors (no route, bad JSON, body too big) as domain errors."""
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        return InvalidRequest(_validation_message(request, exc))
+    if status == 413:
+        return TooLarge("request body is too large")
+    if status == 404:
+        return NotFound("no such route")
+    if status == 405:
+        return HTTPStatusOnly("method not allowed", 405)
+    if status == 400:
+        detail = str(exc.detail)
+        if "malformed" in detail or "truncated" in detail or "JSON" in detail:
+            return InvalidRequest(f"the body is not valid JSON: {detail}")
+        return InvalidRequest(detail)
+    if status == 401:
+        return Unauthorized(str(exc.detail))
+    return HTTPStatusOnly(str(exc.detail), status)
+
+
+BodyShape = Callable[[Refused], Any]
+
+
+def exception_handlers(shape: BodyShape) -> ExceptionHandlersMap:
+    """Handlers that answer every error with ``shape(error)`` and its status and headers."""
+
+    def respond(error: Refused, extra_headers: dict[str, str] | None = None) -> Response[Any]:
+        return Response(
+            content=shape(error),
+            status_code=status_of(error),
+            headers={**headers_of(error), **(extra_headers or {})},
+            media_type=MediaType.JSON,
+        )
+
+    def on_refused(request: Request[Any, Any, Any], exc: Refused) -> Response[Any]:
+        return respond(exc)
+
+    def on_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+        headers = dict(exc.headers or {}) if exc.status_code == 405 else None
+        return respond(from_litestar(request, exc), headers)
+
+    def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return respond(RunFailed("internal error; see the relay's log"))
+
+    return {Refused: on_refused, HTTPException: on_litestar, Exception: on_unexpected}
+
+
+def relay_error_body(error: Refused) -> dict[str, str]:
+    return {"error": error.message}
+
+
+RELAY_EXCEPTION_HANDLERS = exception_handlers(relay_error_body)

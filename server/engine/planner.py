@@ -1,0 +1,135 @@
+"""Which session a run continues: the one place that decides it, for every kind of caller.
+
+A caller says *how* it names the conversation (a :data:`Target`); the planner looks it up and
+answers with a :class:`Placement`: the session's workspace, the Claude session id to resume
+(or to create), whether to fork, and the prompt to send. It only reads; taking the session's
+lock is the manager's next step, so two racing requests are still settled by the database.
+
+The targets:
+
+* none: a new session, with a Claude session id the relay picks.
+* :class:`ResumeLatest`: any Claude session id the relay ever returned; the conversation's
+  *latest* id is resumed, so old ids keep working after the CLI changed them.
+* :class:`ByConversation`: a caller's own key (scoped to its API key); new the first time.
+* :class:`ChatTurn`: a turn of a stateless chat API (OpenAI, Anthropic). It is recognised by
+  an explicit Claude session id, a conversation key, or the fingerprint of its history (see
+  ``server/compat/continuity.py``), and always forks, so each turn has an id of its own and
+  regenerating or editing a message branches cleanly. A turn that continues nothing starts a
+  new session with the history quoted in its prompt.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from server.errors import NotFound
+from server.storage.fingerprint_store import FingerprintStore
+from server.storage.session_store import SessionRecord, SessionStore
+
+
+@dataclass(frozen=True)
+class ResumeLatest:
+    claude_session_id: str
+
+
+@dataclass(frozen=True)
+class ByConversation:
+    key: str
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """A chat API's turn: ``prompt`` of the run is its latest message alone."""
+
+    new_session_prompt: str
+    """The prompt if no session is continued: the latest message after the quoted history."""
+    history_fingerprint: str | None = None
+    conversation_key: str | None = None
+    claude_session_id: str | None = None
+    """Resume (fork) exactly this id: the caller named it."""
+
+
+Target = ResumeLatest | ByConversation | ChatTurn | None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run goes and what it sends."""
+
+    workspace_id: str
+    claude_session_id: str
+    resume: bool
+    prompt: str
+    fork: bool = False
+    conversation_key: str | None = None
+    """Bind this key to the new session (new sessions only)."""
+    how: str = "new"
+    """``new``, ``resume``, ``conversation``, ``fingerprint`` or ``explicit``."""
+
+
+def new_placement(prompt: str, conversation_key: str | None = None) -> Placement:
+    return Placement(
+        workspace_id=str(uuid.uuid4()),
+        claude_session_id=str(uuid.uuid4()),
+        resume=False,
+        prompt=prompt,
+        conversation_key=conversation_key,
+    )
+
+
+class Planner:
+    def __init__(self, sessions: SessionStore, fingerprints: FingerprintStore) -> None:
+        self._sessions = sessions
+        self._fingerprints = fingerprints
+
+    async def place(self, target: Target, prompt: str, *, api_key_id: str) -> Placement:
+        if isinstance(target, ResumeLatest):
+            record = await self._known(target.claude_session_id)
+            return Placement(
+                record.workspace_id, record.latest_claude_session_id, True, prompt, how="resume"
+            )
+        if isinstance(target, ByConversation):
+            found = await self._sessions.find_by_conversation(api_key_id, target.key)
+            if found is None:
+                return new_placement(prompt, target.key)
+            return Placement(
+                found.workspace_id,
+                found.latest_claude_session_id,
+                True,
+                prompt,
+                how="conversation",
+            )
+        if isinstance(target, ChatTurn):
+            return await self._place_chat_turn(target, prompt, api_key_id)
+        return new_placement(prompt)
+
+    async def _known(self, claude_session_id: str) -> SessionRecord:
+        record = await self._sessions.find_by_claude_session_id(claude_session_id)
+        if record is None:
+            raise NotFound(f"unknown session {claude_session_id}")
+        return record
+
+    async def _place_chat_turn(self, turn: ChatTurn, prompt: str, api_key_id: str) -> Placement:
+        def fork(record: SessionRecord, claude_session_id: str, how: str) -> Placement:
+            return Placement(record.workspace_id, claude_session_id, True, prompt, True, how=how)
+
+        if turn.claude_session_id is not None:
+            record = await self._known(turn.claude_session_id)
+            return fork(record, turn.claude_session_id, "explicit")
+        match = None
+        if turn.history_fingerprint is not None:
+            match = await self._fingerprints.find(api_key_id, turn.history_fingerprint)
+        if turn.conversation_key is not None:
+            found = await self._sessions.find_by_conversation(api_key_id, turn.conversation_key)
+            if found is None:
+                return new_placement(turn.new_session_prompt, turn.conversation_key)
+            # Within the conversation, a matching fingerprint still picks the branch point.
+            if match is not None and match.workspace_id == found.workspace_id:
+                return fork(found, match.claude_session_id, "conversation")
+            return fork(found, found.latest_claude_session_id, "conversation")
+        if match is not None:
+            matched = await self._sessions.find_by_claude_session_id(match.claude_session_id)
+            if matched is not None:
+                return fork(matched, match.claude_session_id, "fingerprint")
+        return new_placement(turn.new_session_prompt)

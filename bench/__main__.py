@@ -17,9 +17,8 @@ from typing import Any
 
 import psutil
 
-from tests.support import real_cli_path
-
 from bench.scenarios import PLANS, SCENARIOS, TITLES, scratch
+from tests.support import real_cli_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -22,8 +22,6 @@ from typing import Any
 
 import msgspec
 
-from tests.support import real_cli_path
-
 from bench.core import (
     CLI_ARGS,
     Outcome,
@@ -38,6 +36,7 @@ from bench.core import (
     relay_run,
     summary,
 )
+from tests.support import real_cli_path
 
 
 @dataclass(frozen=True)
@@ -571,9 +570,9 @@ async def real_cli(plan: Plan, folder: Path) -> dict[str, Any]:
 async def session_lookup(plan: Plan, folder: Path) -> dict[str, Any]:
     from sqlalchemy import insert
 
-    from server.storage.database import create_engine, migrate, sessionmaker
+    from server.storage.database import Database, create_engine, migrate
     from server.storage.session_store import SessionStore
-    from server.storage.tables import ClaudeSessionId, Session
+    from server.storage.tables import ClaudeSessionIdRow, SessionRow
 
     folder.mkdir(parents=True, exist_ok=True)
     engine = create_engine(f"sqlite+aiosqlite:///{folder / 'sessions.db'}")
@@ -589,37 +588,41 @@ async def session_lookup(plan: Plan, folder: Path) -> dict[str, Any]:
                 sid, cid = str(uuid.uuid4()), str(uuid.uuid4())
                 sessions.append(
                     {
-                        "id": sid,
-                        "latest_claude_id": cid,
+                        "workspace_id": sid,
+                        "latest_claude_session_id": cid,
                         "created_at": now - k,
                         "last_used_at": now - k,
                         "title": f"session {k}",
                     }
                 )
-                ids.append({"claude_session_id": cid, "session_id": sid, "seen_at": now - k})
+                ids.append({"claude_session_id": cid, "workspace_id": sid, "seen_at": now - k})
                 if k % 2 == 0:  # every other conversation was resumed once and got a new id
                     ids.append(
-                        {"claude_session_id": str(uuid.uuid4()), "session_id": sid, "seen_at": now}
+                        {
+                            "claude_session_id": str(uuid.uuid4()),
+                            "workspace_id": sid,
+                            "seen_at": now,
+                        }
                     )
                 claude_ids.append(cid)
             async with engine.begin() as conn:
-                await conn.execute(insert(Session), sessions)
-                await conn.execute(insert(ClaudeSessionId), ids)
+                await conn.execute(insert(SessionRow), sessions)
+                await conn.execute(insert(ClaudeSessionIdRow), ids)
         build_seconds = time.perf_counter() - build_started
-        store = SessionStore(sessionmaker(engine))
+        store = SessionStore(Database(engine))
         rng = random.Random(7)
         for cid in rng.sample(claude_ids, 100):
-            await store.find_by_claude_id(cid)
+            await store.find_by_claude_session_id(cid)
         hits: list[float] = []
         for cid in rng.sample(claude_ids, plan.session_lookups):
             t0 = time.perf_counter()
-            record = await store.find_by_claude_id(cid)
+            record = await store.find_by_claude_session_id(cid)
             hits.append((time.perf_counter() - t0) * 1000)
             assert record is not None
         misses: list[float] = []
         for _ in range(min(500, plan.session_lookups)):
             t0 = time.perf_counter()
-            record = await store.find_by_claude_id(str(uuid.uuid4()))
+            record = await store.find_by_claude_session_id(str(uuid.uuid4()))
             misses.append((time.perf_counter() - t0) * 1000)
             assert record is None
     finally:
@@ -627,13 +630,13 @@ async def session_lookup(plan: Plan, folder: Path) -> dict[str, Any]:
     figures = {
         "sessions stored": {"n": plan.sessions},
         "database build": {"unit": "s", "median": build_seconds},
-        "find_by_claude_id (hit)": {
+        "find_by_claude_session_id (hit)": {
             **summary(hits, "ms"),
             "p50": percentile(hits, 50),
             "p99": percentile(hits, 99),
             "values": [],
         },
-        "find_by_claude_id (miss)": {
+        "find_by_claude_session_id (miss)": {
             **summary(misses, "ms"),
             "p50": percentile(misses, 50),
             "p99": percentile(misses, 99),

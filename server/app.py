@@ -36,9 +36,10 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = await open_runtime(relay.settings)
-        await recover(runtime.sessions, runtime.runs)
+        manager = RunManager(runtime)
+        await recover(runtime.sessions, runtime.runs, me=manager.owner)
         runtime.event_writer.start()
-        relay.runtime, relay.manager = runtime, RunManager(runtime)
+        relay.runtime, relay.manager = runtime, manager
         housekeeping = asyncio.create_task(housekeeping_loop(runtime), name="housekeeping")
         log.info(
             "workspaces under %s, database %s", runtime.workspaces.root, runtime.database.engine.url
@@ -47,7 +48,7 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
             yield
         finally:
             housekeeping.cancel()
-            await relay.manager.shutdown()
+            await manager.shutdown()
             await runtime.close()
             relay.runtime = relay.manager = None
 

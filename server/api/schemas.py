@@ -118,11 +118,15 @@ class SessionOut(msgspec.Struct):
     total_cost_usd: float
     state: Literal["running", "idle"]
     active_run_id: str | None
+    broken: str | None = None
+    """Why the session cannot run (its workspace is no longer a plain directory), or null.
+    A broken session can still be shown, deleted and purged."""
 
 
 def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
     record = summary.record
     return SessionOut(
+        broken=workspaces.broken(record.workspace_id),
         session_id=record.latest_claude_session_id,
         session_ids=summary.claude_session_ids,
         workspace=str(workspaces.path_for(record.workspace_id)),
@@ -203,6 +207,7 @@ class Deleted(msgspec.Struct):
     purged: bool
     workspace_removed: bool
     transcript_dirs_removed: int
+    """Transcript files and folders of the session's Claude session ids that were removed."""
 
 
 class CLIHealth(msgspec.Struct):

@@ -99,7 +99,7 @@ async def delete_session(
         deleted=record.latest_claude_session_id,
         purged=purge,
         workspace_removed=forgotten.workspace_removed,
-        transcript_dirs_removed=forgotten.transcript_dirs_removed,
+        transcript_dirs_removed=forgotten.transcripts_removed,
     )
 
 

@@ -8,7 +8,6 @@ rows, and with ``purge`` the workspace directory and the CLI's transcripts of it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ HOUSEKEEPING_INTERVAL = 3600.0
 class Forgotten:
     workspace_id: str
     workspace_removed: bool
-    transcript_dirs_removed: int
+    transcripts_removed: int
 
 
 async def forget_session(runtime: Runtime, workspace_id: str, *, purge: bool) -> Forgotten:
@@ -34,12 +33,12 @@ async def forget_session(runtime: Runtime, workspace_id: str, *, purge: bool) ->
 
     Raises :class:`Conflict` while a run holds the session.
     """
-    workspace = runtime.workspaces.path_for(workspace_id)
+    claude_session_ids = await runtime.catalog.claude_session_ids(workspace_id)
     if not await runtime.sessions.delete(workspace_id, only_if_idle=True):
         raise Conflict("the session is running; cancel its run or wait for it to end")
     if not purge:
         return Forgotten(workspace_id, False, 0)
-    removed_transcripts = transcripts.remove(runtime.child_env, workspace)
+    removed_transcripts = transcripts.remove(runtime.child_env, claude_session_ids)
     removed_workspace = runtime.workspaces.remove(workspace_id)
     return Forgotten(workspace_id, removed_workspace, removed_transcripts)
 
@@ -52,9 +51,15 @@ async def collect_garbage(runtime: Runtime, *, idle_for: float, dry_run: bool = 
         return [session.workspace_id for session in candidates]
     removed = []
     for session in candidates:
-        with contextlib.suppress(Conflict):
+        try:
             await forget_session(runtime, session.workspace_id, purge=True)
-            removed.append(session.workspace_id)
+        except Conflict:
+            continue  # a run started since the listing: it is not idle any more
+        except Exception:
+            # One odd session (a workspace a tool made unreadable) must not stop the rest.
+            log.exception("gc: could not remove session %s; going on", session.workspace_id)
+            continue
+        removed.append(session.workspace_id)
     if removed:
         log.info("gc: removed %d session(s) idle for %.0fs", len(removed), idle_for)
     return removed

@@ -64,8 +64,10 @@ def outcome_of(run: Run) -> RunOutcome:
 
 
 def owner_id() -> str:
-    """Names this relay process in session locks: host, then pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Names this relay in run rows and session locks: host, pid, and an instance id new at
+    every start (so a restarted relay that got the same pid, as PID 1 in a container does,
+    still tells its predecessor's runs from its own)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
 
 
 @dataclass(frozen=True)
@@ -151,8 +153,7 @@ class RunManager:
             request.target, request.prompt, api_key_id=request.api_key_id
         )
         self._check_size(target)
-        cwd = self.workspaces.path_for(target.workspace_id)
-        cwd.mkdir(mode=0o700, exist_ok=True)
+        cwd = self.workspaces.prepare(target.workspace_id)
         argv = build_argv(
             self.settings.claude_bin,
             request.options,

@@ -3,7 +3,8 @@
 Its runs are still ``running`` in the database, their sessions still locked, and the CLI
 processes may still be alive, orphaned. Only what a dead relay *on this host* left is
 touched: a relay on another machine sharing the database is not ours to judge, and a live
-relay on this host (a second process) keeps its runs.
+relay on this host (a second process) keeps its runs. A relay names itself
+``host:pid:instance``, the instance being new at every start.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 
 import psutil
@@ -21,30 +23,45 @@ from server.storage.session_store import SessionStore
 
 log = logging.getLogger(__name__)
 
+_INSTANCE = re.compile(r"[0-9a-f]{32}")
 
-def owner_is_dead(owner: str, since: float) -> bool:
-    """True when ``owner`` ("host:pid") is a relay on this host that no longer runs.
 
-    A pid is only trusted if its process started before ``since``: a reused pid belongs to
-    some later process, and the relay that took the lock is gone.
+def _parse_owner(owner: str) -> tuple[str, int | None, str | None]:
+    """``host:pid:instance`` (or ``host:pid``, written before instances existed)."""
+    host, sep, rest = owner.rpartition(":")
+    if sep and _INSTANCE.fullmatch(rest):
+        host, _, pid_text = host.rpartition(":")
+        return host, int(pid_text) if pid_text.isdigit() else None, rest
+    return host, int(rest) if rest.isdigit() else None, None
+
+
+def owner_is_dead(owner: str, since: float, me: str) -> bool:
+    """True when ``owner`` is a relay on this host that no longer runs.
+
+    Each relay start has its own random instance id, so a relay that got its predecessor's pid
+    (PID 1 in a container, restarted on the same host) still knows the old runs are not its
+    own. Any other pid is only trusted if its process started before ``since``: a reused pid
+    belongs to some later process, and the relay that took the lock is gone. Owners on other
+    hosts are not this relay's to judge.
     """
-    host, _, pid_text = owner.rpartition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if owner == me:
         return False
-    pid = int(pid_text)
+    host, pid, _instance = _parse_owner(owner)
+    if host != socket.gethostname() or pid is None:
+        return False
     if pid == os.getpid():
-        return False
+        return True
     try:
         return bool(psutil.Process(pid).create_time() > since + 1)
     except psutil.NoSuchProcess:
         return True
 
 
-async def recover(store: SessionStore, runs: RunStore) -> int:
+async def recover(store: SessionStore, runs: RunStore, *, me: str) -> int:
     """Fail the runs of dead relays, stop their orphans and free their sessions."""
     recovered = 0
     for run in await runs.running():
-        if not owner_is_dead(run.owner, run.started_at):
+        if not owner_is_dead(run.owner, run.started_at, me):
             continue
         killed = await asyncio.to_thread(process.kill_orphans, run.id)
         await runs.mark_failed(run.id, "the relay running it stopped unexpectedly")
@@ -52,7 +69,7 @@ async def recover(store: SessionStore, runs: RunStore) -> int:
         log.warning("run %s of a dead relay marked failed; %d orphan(s) killed", run.id, killed)
         recovered += 1
     for session in await store.locked():
-        if session.active_owner and owner_is_dead(session.active_owner, session.last_used_at):
+        if session.active_owner and owner_is_dead(session.active_owner, session.last_used_at, me):
             await store.release(session.workspace_id, run_id=session.active_run_id or "")
             log.warning("freed session %s locked by a dead relay", session.workspace_id)
     return recovered

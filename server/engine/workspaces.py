@@ -1,17 +1,26 @@
-"""Workspace directories: one per session, named by the relay, always under the root.
+"""Workspace directories: one per session, named by the relay, always directly under the root.
 
 A client never names a directory. The relay makes up a UUID, and every path is rebuilt from
-the configured root and that UUID, then checked to still be inside the root (a symlinked
-root is resolved first, so the check compares real paths).
+the configured root (resolved once, at start-up) and that UUID. The path itself is never
+resolved again: a tool can replace its own workspace with a symbolic link (one ``Bash`` call
+does it while runs are not sandboxed), and following that link would let the relay run, list
+or delete *somewhere else*. So a workspace is looked at with ``lstat`` only: a plain directory
+is a workspace; anything else (a link, a file, nothing) makes the session *broken*, which the
+listing shows and which deleting cures. Removal never follows a link: a link is unlinked
+itself, a directory is removed with :func:`shutil.rmtree`, which on Linux walks by file
+descriptor and does not follow links inside the tree (``rmtree.avoids_symlink_attacks``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 
-from server.errors import InvalidRequest
+from server.errors import Conflict, InvalidRequest
 
 
 class Workspaces:
@@ -27,14 +36,47 @@ class Workspaces:
             name = str(uuid.UUID(workspace_id))
         except ValueError:
             raise InvalidRequest(f"not a workspace id: {workspace_id!r}") from None
-        path = (self.root / name).resolve()
-        if path.parent != self.root:
-            raise InvalidRequest(f"workspace of {workspace_id!r} would leave the workspaces root")
+        return self.root / name
+
+    def broken(self, workspace_id: str) -> str | None:
+        """Why the session's workspace cannot be used, or None when it is a plain directory
+        (or missing: the next run makes it again, and the transcript is elsewhere)."""
+        try:
+            mode = os.lstat(self.path_for(workspace_id)).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"its workspace cannot be read: {exc.strerror}"
+        if stat.S_ISLNK(mode):
+            return "its workspace was replaced by a symbolic link"
+        if not stat.S_ISDIR(mode):
+            return "its workspace is not a directory"
+        return None
+
+    def prepare(self, workspace_id: str) -> Path:
+        """The workspace a run will use: made if missing (a new session, or one whose empty
+        directory went away), refused if something else stands in its place."""
+        path = self.path_for(workspace_id)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        why = self.broken(workspace_id)
+        if why is not None:
+            raise Conflict(
+                f"the session cannot run: {why}. Delete it (DELETE /api/sessions/<id>?purge=true)"
+            )
         return path
 
     def remove(self, workspace_id: str) -> bool:
+        """Remove the workspace, or the link or file standing in its place; never a link's
+        target. False if there was nothing."""
         path = self.path_for(workspace_id)
-        if not path.exists():
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
             return False
+        if not stat.S_ISDIR(mode):
+            path.unlink()
+            return True
+        # Errors (a file a tool made read-only, a swap mid-way) leave what could not go.
         shutil.rmtree(path, ignore_errors=True)
-        return True
+        return not os.path.lexists(path)

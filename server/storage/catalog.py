@@ -88,6 +88,16 @@ class SessionCatalog:
             for row in rows
         ]
 
+    async def claude_session_ids(self, workspace_id: str) -> list[str]:
+        """Every Claude session id the session ever had (its transcripts' names)."""
+        async with self._database.read() as db:
+            rows = await db.scalars(
+                select(ClaudeSessionIdRow.claude_session_id).where(
+                    ClaudeSessionIdRow.workspace_id == workspace_id
+                )
+            )
+            return list(rows)
+
     async def last_result_text(self, workspace_id: str) -> str | None:
         async with self._database.read() as db:
             return await db.scalar(

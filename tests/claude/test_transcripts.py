@@ -1,0 +1,83 @@
+"""Finding and removing a session's transcripts: by its own Claude session ids, never by slug.
+
+The unit tests lay out transcript folders the way the CLI does; the last test runs the real
+CLI (in-process relay, fake Anthropic API) under a workspaces root long enough that the CLI
+cuts its project folder names, which is where deleting by name prefix went wrong.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from server.claude import transcripts
+from tests.conftest import RelayFactory, real_cli_env
+from tests.fakes.anthropic_api import FakeAnthropicAPI
+
+
+def _layout(home: Path, slug: str, claude_session_id: str) -> Path:
+    folder = home / ".claude" / "projects" / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{claude_session_id}.jsonl").write_text("{}\n")
+    (folder / claude_session_id).mkdir()
+    (folder / claude_session_id / "subagent.jsonl").write_text("{}\n")
+    return folder
+
+
+def test_only_the_sessions_own_transcripts_go_even_when_slugs_share_a_prefix(
+    tmp_path: Path,
+) -> None:
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    cut = "-" + "x" * 199  # the CLI's 200-character cut, then a hash of its own
+    my_folder = _layout(tmp_path, cut + "-aaaa", mine)
+    their_folder = _layout(tmp_path, cut + "-bbbb", theirs)
+    env = {"HOME": str(tmp_path)}
+
+    assert transcripts.transcript_paths(env, [mine]) == sorted(
+        [my_folder / mine, my_folder / f"{mine}.jsonl"]
+    )
+    assert transcripts.remove(env, [mine]) == 2
+    assert not my_folder.exists()  # left empty, so it went too
+    assert (their_folder / f"{theirs}.jsonl").exists()
+    assert (their_folder / theirs / "subagent.jsonl").exists()
+
+
+def test_a_project_folder_that_is_a_link_is_not_searched(tmp_path: Path) -> None:
+    claude_session_id = str(uuid.uuid4())
+    elsewhere = _layout(tmp_path / "elsewhere", "slug", claude_session_id)
+    projects = tmp_path / "home" / ".claude" / "projects"
+    projects.mkdir(parents=True)
+    (projects / "planted").symlink_to(elsewhere)
+    env = {"HOME": str(tmp_path / "home")}
+    assert transcripts.remove(env, [claude_session_id]) == 0
+    assert (elsewhere / f"{claude_session_id}.jsonl").exists()
+
+
+def test_config_dir_follows_the_clis_environment(tmp_path: Path) -> None:
+    assert transcripts.config_dir({"HOME": "/h"}) == Path("/h/.claude")
+    assert transcripts.config_dir({"HOME": "/h", "CLAUDE_CONFIG_DIR": "/c"}) == Path("/c")
+    assert transcripts.config_dir({}) is None
+
+
+def test_purging_one_session_under_a_long_root_keeps_the_others_history(
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    """Real CLI: a 211-character workspaces root, two sessions, purge one, the other resumes."""
+    root = tmp_path / ("deep-volume-" + "d" * 211)
+    root = Path(str(root)[: max(211, len(str(tmp_path)) + 20)])
+    assert len(str(root)) >= 211
+    relay = relay_factory(claude_bin=real_cli, env=real_cli_env(fake_api), workspaces=root)
+    first = relay.run({"prompt": "remember the colour teal"})
+    second = relay.run({"prompt": "remember the number 7"})
+    keep, purge = second.headers["x-session-id"], first.headers["x-session-id"]
+
+    with relay.client() as client:
+        answer = client.delete(f"/api/sessions/{purge}", params={"purge": "true"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["transcript_dirs_removed"] >= 1
+
+    fake_api.clear()
+    resumed = relay.run({"prompt": "what did I ask you to remember?", "session_id": keep})
+    assert resumed.of_type("result")[0]["subtype"] == "success", resumed.body
+    sent = str(fake_api.message_requests()[-1]["messages"])
+    assert "remember the number 7" in sent

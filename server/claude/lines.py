@@ -81,6 +81,10 @@ class Line:
         return self.type == "result"
 
 
+RELAY_TYPE = "relay"
+"""The ``type`` of every event the relay makes up itself."""
+
+
 def wrap_raw(line: bytes) -> bytes:
     text = line.decode("utf-8", "replace")
     return msgspec.json.encode({"type": "relay", "subtype": "raw", "text": text})
@@ -113,6 +117,10 @@ def classify(line: bytes) -> Line:
             return Line(wrap_raw(line))
         return Line(line)
     except msgspec.DecodeError:
+        return Line(wrap_raw(line))
+    if head.type == RELAY_TYPE:
+        # The relay's own events are the relay's alone: a CLI line claiming to be one (a tool
+        # printing a fake error or permission request) arrives as raw text.
         return Line(wrap_raw(line))
     return Line(
         line,

@@ -81,8 +81,8 @@ def headers_of(error: Refused) -> dict[str, str]:
 def _validation_message(request: Request[Any, Any, Any], exc: ValidationException) -> str:
     """What msgspec found wrong with the body, naming the field; unknown fields also list
     the accepted ones (the names clients send)."""
-    problems = [str(item.get("message", "")) for item in exc.extra or [] if isinstance(item, dict)]
-    text = "; ".join(p for p in problems if p) or str(exc.detail)
+    items = [item for item in exc.extra or [] if isinstance(item, dict)]
+    text = "; ".join(_problem(item) for item in items) or str(exc.detail)
     unknown = _UNKNOWN_FIELD.search(text)
     if unknown:
         struct = request.route_handler.opt.get(BODY_OPT)
@@ -93,7 +93,19 @@ def _validation_message(request: Request[Any, Any, Any], exc: ValidationExceptio
         return f"unknown field(s): {unknown.group(1)}{accepted}"
     if "malformed" in text or "truncated" in text:
         return f"the body is not valid JSON: {text}"
-    return f"invalid body: {text}"
+    return text
+
+
+def _problem(item: dict[str, Any]) -> str:
+    """One of msgspec's findings, with where it was: `messages[0].role` in the body, or the
+    query parameter or header it came from."""
+    message = str(item.get("message", ""))
+    key, source = item.get("key"), str(item.get("source", "body"))
+    source = getattr(item.get("source"), "value", source)
+    if not key:
+        return message if source == "body" else f"{source}: {message}"
+    where = f"`{key}`" if source == "body" else f"{source} parameter `{key}`"
+    return f"{where}: {message}"
 
 
 def from_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> Refused:
@@ -138,11 +150,20 @@ def exception_handlers(shape: BodyShape) -> ExceptionHandlersMap:
         headers = dict(exc.headers or {}) if exc.status_code == 405 else None
         return respond(from_litestar(request, exc), headers)
 
+    def on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+        # msgspec stops decoding a body nested past its depth limit with a RecursionError.
+        return respond(InvalidRequest("the body is nested too deeply to be a request"))
+
     def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return respond(RunFailed("internal error; see the relay's log"))
 
-    return {Refused: on_refused, HTTPException: on_litestar, Exception: on_unexpected}
+    return {
+        Refused: on_refused,
+        HTTPException: on_litestar,
+        RecursionError: on_too_deep,
+        Exception: on_unexpected,
+    }
 
 
 def relay_error_body(error: Refused) -> dict[str, str]:

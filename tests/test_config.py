@@ -2,9 +2,9 @@
 
 import pytest
 
-from server.main import check_bind_safety, main
 from server.config import Settings, parse_duration
 from server.errors import ConfigError
+from server.main import check_bind_safety, main
 
 
 def test_env_vars_are_parsed_by_type() -> None:
@@ -33,7 +33,7 @@ def test_env_vars_are_parsed_by_type() -> None:
         {"CLAUDE_RELAY_MAX_CONCURRENT_RUNS": "0"},
     ],
 )
-def test_bad_settings_name_the_variable(env) -> None:
+def test_bad_settings_name_the_variable(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert next(iter(env)) in str(info.value)
@@ -54,7 +54,39 @@ def test_public_address_without_keys_is_refused() -> None:
     check_bind_safety(Settings(host="::1"))
 
 
-def test_serve_refuses_to_start_with_a_clear_message(capsys, monkeypatch) -> None:
+def test_serve_refuses_to_start_with_a_clear_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CLAUDE_RELAY_API_KEYS", raising=False)
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "refusing to listen on 0.0.0.0 without API keys" in capsys.readouterr().err
+
+
+def test_model_and_tool_display_settings() -> None:
+    settings = Settings.from_env(
+        {"CLAUDE_RELAY_MODELS": "cc, cc-fast=haiku", "CLAUDE_RELAY_OPENAI_TOOLS": "FULL"}
+    )
+    assert dict(settings.models) == {"cc": None, "cc-fast": "haiku"}
+    assert str(settings.models) == "cc,cc-fast=haiku"
+    assert settings.openai_tools == "full"
+    assert Settings().openai_tools == "compact"
+    assert list(Settings().models) == [
+        "claude-code",
+        "claude-code-sonnet",
+        "claude-code-opus",
+        "claude-code-haiku",
+    ]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CLAUDE_RELAY_OPENAI_TOOLS": "some"},
+        {"CLAUDE_RELAY_MODELS": "a=b c"},
+        {"CLAUDE_RELAY_MODELS": " , "},
+    ],
+)
+def test_bad_model_and_tool_settings_name_the_variable(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert next(iter(env)) in str(info.value)

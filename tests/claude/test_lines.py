@@ -44,3 +44,14 @@ def test_lines_that_cannot_travel_verbatim_are_wrapped(raw: bytes) -> None:
 def test_json_that_is_not_an_object_is_still_json() -> None:
     assert classify(b"[1,2]").data == b"[1,2]"
     assert classify(b"[1,2]").type is None
+
+
+def test_a_complete_line_longer_than_the_cap_is_refused_too() -> None:
+    with pytest.raises(LineTooLong):
+        LineSplitter(1024).feed(b"x" * 1025 + b"\n")
+
+
+def test_fields_of_the_wrong_type_are_not_read() -> None:
+    line = classify(b'{"type":1,"subtype":["init"],"session_id":{"id":"abc"}}')
+    assert (line.type, line.subtype, line.session_id) == (None, None, None)
+    assert classify(b'{"type":"result"}').is_result

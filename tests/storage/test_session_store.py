@@ -1,0 +1,218 @@
+"""The session store: its run lock, creating a session, and forgetting one.
+
+The run lock is what keeps two runs (in one relay or in two sharing the database) off the
+same session, so each of its rules is checked against the real schema; so is deleting, which
+relies on every foreign key cascading.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from server.storage.database import Database
+from server.storage.event_store import EventStore, EventWriter
+from server.storage.fingerprint_store import FingerprintStore
+from server.storage.run_store import RunOutcome, RunStatus, RunStore
+from server.storage.session_store import ConversationTaken, SessionStore
+from tests.storage.support import count, new_run
+
+WS, OTHER = "ws-1", "ws-2"
+
+
+def outcome(status: RunStatus = RunStatus.SUCCEEDED, claude_id: str = "c1") -> RunOutcome:
+    result = {"num_turns": 2, "total_cost_usd": 0.25, "result": "done", "is_error": False}
+    return RunOutcome(status, claude_id, 0, "end_turn", None, 3, result)
+
+
+@pytest.fixture
+def sessions(database: Database) -> SessionStore:
+    return SessionStore(database)
+
+
+async def idle_session(sessions: SessionStore, workspace_id: str = WS) -> None:
+    """A session whose first run has already ended."""
+    await sessions.create_locked(
+        workspace_id, "c-" + workspace_id, run=new_run("r0-" + workspace_id)
+    )
+    await sessions.release(workspace_id, run_id="r0-" + workspace_id)
+
+
+async def test_a_new_session_is_locked_by_the_run_that_creates_it(
+    sessions: SessionStore, database: Database
+) -> None:
+    record = await sessions.create_locked(WS, "c1", run=new_run("r1", "c1"))
+    assert (record.workspace_id, record.latest_claude_session_id) == (WS, "c1")
+    stored = await sessions.get(WS)
+    assert stored is not None and stored.active_run_id == "r1"
+    assert stored.active_owner == "owner-1"
+    run = await RunStore(database).get("r1")
+    assert run is not None and run.status is RunStatus.RUNNING and run.workspace_id == WS
+    assert not await sessions.acquire(WS, run=new_run("r2"))
+
+
+async def test_only_one_run_can_hold_the_lock(sessions: SessionStore, database: Database) -> None:
+    await idle_session(sessions)
+    assert await sessions.acquire(WS, run=new_run("r1"))
+    assert not await sessions.acquire(WS, run=new_run("r2"))
+    # The refused run was never recorded; the holder still is.
+    runs = RunStore(database)
+    assert await runs.get("r2") is None
+    assert (await runs.get("r1")) is not None
+    stored = await sessions.get(WS)
+    assert stored is not None and stored.active_run_id == "r1"
+    assert [record.workspace_id for record in await sessions.locked()] == [WS]
+
+
+async def test_acquiring_an_unknown_session_fails(sessions: SessionStore) -> None:
+    assert not await sessions.acquire("nope", run=new_run("r1"))
+
+
+async def test_release_by_another_run_id_does_nothing(sessions: SessionStore) -> None:
+    await idle_session(sessions)
+    assert await sessions.acquire(WS, run=new_run("r1"))
+    await sessions.release(WS, run_id="r2")
+    stored = await sessions.get(WS)
+    assert stored is not None and stored.active_run_id == "r1"
+    assert not await sessions.acquire(WS, run=new_run("r3"))
+    await sessions.release(WS, run_id="r1")
+    assert await sessions.acquire(WS, run=new_run("r3"))
+
+
+async def test_finish_run_records_the_outcome_and_frees_the_lock(
+    sessions: SessionStore, database: Database
+) -> None:
+    await idle_session(sessions)
+    assert await sessions.acquire(WS, run=new_run("r1"))
+    await sessions.finish_run(WS, "r1", outcome(claude_id="c-forked"))
+    run = await RunStore(database).get("r1")
+    assert run is not None
+    assert (run.status, run.claude_session_id, run.exit_code) == (
+        RunStatus.SUCCEEDED,
+        "c-forked",
+        0,
+    )
+    assert (run.num_turns, run.total_cost_usd, run.result_text) == (2, 0.25, "done")
+    assert (run.stop_reason, run.last_seq, run.is_error) == ("end_turn", 3, False)
+    assert run.ended_at is not None
+    stored = await sessions.get(WS)
+    assert stored is not None and stored.active_run_id is None and stored.active_owner is None
+    assert await sessions.locked() == []
+    assert await sessions.acquire(WS, run=new_run("r2"))
+
+
+async def test_finishing_a_run_that_lost_the_lock_leaves_the_holder_alone(
+    sessions: SessionStore, database: Database
+) -> None:
+    await idle_session(sessions)
+    assert await sessions.acquire(WS, run=new_run("r1"))
+    await sessions.finish_run(WS, "r-stale", outcome())
+    stored = await sessions.get(WS)
+    assert stored is not None and stored.active_run_id == "r1"
+    run = await RunStore(database).get("r1")
+    assert run is not None and run.status is RunStatus.RUNNING
+
+
+async def test_a_taken_conversation_key_leaves_nothing_behind(
+    sessions: SessionStore, database: Database
+) -> None:
+    await sessions.create_locked(WS, "c1", run=new_run("r1", "c1"), conversation=("k1", "chat"))
+    with pytest.raises(ConversationTaken):
+        await sessions.create_locked(
+            OTHER, "c2", run=new_run("r2", "c2"), conversation=("k1", "chat")
+        )
+    assert await sessions.get(OTHER) is None
+    assert await sessions.find_by_claude_session_id("c2") is None
+    assert await RunStore(database).get("r2") is None
+    for table in ("claude_session_ids", "runs", "conversations"):
+        assert await count(database, table, workspace_id=OTHER) == 0
+    owner = await sessions.find_by_conversation("k1", "chat")
+    assert owner is not None and owner.workspace_id == WS
+    # The key is per API key: another caller may use the same one.
+    await sessions.create_locked(OTHER, "c2", run=new_run("r2", "c2"), conversation=("k2", "chat"))
+    other = await sessions.find_by_conversation("k2", "chat")
+    assert other is not None and other.workspace_id == OTHER
+
+
+async def test_every_claude_session_id_finds_the_session_and_the_newest_is_resumed(
+    sessions: SessionStore,
+) -> None:
+    await sessions.create_locked(WS, "c1", run=new_run("r1", "c1"))
+    await sessions.add_claude_session_id(WS, "c2")
+    await sessions.add_claude_session_id(WS, "c2")  # reported twice: still one id
+    for claude_id in ("c1", "c2"):
+        found = await sessions.find_by_claude_session_id(claude_id)
+        assert found is not None
+        assert (found.workspace_id, found.latest_claude_session_id) == (WS, "c2")
+    assert await sessions.find_by_claude_session_id("c3") is None
+
+
+async def _session_with_everything(
+    sessions: SessionStore, database: Database, workspace_id: str, prefix: str
+) -> list[str]:
+    """A session with two Claude ids, two runs with events, a conversation key and a
+    fingerprint; returns its run ids."""
+    first, second = f"{prefix}-r1", f"{prefix}-r2"
+    await sessions.create_locked(
+        workspace_id,
+        f"{prefix}-c1",
+        run=new_run(first, f"{prefix}-c1"),
+        conversation=("k1", f"{prefix}-chat"),
+    )
+    await sessions.add_claude_session_id(workspace_id, f"{prefix}-c2")
+    await sessions.finish_run(workspace_id, first, outcome())
+    assert await sessions.acquire(workspace_id, run=new_run(second, f"{prefix}-c2"))
+    writer = EventWriter(database)
+    writer.add(first, 1, [b'{"n":1}', b'{"n":2}'])
+    writer.add(second, 1, [b'{"n":3}'])
+    await writer.flush()
+    await sessions.finish_run(workspace_id, second, outcome())
+    await FingerprintStore(database).remember(
+        "k1", prefix * 64, workspace_id=workspace_id, claude_session_id=f"{prefix}-c2"
+    )
+    return [first, second]
+
+
+async def _rows_of(database: Database, workspace_id: str, run_ids: list[str]) -> dict[str, int]:
+    rows = {"sessions": await count(database, "sessions", workspace_id=workspace_id)}
+    for table in ("claude_session_ids", "runs", "conversations", "fingerprints"):
+        rows[table] = await count(database, table, workspace_id=workspace_id)
+    rows["run_events"] = sum([await count(database, "run_events", run_id=r) for r in run_ids])
+    return rows
+
+
+async def test_delete_cascades_to_everything_of_the_session_only(
+    sessions: SessionStore, database: Database
+) -> None:
+    doomed = await _session_with_everything(sessions, database, WS, "a")
+    kept = await _session_with_everything(sessions, database, OTHER, "b")
+    full = {
+        "sessions": 1,
+        "claude_session_ids": 2,
+        "runs": 2,
+        "conversations": 1,
+        "fingerprints": 1,
+        "run_events": 2,
+    }
+    assert await _rows_of(database, WS, doomed) == full
+
+    assert await sessions.delete(WS)
+
+    assert await _rows_of(database, WS, doomed) == dict.fromkeys(full, 0)
+    assert await _rows_of(database, OTHER, kept) == full
+    assert await EventStore(database).events("a-r1", 0) == []
+    assert await sessions.find_by_conversation("k1", "a-chat") is None
+    assert await FingerprintStore(database).find("k1", "a" * 64) is None
+    assert not await sessions.delete(WS)  # already gone
+
+
+async def test_delete_only_if_idle_refuses_a_locked_session(
+    sessions: SessionStore, database: Database
+) -> None:
+    await sessions.create_locked(WS, "c1", run=new_run("r1", "c1"))
+    assert not await sessions.delete(WS, only_if_idle=True)
+    assert not await sessions.delete(WS)  # idle-only is the default
+    assert await sessions.get(WS) is not None
+    assert await RunStore(database).get("r1") is not None
+    assert await sessions.delete(WS, only_if_idle=False)
+    assert await sessions.get(WS) is None
+    assert await count(database, "runs", workspace_id=WS) == 0

@@ -144,6 +144,17 @@ class EventWriter:
                 self._done += sum(len(events) for _, _, events in batch)
                 self._progress.notify_all()
 
+    async def _write_each_run(self, rows: list[dict[str, Any]]) -> None:
+        by_run: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_run.setdefault(row["run_id"], []).append(row)
+        for run_id, run_rows in by_run.items():
+            try:
+                async with self._database.write() as db:
+                    await db.execute(insert(RunEventRow), run_rows)
+            except IntegrityError:
+                log.warning("dropped %d event chunk(s) of run %s, deleted", len(run_rows), run_id)
+
     async def _write(self, rows: list[dict[str, Any]], attempts: int = 3) -> None:
         for attempt in range(1, attempts + 1):
             try:
@@ -151,7 +162,9 @@ class EventWriter:
                     await db.execute(insert(RunEventRow), rows)
                 return
             except IntegrityError:
-                log.warning("dropped %d event chunk(s) of deleted runs", len(rows))
+                # A run deleted meanwhile (its session was forgotten): write the other runs'
+                # chunks one run at a time, so only the deleted run's events are dropped.
+                await self._write_each_run(rows)
                 return
             except Exception:
                 log.exception("storing %d event chunk(s) failed (attempt %d)", len(rows), attempt)

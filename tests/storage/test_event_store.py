@@ -84,8 +84,8 @@ async def test_events_of_a_deleted_run_are_dropped_and_the_writer_goes_on(
     writer = EventWriter(database)
     writer.start()
     assert await SessionStore(database).delete("ws-b", only_if_idle=False)
+    # Both in one batch: the deleted run's chunk must not take the live run's with it.
     writer.add("run-b", 1, [b"late"])
-    await writer.flush()
     writer.add("run-a", 1, [b"kept"])
     await writer.flush()
     await writer.close()

@@ -5,7 +5,9 @@ is built, and ``pipe()`` is called with Open WebUI-shaped ``body``, ``__user__``
 ``UserValves``), ``__metadata__``, a recording ``__event_emitter__`` and ``__task__``. Unless a
 test says otherwise it talks to a live relay running the **real** Claude Code CLI against the
 fake Anthropic API: sessions, resume, partial messages, tool runs and the CLI's error lines are
-the CLI's own behaviour, which is what the pipe has to render.
+the CLI's own behaviour, which is what the pipe has to render. The relays run in this process
+(one per test); the pipe never shows the test a run id, so the tests find runs by listing the
+relay's sessions and their runs, and wait on those runs' states and processes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from tests.conftest import real_cli_env
@@ -162,19 +163,22 @@ class OpenWebUI:
         return call
 
 
-def cli_processes(relay: Relay) -> list[psutil.Process]:
-    found = []
-    for proc in relay.children():
-        try:
-            if "claude" in " ".join(proc.cmdline()[:1]):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+def relay_runs(relay: Relay) -> list[dict[str, Any]]:
+    """Every run the relay recorded, from its sessions (each test has a relay of its own)."""
+    with relay.client() as client:
+        sessions = client.get("/api/sessions", params={"limit": 500}).json()["sessions"]
+    return [run for session in sessions for run in relay.session_runs(session["session_id"])]
 
 
-def runs_started(relay: Relay) -> list[str]:
-    return re.findall(r"run (\S+) started", relay.log())
+def only_run(relay: Relay) -> str:
+    """The id of the one run this test's relay has started."""
+    (run,) = relay_runs(relay)
+    return run["run_id"]
+
+
+def no_processes_left(run_id: str) -> bool:
+    """Whether every process of the run is gone (the relay's stop escalates to SIGKILL)."""
+    return wait_until(lambda: not processes_with_marker(run_id), timeout=30)
 
 
 def chat() -> str:
@@ -261,7 +265,7 @@ async def test_text_streams_token_by_token(owui, real_relay: Relay) -> None:
     cli_alive_at_first_chunk = None
     async for chunk in stream:
         if cli_alive_at_first_chunk is None:
-            cli_alive_at_first_chunk = bool(cli_processes(real_relay))
+            cli_alive_at_first_chunk = bool(processes_with_marker(only_run(real_relay)))
         call.timeline.append(("chunk", chunk))
 
     assert call.content == "reply #1 to: count slowly"
@@ -275,8 +279,7 @@ async def test_text_streams_token_by_token(owui, real_relay: Relay) -> None:
     assert final.startswith("Done · 1 turn · $"), final
     call.assert_status_closed()
     # The pipe read the stream to its end, so the relay recorded a success, not a cancel.
-    (run_id,) = runs_started(real_relay)
-    assert wait_until(lambda: f"run {run_id} ended: succeeded" in real_relay.log())
+    assert real_relay.wait_run_ended(only_run(real_relay))["status"] == "succeeded"
 
 
 async def test_one_chat_is_one_session_and_only_the_newest_message_is_sent(
@@ -334,7 +337,7 @@ async def test_background_tasks_never_start_the_agent(
     ui = OpenWebUI(owui, real_relay.url)
     chat_id = chat()
     await ui.run("fix the **login** bug in app.py please", chat_id=chat_id)
-    runs_before, requests_before = len(runs_started(real_relay)), len(fake_api.requests)
+    runs_before, requests_before = len(relay_runs(real_relay)), len(fake_api.requests)
 
     task_body = {
         "model": f"{FUNCTION_ID}.sonnet",
@@ -358,7 +361,7 @@ async def test_background_tasks_never_start_the_agent(
         "queries": []
     }
 
-    assert len(runs_started(real_relay)) == runs_before
+    assert len(relay_runs(real_relay)) == runs_before
     assert len(fake_api.requests) == requests_before
     # The next real message continues the chat as its second turn: no task slipped in.
     after = await ui.run("next", chat_id=chat_id)
@@ -453,19 +456,20 @@ async def test_stopping_the_consumer_stops_the_run_on_the_relay(
     if how == "cancel":  # Open WebUI's Stop button cancels the task reading the pipe
         task = asyncio.create_task(consume())
         await asyncio.wait_for(first_chunk.wait(), 120)
-        (run_id,) = runs_started(real_relay)
+        run_id = only_run(real_relay)
         assert processes_with_marker(run_id)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
     else:  # a consumer that just stops reading and closes the generator
         call.timeline.append(("chunk", await anext(stream)))
-        (run_id,) = runs_started(real_relay)
+        run_id = only_run(real_relay)
         assert processes_with_marker(run_id)
         await stream.aclose()
 
-    assert wait_until(lambda: not processes_with_marker(run_id), timeout=30)
-    assert wait_until(lambda: f"run {run_id} ended: cancelled" in real_relay.log(), timeout=30)
+    ended = await asyncio.to_thread(real_relay.wait_run_ended, run_id, 30)
+    assert ended["status"] == "cancelled"
+    assert await asyncio.to_thread(no_processes_left, run_id)
     assert call.statuses[-1] == {"description": "Stopped", "done": True}
     call.assert_status_closed()
     # The chat is usable again at once: the session lock was released.
@@ -527,9 +531,10 @@ async def test_request_timeout_stops_the_run(owui, real_relay: Relay) -> None:
     call = await ui.run("[[hang:120]] wait", chat_id=chat())
     call.assert_readable_error("(REQUEST_TIMEOUT)")
     call.assert_status_closed()
-    (run_id,) = runs_started(real_relay)
-    assert wait_until(lambda: f"run {run_id} ended: cancelled" in real_relay.log(), timeout=30)
-    assert wait_until(lambda: not processes_with_marker(run_id), timeout=30)
+    run_id = only_run(real_relay)
+    ended = await asyncio.to_thread(real_relay.wait_run_ended, run_id, 30)
+    assert ended["status"] == "cancelled"
+    assert await asyncio.to_thread(no_processes_left, run_id)
 
 
 async def test_cli_errors_are_a_readable_message(
@@ -565,4 +570,4 @@ async def test_refused_requests_are_a_readable_message(
     call = await ui.run("hello", chat_id=chat(), model=model, user_valves=user_valves)
     call.assert_readable_error(needle)
     call.assert_status_closed()
-    assert not runs_started(real_relay)
+    assert not relay_runs(real_relay)

@@ -2,7 +2,8 @@
 
 Sessions, resume, tools running in the workspace, permission denials and signals are the
 CLI's own behaviour here, so these tests use the real CLI; nothing between the HTTP client
-and the CLI is faked.
+and the CLI is faked. The relays run in this process (``real_relay``, ``relay_factory``): the
+CLI processes are children of the test process, found by the run's marker in their env.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.conftest import real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
@@ -25,6 +27,24 @@ def _reply_text(stream) -> str:
 
 def _cwd(stream) -> Path:
     return Path(stream.of_type("system", "init")[0]["cwd"])
+
+
+def cli_process(relay: Relay, run_id: str) -> psutil.Process:
+    """The run's CLI: of the processes carrying the run's marker, the one the relay started."""
+
+    def parent(proc: psutil.Process) -> int | None:
+        try:
+            return proc.ppid()
+        except psutil.Error:
+            return None
+
+    (cli,) = [p for p in processes_with_marker(run_id) if parent(p) == relay.pid]
+    return cli
+
+
+def session_state(relay: Relay, session_id: str) -> str:
+    with relay.client() as client:
+        return client.get(f"/api/sessions/{session_id}").json()["state"]
 
 
 def test_new_session_then_resume_in_the_same_workspace(real_relay: Relay) -> None:
@@ -90,7 +110,7 @@ def test_second_run_of_a_running_session_is_409(real_relay: Relay) -> None:
     slow = {"prompt": "[[slow:20:0.2]] take your time", "session_id": session}
     thread = threading.Thread(target=lambda: results.append(real_relay.run(slow)))
     thread.start()
-    assert wait_until(lambda: real_relay.children(), 10)
+    assert wait_until(lambda: session_state(real_relay, session) == "running", 30)
     busy = real_relay.run({"prompt": "me too", "session_id": session})
     assert busy.status == 409
     assert "already running" in json.loads(busy.body)["error"]
@@ -118,7 +138,9 @@ def test_disconnect_kills_a_running_bash_tool_that_escaped_the_group(real_relay:
         assert wait_until(sleepers, 20)
         # Bash-tool commands run in a session of their own: a process-group kill misses them.
         sleeper = sleepers()[0]
-        assert os.getpgid(sleeper.pid) != real_relay.children()[0].pid
+        cli = cli_process(real_relay, run_id)
+        assert os.getpgid(cli.pid) == cli.pid  # the relay made the CLI a group leader
+        assert os.getpgid(sleeper.pid) != cli.pid
     # Stopping takes the interrupt and terminate graces (2 s + 1.5 s by default), then SIGKILL.
     assert wait_until(lambda: not processes_with_marker(run_id), 30)
 

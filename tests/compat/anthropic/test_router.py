@@ -1,8 +1,9 @@
 """The Anthropic-compatible endpoint with the official ``anthropic`` SDK and the real CLI.
 
 The real Claude Code CLI runs against the fake Anthropic API, for the same reason as in
-test_openai_compat.py: continuity is the CLI's own ``--resume``/``--fork-session`` behaviour,
-proven by the transcripts the fake API receives.
+tests/compat/openai/test_router.py: continuity is the CLI's own ``--resume``/``--fork-session``
+behaviour, proven by the transcripts the fake API receives. The relay runs in this process, one
+for the module; how a turn was placed is read from ``GET /api/runs/{id}``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from tests.compat_support import KEY, dialogue, keyed_relay, last_dialogue, started
+from tests.compat.support import (
+    KEY,
+    dialogue,
+    forked_in_session_of,
+    keyed_relay,
+    last_dialogue,
+    placement,
+)
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.support import Relay
 
@@ -126,7 +134,7 @@ def test_a_three_turn_chat_is_one_resumed_session(
     client: anthropic.Anthropic, relay: Relay, fake_api: FakeAnthropicAPI
 ) -> None:
     messages: list[dict[str, str]] = []
-    ids, runs = [], []
+    ids: list[str] = []
     for n, text in enumerate(["ant one", "ant two", "ant three"], start=1):
         messages.append({"role": "user", "content": text})
         raw = client.messages.with_raw_response.create(
@@ -134,16 +142,24 @@ def test_a_three_turn_chat_is_one_resumed_session(
         )
         reply = raw.parse().content[0].text
         assert reply == f"reply #{n} to: {text}"
+        if ids:
+            # Forked from the previous turn (ids[-1], the X-Claude-Session-Id it was answered
+            # with): the CLI sent that turn's transcript plus this message, nothing else.
+            assert forked_in_session_of(relay, raw.headers, ids[-1]) == "fingerprint"
+            assert last_dialogue(fake_api) == [(m["role"], m["content"]) for m in messages]
+        else:
+            assert placement(relay, raw.headers) == "new"
         messages.append({"role": "assistant", "content": reply})
         ids.append(raw.headers["x-claude-session-id"])
-        runs.append(raw.headers["x-run-id"])
-    assert started(relay, runs[1]) == f"resume {ids[0]}"
-    assert started(relay, runs[2]) == f"resume {ids[1]}"
     transcripts = [dialogue(body) for body in fake_api.message_requests()]
     assert [len(t) for t in transcripts] == [1, 3, 5]
     assert last_dialogue(fake_api) == [(m["role"], m["content"]) for m in messages[:5]]
 
-    # Regenerate the last turn: forks from turn 2, the first turns intact.
-    again = client.messages.create(model="claude-code", max_tokens=100, messages=messages[:5])
-    assert again.content[0].text == "reply #3 to: ant three"
+    # Regenerate the last turn: forks from turn 2 (ids[1]), the first turns intact.
+    raw = client.messages.with_raw_response.create(
+        model="claude-code", max_tokens=100, messages=messages[:5]
+    )
+    assert raw.parse().content[0].text == "reply #3 to: ant three"
+    assert forked_in_session_of(relay, raw.headers, ids[1]) == "fingerprint"
+    assert raw.headers["x-claude-session-id"] not in ids
     assert last_dialogue(fake_api) == [(m["role"], m["content"]) for m in messages[:5]]

@@ -5,15 +5,18 @@ and ``--fork-session`` behaviour and its transcripts, and the proof that a chat 
 session is what the CLI sends upstream: the fake API's request bodies must show a single
 growing transcript, with each turn's user text as its own message (not flattened context).
 The clients are the official ``openai`` SDK, LiteLLM's SDK and, where the wire format itself is
-the subject, plain httpx.
+the subject, plain httpx. The relays run in this process (``serve_relay``), one per module and
+setting; how a turn was placed is read from ``GET /api/runs/{id}``, never from a log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
-import re
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +25,18 @@ import httpx
 import openai
 import pytest
 
-from tests.compat_support import KEY, dialogue, keyed_relay, last_dialogue, started
+from tests.compat.support import (
+    KEY,
+    dialogue,
+    forked_in_session_of,
+    keyed_relay,
+    last_dialogue,
+    placement,
+    running_run,
+)
 from tests.conftest import real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay, parse_sse, start_relay, wait_until
+from tests.support import Relay, parse_sse, serve_relay, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -230,17 +241,23 @@ def test_client_disconnect_cancels_the_run(relay: Relay) -> None:
         for line in response.iter_lines():
             if '"content":"r' in line:
                 break
-    assert wait_until(lambda: f"run {run_id} ended: cancelled" in relay.log(), timeout=30)
+    assert relay.wait_run_ended(run_id, timeout=30)["status"] == "cancelled"
 
 
-def test_client_disconnect_cancels_a_non_streaming_run(relay: Relay) -> None:
-    before = relay.log().count("chat turn (new)")
-    body = {"model": "claude-code", "messages": [user("patient [[slow:30:1]]")]}
-    with relay.client(timeout=4) as http, pytest.raises(httpx.ReadTimeout):
-        http.post("/v1/chat/completions", json=body)
-    assert wait_until(lambda: relay.log().count("chat turn (new)") > before)
-    run_id = re.findall(r"run (\S+): chat turn \(new\)", relay.log())[-1]
-    assert wait_until(lambda: f"run {run_id} ended: cancelled" in relay.log(), timeout=30)
+async def test_client_disconnect_cancels_a_non_streaming_run(relay: Relay) -> None:
+    # A non-streaming answer has no headers before the run ends: the run is found as the
+    # session's active run, and the client goes away by cancelling its request.
+    tag = f"patient-{uuid.uuid4().hex[:8]}"
+    body = {"model": "claude-code", "messages": [user(f"{tag} [[slow:30:1]]")]}
+    async with httpx.AsyncClient(base_url=relay.url, headers=relay.headers(), timeout=120) as http:
+        request = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+        run = await asyncio.to_thread(running_run, relay, tag)
+        assert not request.done()
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+    ended = await asyncio.to_thread(relay.wait_run_ended, run["run_id"], 30)
+    assert ended["status"] == "cancelled"
 
 
 # -- tool use --------------------------------------------------------------------------------
@@ -254,31 +271,41 @@ def test_tool_calls_show_as_one_compact_line_by_default(client: openai.OpenAI) -
 # -- continuity -------------------------------------------------------------------------------
 
 
-def three_turns(client: openai.OpenAI, relay: Relay, tag: str) -> tuple[list[dict], list[str]]:
-    """A chat as OpenAI clients send it: the whole history every turn, the 2nd one streamed."""
+def three_turns(
+    client: openai.OpenAI, relay: Relay, fake_api: FakeAnthropicAPI, tag: str
+) -> tuple[list[dict], list[str]]:
+    """A chat as OpenAI clients send it: the whole history every turn, the 2nd one streamed.
+
+    Each turn after the first is recognised by its history's fingerprint and forks the
+    previous turn's transcript: it is a run of the same session under an id of its own, and
+    the CLI sent upstream exactly the previous turn's transcript plus the new message.
+    """
     messages = [user(f"{tag} one")]
     reply1, headers1 = ask(client, messages)
+    assert placement(relay, headers1) == "new"
     messages += [assistant(reply1), user(f"{tag} two")]
     with client.chat.completions.with_streaming_response.create(
         model="claude-code", messages=messages, stream=True
     ) as raw:
         headers2 = raw.headers
         reply2 = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    ids = [headers1["x-claude-session-id"], headers2["x-claude-session-id"]]
+    # ids[0] is what the first turn was answered with (its X-Claude-Session-Id).
+    assert forked_in_session_of(relay, headers2, ids[0]) == "fingerprint"
+    assert last_dialogue(fake_api) == [(m["role"], m["content"]) for m in messages]
     messages += [assistant(reply2), user(f"{tag} three")]
     reply3, headers3 = ask(client, messages)
+    ids.append(headers3["x-claude-session-id"])
+    assert forked_in_session_of(relay, headers3, ids[1]) == "fingerprint"
+    assert last_dialogue(fake_api) == [(m["role"], m["content"]) for m in messages]
     messages.append(assistant(reply3))
-    ids = [h["x-claude-session-id"] for h in (headers1, headers2, headers3)]
-    runs = [h["x-run-id"] for h in (headers1, headers2, headers3)]
-    assert started(relay, runs[0]).startswith("new ")
-    assert started(relay, runs[1]) == f"resume {ids[0]}"
-    assert started(relay, runs[2]) == f"resume {ids[1]}"
     return messages, ids
 
 
 def test_a_three_turn_chat_is_one_resumed_session(
     client: openai.OpenAI, relay: Relay, fake_api: FakeAnthropicAPI
 ) -> None:
-    messages, ids = three_turns(client, relay, "chat")
+    messages, ids = three_turns(client, relay, fake_api, "chat")
     assert [m["content"] for m in messages[1::2]] == [
         "reply #1 to: chat one",
         "reply #2 to: chat two",
@@ -294,24 +321,29 @@ def test_a_three_turn_chat_is_one_resumed_session(
 def test_regenerating_and_editing_branch_without_touching_later_turns(
     client: openai.OpenAI, relay: Relay, fake_api: FakeAnthropicAPI
 ) -> None:
-    messages, ids = three_turns(client, relay, "branch")
+    messages, ids = three_turns(client, relay, fake_api, "branch")
     as_sent = [(m["role"], m["content"]) for m in messages]
 
     # Regenerate the last reply: the same history up to the last user message again.
     reply, headers = ask(client, messages[:5])
     assert reply == "reply #3 to: branch three"
-    assert started(relay, headers["x-run-id"]) == f"resume {ids[1]}"
+    # Forked from the second turn (ids[1], its X-Claude-Session-Id): the CLI resumed the
+    # transcript that ends with the second reply, not the one with the third.
+    assert forked_in_session_of(relay, headers, ids[1]) == "fingerprint"
+    assert headers["x-claude-session-id"] not in ids
     assert last_dialogue(fake_api) == as_sent[:5]
 
     # Edit the second message: branch from the first turn.
     reply, headers = ask(client, [*messages[:2], user("branch two, edited")])
     assert reply == "reply #2 to: branch two, edited"
-    assert started(relay, headers["x-run-id"]) == f"resume {ids[0]}"
+    # Forked from the first turn (ids[0]): the transcript it resumed ends with the first reply.
+    assert forked_in_session_of(relay, headers, ids[0]) == "fingerprint"
     assert last_dialogue(fake_api) == [*as_sent[:2], ("user", "branch two, edited")]
 
     # The original branch goes on exactly where it was: no edited or regenerated turns in it.
-    reply, _ = ask(client, [*messages, user("branch four")])
+    reply, headers = ask(client, [*messages, user("branch four")])
     assert reply == "reply #4 to: branch four"
+    assert forked_in_session_of(relay, headers, ids[2]) == "fingerprint"
     assert last_dialogue(fake_api) == [*as_sent, ("user", "branch four")]
 
 
@@ -320,7 +352,7 @@ def test_unknown_history_starts_a_new_session_with_that_history_as_context(
 ) -> None:
     history = [user("from elsewhere"), assistant("an answer the relay never gave")]
     reply, headers = ask(client, [*history, user("what now?")])
-    assert started(relay, headers["x-run-id"]).startswith("new ")
+    assert placement(relay, headers) == "new"
     ((role, prompt),) = last_dialogue(fake_api)
     assert role == "user"
     assert prompt.startswith("<conversation_history>")
@@ -330,7 +362,7 @@ def test_unknown_history_starts_a_new_session_with_that_history_as_context(
 
 
 def test_the_session_header_continues_exactly_that_session(
-    client: openai.OpenAI, fake_api: FakeAnthropicAPI
+    client: openai.OpenAI, relay: Relay, fake_api: FakeAnthropicAPI
 ) -> None:
     first, headers = ask(client, [user("header one")])
     # Only the new message is needed: the session holds the history.
@@ -345,16 +377,18 @@ def test_the_session_header_continues_exactly_that_session(
         ("assistant", first),
         ("user", "header two"),
     ]
-    assert headers2["x-claude-session-id"] != headers["x-claude-session-id"]
+    assert forked_in_session_of(relay, headers2, headers["x-claude-session-id"]) == "explicit"
 
 
 def test_the_conversation_header_uses_the_relays_conversation_key(
-    client: openai.OpenAI, fake_api: FakeAnthropicAPI
+    client: openai.OpenAI, relay: Relay, fake_api: FakeAnthropicAPI
 ) -> None:
     key = {"X-Claude-Conversation": "chat-42"}
-    ask(client, [user("keyed one")], extra_headers=key)
-    reply, _ = ask(client, [user("keyed two")], extra_headers=key)
+    _, headers1 = ask(client, [user("keyed one")], extra_headers=key)
+    assert placement(relay, headers1) == "new"
+    reply, headers2 = ask(client, [user("keyed two")], extra_headers=key)
     assert reply == "reply #2 to: keyed two"
+    assert forked_in_session_of(relay, headers2, headers1["x-claude-session-id"]) == "conversation"
     assert [text for _, text in last_dialogue(fake_api)] == [
         "keyed one",
         "reply #1 to: keyed one",
@@ -394,7 +428,7 @@ def tight_relay(
         "CLAUDE_RELAY_PING_INTERVAL": "0.3",
         "CLAUDE_RELAY_OPENAI_TOOLS": "full",
     }
-    relay = start_relay(tmp_path_factory.mktemp("tight-relay"), claude_bin=real_cli, env=env)
+    relay = serve_relay(tmp_path_factory.mktemp("tight-relay"), claude_bin=real_cli, env=env)
     yield relay
     relay.stop()
 
@@ -419,10 +453,15 @@ def test_keep_alives_while_the_cli_is_quiet_and_429_at_capacity(tight_relay: Rel
             body = {"model": "claude-code", "messages": [user("wait [[hang:3]]")], "stream": True}
             result["response"] = http.post("/v1/chat/completions", json=body)
 
-    turns_before = tight_relay.log().count("chat turn")
+    def active_runs() -> int:
+        with tight_relay.client() as http:
+            return http.get("/health").json()["runs"]["active"]
+
+    assert active_runs() == 0
     thread = threading.Thread(target=quiet_turn)
     thread.start()
-    assert wait_until(lambda: tight_relay.log().count("chat turn") > turns_before, timeout=30)
+    # The quiet turn holds the relay's only slot: a second turn must be turned away.
+    assert wait_until(lambda: active_runs() == 1, timeout=30)
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="claude-code", messages=[user("me too")])
     assert caught.value.response.headers["retry-after"]

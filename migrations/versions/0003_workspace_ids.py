@@ -1,4 +1,4 @@
-"""name columns by what they hold: workspace_id, latest_claude_session_id; runs.placement
+"""name columns by what they hold: workspace_id, latest_claude_session_id; run placement
 
 "session id" meant two things in the schema: ``sessions.id`` and every ``session_id`` foreign
 key hold the relay's workspace UUID, while ``claude_session_id`` columns hold the CLI's ids.
@@ -9,7 +9,8 @@ itself; indexes are dropped and made again under their new names. On PostgreSQL 
 key constraints are renamed too; SQLite keeps their old names, which nothing refers to.
 
 ``runs.placement`` records how the planner found a run's session (new, resume, conversation,
-fingerprint, explicit); runs from before it stay NULL.
+fingerprint, explicit) and ``runs.resumed_from`` the Claude session id it continued (a fork's
+branch point); runs from before stay NULL.
 
 Revision ID: 0003
 Revises: 0002
@@ -56,8 +57,10 @@ def _rename(old: str, new: str) -> None:
 def upgrade() -> None:
     _rename("session_id", "workspace_id")
     op.add_column("runs", sa.Column("placement", sa.String(length=16), nullable=True))
+    op.add_column("runs", sa.Column("resumed_from", sa.String(length=36), nullable=True))
 
 
 def downgrade() -> None:
-    op.execute('ALTER TABLE "runs" DROP COLUMN "placement"')  # no copy: see above
+    op.execute('ALTER TABLE "runs" DROP COLUMN "resumed_from"')  # no copy: see above
+    op.execute('ALTER TABLE "runs" DROP COLUMN "placement"')
     _rename("workspace_id", "session_id")

@@ -167,6 +167,9 @@ class RunOut(msgspec.Struct):
     events: int
     placement: str | None
     """How the run found its session: new, resume, conversation, fingerprint or explicit."""
+    resumed_from: str | None
+    """The Claude session id whose transcript the run continued; a forked chat turn's
+    ``session_id`` is new and this is its branch point. Null for a new session."""
 
 
 def run_out(record: RunRecord, *, events: int | None = None) -> RunOut:
@@ -189,6 +192,7 @@ def run_out(record: RunRecord, *, events: int | None = None) -> RunOut:
         error=record.error_message,
         events=record.last_seq if events is None else events,
         placement=record.placement,
+        resumed_from=record.resumed_from,
     )
 
 

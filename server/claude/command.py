@@ -32,7 +32,9 @@ def build_argv(
         argv.append(f"--resume={resume_id}")
         if fork:
             argv.append("--fork-session")
-    elif new_session_id:
+    if new_session_id and (fork or not resume_id):
+        # A fork takes the id the relay chose, as a new session does (the CLI accepts
+        # --session-id beside --fork-session): the relay always knows a run's id up front.
         argv.append(f"--session-id={new_session_id}")
     optional = {
         "--model": request.model,

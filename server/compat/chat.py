@@ -116,12 +116,6 @@ class Turn:
 
     async def _remember(self) -> None:
         run = self.run
-        if run.forked_from is not None and run.claude_session_id == run.forked_from:
-            # Without a new id the transcript would keep growing under an old fingerprint.
-            log.warning(
-                "run %s: --fork-session kept id %s; no fingerprint", run.id, run.claude_session_id
-            )
-            return
         try:
             await remember_turn(
                 self.fingerprints,

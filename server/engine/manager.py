@@ -157,8 +157,8 @@ class RunManager:
         argv = build_argv(
             self.settings.claude_bin,
             request.options,
-            resume_id=target.claude_session_id if target.resume else None,
-            new_session_id=None if target.resume else target.claude_session_id,
+            resume_id=target.resume_from,
+            new_session_id=target.claude_session_id,
             fork=target.fork,
         )
         env = build_env(current_env(), self.settings.claude_env, run_id)
@@ -171,6 +171,7 @@ class RunManager:
             api_key_id=request.api_key_id,
             prompt=target.prompt,
             placement=target.how,
+            resumed_from=target.resume_from,
         )
         try:
             await self._claim(request, target, new_run)
@@ -192,7 +193,7 @@ class RunManager:
             limits=self.limits,
             detached=request.detach,
             placed_by=target.how,
-            forked_from=target.claude_session_id if target.fork else None,
+            forked_from=target.resume_from if target.fork else None,
         )
         self.runs[run_id] = run
         run.start(child, PromptInput(target.prompt))
@@ -246,8 +247,11 @@ class RunManager:
 
     # -- RunObserver -----------------------------------------------------------------------
 
-    async def claude_session_id_seen(self, run: Run, claude_session_id: str) -> None:
-        await self.store.add_claude_session_id(run.workspace_id, claude_session_id)
+    async def session_confirmed(self, run: Run) -> None:
+        """A fork's new id exists once the CLI names it: it becomes the session's latest, and
+        any id the relay ever returned keeps resolving to the session."""
+        if run.forked_from is not None:
+            await self.store.add_claude_session_id(run.workspace_id, run.claude_session_id)
 
     async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
         if self.settings.persist_events:

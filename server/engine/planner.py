@@ -55,26 +55,52 @@ Target = ResumeLatest | ByConversation | ChatTurn | None
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a run goes and what it sends."""
+    """Where a run goes and what it sends.
+
+    The relay names every run's Claude session id itself: a new session gets
+    ``--session-id``, a resume keeps its id, and a fork gets ``--session-id`` beside
+    ``--fork-session``. So the relay never needs to learn a session's identity from what the
+    CLI prints, where a tool could forge it.
+    """
 
     workspace_id: str
     claude_session_id: str
-    resume: bool
+    """The id the run has."""
     prompt: str
-    fork: bool = False
+    resume_from: str | None = None
+    """The Claude session id whose transcript the run continues (None: a new session)."""
     conversation_key: str | None = None
     """Bind this key to the new session (new sessions only)."""
     how: str = "new"
     """``new``, ``resume``, ``conversation``, ``fingerprint`` or ``explicit``."""
+
+    @property
+    def resume(self) -> bool:
+        return self.resume_from is not None
+
+    @property
+    def fork(self) -> bool:
+        return self.resume_from is not None and self.resume_from != self.claude_session_id
 
 
 def new_placement(prompt: str, conversation_key: str | None = None) -> Placement:
     return Placement(
         workspace_id=str(uuid.uuid4()),
         claude_session_id=str(uuid.uuid4()),
-        resume=False,
         prompt=prompt,
         conversation_key=conversation_key,
+    )
+
+
+def resume(record: SessionRecord, prompt: str, how: str) -> Placement:
+    latest = record.latest_claude_session_id
+    return Placement(record.workspace_id, latest, prompt, resume_from=latest, how=how)
+
+
+def fork(record: SessionRecord, claude_session_id: str, prompt: str, how: str) -> Placement:
+    """A new id of its own, branching from ``claude_session_id``'s transcript."""
+    return Placement(
+        record.workspace_id, str(uuid.uuid4()), prompt, resume_from=claude_session_id, how=how
     )
 
 
@@ -85,21 +111,12 @@ class Planner:
 
     async def place(self, target: Target, prompt: str, *, api_key_id: str) -> Placement:
         if isinstance(target, ResumeLatest):
-            record = await self._known(target.claude_session_id)
-            return Placement(
-                record.workspace_id, record.latest_claude_session_id, True, prompt, how="resume"
-            )
+            return resume(await self._known(target.claude_session_id), prompt, "resume")
         if isinstance(target, ByConversation):
             found = await self._sessions.find_by_conversation(api_key_id, target.key)
             if found is None:
                 return new_placement(prompt, target.key)
-            return Placement(
-                found.workspace_id,
-                found.latest_claude_session_id,
-                True,
-                prompt,
-                how="conversation",
-            )
+            return resume(found, prompt, "conversation")
         if isinstance(target, ChatTurn):
             return await self._place_chat_turn(target, prompt, api_key_id)
         return new_placement(prompt)
@@ -111,12 +128,9 @@ class Planner:
         return record
 
     async def _place_chat_turn(self, turn: ChatTurn, prompt: str, api_key_id: str) -> Placement:
-        def fork(record: SessionRecord, claude_session_id: str, how: str) -> Placement:
-            return Placement(record.workspace_id, claude_session_id, True, prompt, True, how=how)
-
         if turn.claude_session_id is not None:
             record = await self._known(turn.claude_session_id)
-            return fork(record, turn.claude_session_id, "explicit")
+            return fork(record, turn.claude_session_id, prompt, "explicit")
         match = None
         if turn.history_fingerprint is not None:
             match = await self._fingerprints.find(api_key_id, turn.history_fingerprint)
@@ -126,10 +140,10 @@ class Planner:
                 return new_placement(turn.new_session_prompt, turn.conversation_key)
             # Within the conversation, a matching fingerprint still picks the branch point.
             if match is not None and match.workspace_id == found.workspace_id:
-                return fork(found, match.claude_session_id, "conversation")
-            return fork(found, found.latest_claude_session_id, "conversation")
+                return fork(found, match.claude_session_id, prompt, "conversation")
+            return fork(found, found.latest_claude_session_id, prompt, "conversation")
         if match is not None:
             matched = await self._sessions.find_by_claude_session_id(match.claude_session_id)
             if matched is not None:
-                return fork(matched, match.claude_session_id, "fingerprint")
+                return fork(matched, match.claude_session_id, prompt, "fingerprint")
         return new_placement(turn.new_session_prompt)

@@ -70,8 +70,9 @@ class Limits:
 class RunObserver(Protocol):
     """What the relay does around a run: storage, locks, bookkeeping."""
 
-    async def claude_session_id_seen(self, run: Run, claude_session_id: str) -> None:
-        """Called before the first line carrying a new session id is relayed."""
+    async def session_confirmed(self, run: Run) -> None:
+        """Called before the first line in which the CLI names the run's own session id is
+        relayed: from then on its transcript exists under that id."""
 
     async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
         """Called after a batch of events became visible to followers."""
@@ -134,8 +135,8 @@ class Run:
     error_message: str | None = None
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
-    claude_session_ids: set[str] = field(default_factory=set)
     session_reported: bool = False
+    """The CLI has named the run's own Claude session id (its first line does)."""
     _events: list[bytes] = field(default_factory=list)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -148,7 +149,6 @@ class Run:
 
     def start(self, child: process.Child, stdin: PromptInput) -> None:
         self._child = child
-        self.claude_session_ids.add(self.claude_session_id)
         self._supervisor = asyncio.create_task(self._supervise(stdin), name=f"run-{self.id}")
 
     @property
@@ -276,10 +276,11 @@ class Run:
         appended: list[bytes] = []
         for raw in raw_lines:
             line = classify(raw)
-            if line.session_id:
-                self.session_reported = True
-                if line.session_id not in self.claude_session_ids:
-                    await self._on_new_claude_session_id(line.session_id)
+            # The relay chose this run's id (--session-id, or --resume keeping it): the CLI
+            # naming it confirms the session; a line naming any other id (a tool can print
+            # one) is relayed as it is and changes nothing.
+            if not self.session_reported and line.session_id == self.claude_session_id:
+                await self._on_session_confirmed()
             if line.type == "result":
                 self._on_result(line.data)
             appended.append(line.data)
@@ -287,13 +288,12 @@ class Run:
         self._notify()
         await self.observer.events_appended(self, first_seq, appended)
 
-    async def _on_new_claude_session_id(self, claude_session_id: str) -> None:
-        self.claude_session_ids.add(claude_session_id)
-        self.claude_session_id = claude_session_id
+    async def _on_session_confirmed(self) -> None:
+        self.session_reported = True
         try:
-            await self.observer.claude_session_id_seen(self, claude_session_id)
+            await self.observer.session_confirmed(self)
         except Exception:
-            log.exception("run %s: could not store session id %s", self.id, claude_session_id)
+            log.exception("run %s: could not record session %s", self.id, self.claude_session_id)
 
     def _on_result(self, data: bytes) -> None:
         try:

@@ -55,6 +55,7 @@ class RunRecord:
     error_message: str | None
     last_seq: int
     placement: str | None
+    resumed_from: str | None
 
 
 def run_record(row: RunRow) -> RunRecord:
@@ -80,6 +81,7 @@ def run_record(row: RunRow) -> RunRecord:
         error_message=row.error_message,
         last_seq=row.last_seq,
         placement=row.placement,
+        resumed_from=row.resumed_from,
     )
 
 
@@ -94,6 +96,7 @@ class NewRun:
     api_key_id: str
     prompt: str
     placement: str = "new"
+    resumed_from: str | None = None
 
 
 def insert_statement(run: NewRun, workspace_id: str) -> Any:
@@ -111,6 +114,7 @@ def insert_statement(run: NewRun, workspace_id: str) -> Any:
         started_at=time.time(),
         last_seq=0,
         placement=run.placement,
+        resumed_from=run.resumed_from,
     )
 
 

@@ -101,6 +101,8 @@ class RunRow(Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     placement: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """How the planner found the run's session: new, resume, conversation, fingerprint, …"""
+    resumed_from: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    """The Claude session id whose transcript the run continued (a fork's branch point)."""
 
 
 class RunEventRow(Base):

@@ -65,6 +65,10 @@ def test_a_new_session_gets_the_relays_id_and_a_resume_may_fork() -> None:
     assert build_argv("claude", RunOptions(), resume_id="r1", new_session_id="n1")[4:] == [
         "--resume=r1"
     ]
+    # A fork gets the relay's id too, so the relay never learns an id from the CLI's output.
+    assert build_argv("claude", RunOptions(), resume_id="r1", new_session_id="n2", fork=True)[
+        4:
+    ] == ["--resume=r1", "--fork-session", "--session-id=n2"]
 
 
 def test_the_prompt_is_never_on_the_command_line() -> None:

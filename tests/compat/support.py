@@ -59,14 +59,16 @@ def forked_in_session_of(relay: Relay, headers: Mapping[str, str], earlier_id: s
     ``X-Claude-Session-Id`` an earlier turn was answered with) under an id of its own.
 
     Every chat turn forks, so the turn's id differs from the one it came from, yet the turn is
-    one of the runs of the same relay session. Which of the session's ids it branched from
-    is for the caller to prove from the transcript the CLI sent upstream.
+    one of the runs of the same relay session, and the run names ``earlier_id`` as the point it
+    branched from (``resumed_from``). The transcript the CLI sent upstream is the callers' proof
+    that the branch really holds that history.
     """
     how = placement(relay, headers)
     own_id = headers["x-claude-session-id"]
     assert own_id != earlier_id, "a forked turn must have a Claude session id of its own"
-    runs = [run["run_id"] for run in relay.session_runs(earlier_id)]
+    runs = {run["run_id"]: run for run in relay.session_runs(earlier_id)}
     assert headers["x-run-id"] in runs, f"the turn is not a run of the session of {earlier_id}"
+    assert runs[headers["x-run-id"]]["resumed_from"] == earlier_id
     return how
 
 

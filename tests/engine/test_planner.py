@@ -100,6 +100,13 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 def what(placement: Placement) -> tuple[str, bool, bool, str]:
+    """How, whether it resumes, whether it forks, and the prompt. A fork always has a new
+    Claude session id of the relay's choosing; a plain resume keeps the one it resumes."""
+    if placement.fork:
+        uuid.UUID(placement.claude_session_id)
+        assert placement.claude_session_id != placement.resume_from
+    elif placement.resume:
+        assert placement.claude_session_id == placement.resume_from
     return (placement.how, placement.resume, placement.fork, placement.prompt)
 
 
@@ -159,7 +166,7 @@ async def test_a_remembered_history_forks_its_turn_with_only_the_new_message(
     placement = await world.chat(U1, A1, U2)
     assert what(placement) == ("fingerprint", True, True, "more")
     # The turn that answered this history, not the session's latest id.
-    assert (placement.workspace_id, placement.claude_session_id) == (workspace_id, "c1")
+    assert (placement.workspace_id, placement.resume_from) == (workspace_id, "c1")
     # Another caller's identical conversation is not theirs to continue.
     other = await world.chat(U1, A1, U2, api_key="k2")
     assert what(other) == ("new", False, False, context_prompt([U1, A1], "more"))
@@ -179,7 +186,7 @@ async def test_an_explicit_session_id_wins(world: World) -> None:
     wanted = await world.session(EXPLICIT)
     placement = await world.chat(U1, A1, U2, session=EXPLICIT.upper(), key="chat-1")
     assert what(placement) == ("explicit", True, True, "more")
-    assert (placement.workspace_id, placement.claude_session_id) == (wanted, EXPLICIT)
+    assert (placement.workspace_id, placement.resume_from) == (wanted, EXPLICIT)
     with pytest.raises(NotFound):
         await world.chat(U1, session=str(uuid.uuid4()))
 
@@ -191,7 +198,7 @@ async def test_a_conversation_key_continues_its_latest_id_or_starts_bound(world:
     workspace_id = await world.session("c9", key="chat-1")
     placement = await world.chat(U1, A1, U2, key="chat-1")
     assert what(placement) == ("conversation", True, True, "more")
-    assert (placement.workspace_id, placement.claude_session_id) == (workspace_id, "c9")
+    assert (placement.workspace_id, placement.resume_from) == (workspace_id, "c9")
     assert placement.conversation_key is None
 
 
@@ -208,9 +215,9 @@ async def test_within_a_conversation_a_remembered_history_picks_the_branch_point
 
     regenerated = await world.chat(U1, A1, U2, key="chat-1")
     assert what(regenerated) == ("conversation", True, True, "more")
-    assert (regenerated.workspace_id, regenerated.claude_session_id) == (workspace_id, "c1")
+    assert (regenerated.workspace_id, regenerated.resume_from) == (workspace_id, "c1")
     unmatched = await world.chat(U1, elsewhere, U2, key="chat-1")
-    assert (unmatched.workspace_id, unmatched.claude_session_id) == (workspace_id, "c2")
+    assert (unmatched.workspace_id, unmatched.resume_from) == (workspace_id, "c2")
 
 
 async def test_the_fingerprint_of_a_deleted_session_starts_a_new_one(world: World) -> None:
@@ -233,7 +240,7 @@ async def test_remember_replaces_an_older_turn_with_the_same_history(world: Worl
     assert (match.workspace_id, match.claude_session_id) == (second, "c2")
     assert await world.fingerprints.find("k2", key) is None
     placement = await world.chat(U1, A1, U2)
-    assert (placement.workspace_id, placement.claude_session_id) == (second, "c2")
+    assert (placement.workspace_id, placement.resume_from) == (second, "c2")
 
 
 async def test_fingerprints_go_with_their_session(world: World) -> None:

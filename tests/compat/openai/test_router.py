@@ -325,12 +325,12 @@ def test_regenerating_and_editing_branch_without_touching_later_turns(
     as_sent = [(m["role"], m["content"]) for m in messages]
 
     # Regenerate the last reply: the same history up to the last user message again.
-    reply, headers = ask(client, messages[:5])
+    reply, regenerated = ask(client, messages[:5])
     assert reply == "reply #3 to: branch three"
     # Forked from the second turn (ids[1], its X-Claude-Session-Id): the CLI resumed the
     # transcript that ends with the second reply, not the one with the third.
-    assert forked_in_session_of(relay, headers, ids[1]) == "fingerprint"
-    assert headers["x-claude-session-id"] not in ids
+    assert forked_in_session_of(relay, regenerated, ids[1]) == "fingerprint"
+    assert regenerated["x-claude-session-id"] not in ids
     assert last_dialogue(fake_api) == as_sent[:5]
 
     # Edit the second message: branch from the first turn.
@@ -343,7 +343,11 @@ def test_regenerating_and_editing_branch_without_touching_later_turns(
     # The original branch goes on exactly where it was: no edited or regenerated turns in it.
     reply, headers = ask(client, [*messages, user("branch four")])
     assert reply == "reply #4 to: branch four"
-    assert forked_in_session_of(relay, headers, ids[2]) == "fingerprint"
+    # The regenerated reply came out word for word the same, so the newest transcript with
+    # exactly this history is the regenerated turn's, and the branch continues from there.
+    assert forked_in_session_of(relay, headers, regenerated["x-claude-session-id"]) == (
+        "fingerprint"
+    )
     assert last_dialogue(fake_api) == [*as_sent, ("user", "branch four")]
 
 

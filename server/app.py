@@ -36,6 +36,7 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = await open_runtime(relay.settings)
+        await runtime.start_key_proxy()
         manager = RunManager(runtime)
         await recover(runtime.sessions, runtime.runs, me=manager.owner)
         runtime.event_writer.start()

@@ -77,6 +77,16 @@ DEFAULT_MODELS = (
 )
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def _parse_tool_display(raw: str) -> str:
     value = raw.strip().lower()
     if value not in TOOL_DISPLAYS:
@@ -199,6 +209,14 @@ class Settings:
         "If set (e.g. 30d), hourly remove sessions idle this long, with workspace and "
         "transcripts. 0 turns automatic GC off.",
         parse_duration,
+    )
+    key_proxy: str = _setting(
+        "auto",
+        "Keep the CLI's Anthropic key from its tools: `auto` runs a loopback pass-through when "
+        "the CLI's environment holds ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN (each run gets "
+        "a token worthless outside it), `on` refuses to start without one, `off` gives the CLI "
+        "the key itself.",
+        _choice("auto", "on", "off"),
     )
     openai_tools: str = _setting(
         "compact",

@@ -20,10 +20,14 @@ from tests.support import (
     start_relay,
 )
 
+FAKE_API_KEY = "sk-test-fake"
+
 
 @pytest.fixture(scope="session")
 def fake_api() -> Iterator[FakeAnthropicAPI]:
-    api = FakeAnthropicAPI().start()
+    # It checks the key as the real API does: through the relay's key pass-through, the CLI
+    # holds only a run token, and the pass-through must hand on this key in its place.
+    api = FakeAnthropicAPI(required_key=FAKE_API_KEY).start()
     yield api
     api.stop()
 
@@ -51,7 +55,7 @@ def fake_cli(tmp_path: Path) -> Path:
 def real_cli_env(api: FakeAnthropicAPI, **extra: str) -> dict[str, str]:
     return {
         "ANTHROPIC_BASE_URL": api.url,
-        "ANTHROPIC_API_KEY": "sk-test-fake",
+        "ANTHROPIC_API_KEY": FAKE_API_KEY,
         "CLAUDE_RELAY_CLAUDE_ENV": ",".join(
             f"{k}={v}" for k, v in {"CLAUDE_CODE_MAX_RETRIES": "0", **extra}.items()
         ),

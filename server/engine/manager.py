@@ -162,6 +162,9 @@ class RunManager:
             fork=target.fork,
         )
         env = build_env(current_env(), self.settings.claude_env, run_id)
+        key_proxy = self.runtime.key_proxy
+        if key_proxy is not None:
+            env = key_proxy.child_env(env, key_proxy.issue(run_id))
         spawning = asyncio.ensure_future(process.spawn(argv, cwd=cwd, env=env))
         new_run = NewRun(
             id=run_id,
@@ -176,6 +179,7 @@ class RunManager:
         try:
             await self._claim(request, target, new_run)
         except BaseException:
+            self._revoke(run_id)
             await _discard(spawning)
             if not target.resume:
                 self.workspaces.remove(target.workspace_id)
@@ -183,6 +187,7 @@ class RunManager:
         try:
             child = await spawning
         except BaseException as exc:
+            self._revoke(run_id)
             await self._abandon(target, run_id, str(exc))
             raise
         run = Run(
@@ -235,6 +240,11 @@ class RunManager:
             ) from None
         self._new_sessions.add(new_run.id)
 
+    def _revoke(self, run_id: str) -> None:
+        """The run's key pass-through token stops working (its tools may have copied it)."""
+        if self.runtime.key_proxy is not None:
+            self.runtime.key_proxy.revoke(run_id)
+
     async def _abandon(self, target: Placement, run_id: str, why: str) -> None:
         """Undo :meth:`_claim` for a run whose CLI could not start."""
         if target.resume:
@@ -262,6 +272,7 @@ class RunManager:
         reader finds it either in memory or, complete, in the database."""
         created = run.id in self._new_sessions
         self._new_sessions.discard(run.id)
+        self._revoke(run.id)
         log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
         try:
             if created and not run.session_reported:

@@ -6,10 +6,12 @@ The HTTP app (in its lifespan) and the command line (``sessions``, ``gc``) build
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from server.claude.command import build_env, current_env
 from server.config import Settings
+from server.engine.key_proxy import KeyProxy, key_proxy_for
 from server.engine.workspaces import Workspaces
 from server.storage.catalog import SessionCatalog
 from server.storage.database import Database, create_engine, migrate
@@ -30,13 +32,25 @@ class Runtime:
     event_writer: EventWriter
     fingerprints: FingerprintStore
     workspaces: Workspaces
+    key_proxy: KeyProxy | None = None
+    """Started by the app's lifespan (:meth:`start_key_proxy`); the command line needs none."""
 
     @property
     def child_env(self) -> dict[str, str]:
         """The CLI's environment (without a run marker): where its transcripts go."""
         return build_env(current_env(), self.settings.claude_env, run_id="")
 
+    async def start_key_proxy(self) -> None:
+        """Start the pass-through that keeps the CLI's key from tools, if settings want one."""
+        proxy = key_proxy_for(self.settings.key_proxy, self.child_env)
+        if proxy is not None:
+            await asyncio.to_thread(proxy.start)
+            self.key_proxy = proxy
+
     async def close(self) -> None:
+        if self.key_proxy is not None:
+            await asyncio.to_thread(self.key_proxy.stop)
+            self.key_proxy = None
         await self.event_writer.close()
         await self.database.engine.dispose()
 

@@ -113,7 +113,10 @@ class Plan:
 class FakeAnthropicAPI:
     """Start with :meth:`start`, point ``ANTHROPIC_BASE_URL`` at :attr:`url`, then :meth:`stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, required_key: str | None = None) -> None:
+        self.required_key = required_key
+        """When set, every request must carry this key (``x-api-key`` or a Bearer token), as
+        the real API checks it: a relay that hands the CLI something else gets a 401."""
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -168,13 +171,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def _authenticated(self) -> bool:
+        wanted = self.fake.required_key
+        if wanted is None:
+            return True
+        presented = self.headers.get("x-api-key") or ""
+        bearer = self.headers.get("authorization") or ""
+        if presented == wanted or bearer == f"Bearer {wanted}":
+            return True
+        error = {"type": "authentication_error", "message": "invalid x-api-key"}
+        self._json(401, {"type": "error", "error": error})
+        return False
+
     def do_GET(self) -> None:
-        self._json(200, {"data": [], "has_more": False})
+        if self._authenticated():
+            self._json(200, {"data": [], "has_more": False})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
         self.fake.record({"path": self.path, "headers": dict(self.headers), "body": body})
+        if not self._authenticated():
+            return
         if not self.path.startswith("/v1/messages"):
             self._json(
                 404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}}

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -33,6 +34,16 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_CLAUDE = ROOT / "tests" / "fakes" / "fake_claude.py"
 CLI_PACKAGES = ROOT / ".claude-cli" / "node_modules" / "@anthropic-ai"
+
+
+# httpx builds a TLS context (reading the CA bundle: about 60 ms) for every Client unless it
+# is given one; a test makes hundreds of plain-HTTP clients of 127.0.0.1, so they share one.
+_TLS = ssl.create_default_context()
+
+
+def http_client(base_url: str, **kw: Any) -> httpx.Client:
+    """An ``httpx.Client`` for a test relay, cheap to make."""
+    return httpx.Client(base_url=base_url, verify=_TLS, **kw)
 
 
 def free_port() -> int:
@@ -132,7 +143,11 @@ class Relay:
         return {**headers, **(extra or {})}
 
     def client(self, timeout: float = 60) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout, headers=self.headers())
+        return http_client(self.url, timeout=timeout, headers=self.headers())
+
+    def anonymous_client(self, timeout: float = 60) -> httpx.Client:
+        """A client that sends no API key (for what needs none, or must be refused)."""
+        return http_client(self.url, timeout=timeout)
 
     def run(self, body: dict[str, Any], timeout: float = 120, **kw: Any) -> Stream:
         """POST /api/claude and read the whole stream (or the JSON error)."""
@@ -390,7 +405,10 @@ def serve_relay(
         "CLAUDE_RELAY_CLAUDE_ENV": ",".join(p for p in (pairs, extra) if p),
     }
     settings = Settings.from_env(settings_env)
-    sock = socket.socket()
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and ``socket.socket()`` says 0. Without it every response on a kept-alive connection
+    # waits about 40 ms (Nagle against the client's delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     grace = settings.shutdown_grace + settings.interrupt_grace + settings.terminate_grace + 5

@@ -10,14 +10,22 @@ test_real_cli.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import RelayFactory
-from tests.support import Relay, cancel, open_stream, read_stream, scripted
+from tests.support import (
+    Relay,
+    cancel,
+    fake_claude_bin,
+    open_stream,
+    read_stream,
+    scripted,
+    serve_relay,
+)
 
 
 def test_every_line_arrives_once_in_order_with_sequential_ids(fake_relay: Relay) -> None:
@@ -76,6 +84,16 @@ def test_prompt_goes_to_stdin_and_never_to_argv(
 UNKNOWN_SESSION = "8d2f0b6e-3b7e-4a0e-9a51-1e0c2f7b9a11"
 
 
+@pytest.fixture(scope="module")
+def refusing_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """One relay for every refused request below: a refused request must leave no trace
+    (no process, no workspace, no session), so they can share it, and each checks that."""
+    folder = tmp_path_factory.mktemp("refusing")
+    relay = serve_relay(folder, claude_bin=fake_claude_bin(folder))
+    yield relay
+    relay.stop()
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needles"),
     [
@@ -112,17 +130,19 @@ UNKNOWN_SESSION = "8d2f0b6e-3b7e-4a0e-9a51-1e0c2f7b9a11"
     ],
 )
 def test_bad_requests_get_a_json_error_and_start_nothing(
-    fake_relay: Relay, body: bytes, status: int, needles: list[str]
+    refusing_relay: Relay, body: bytes, status: int, needles: list[str]
 ) -> None:
-    response = httpx.post(
-        fake_relay.url + "/api/claude", content=body, headers={"Content-Type": "application/json"}
-    )
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    for needle in needles:
-        assert needle in response.json()["error"]
-    assert fake_relay.children() == []
-    assert list(fake_relay.workspaces.iterdir()) == []
+    with refusing_relay.client() as client:
+        response = client.post(
+            "/api/claude", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        for needle in needles:
+            assert needle in response.json()["error"]
+        assert client.get("/api/sessions").json()["sessions"] == []
+    assert refusing_relay.children() == []
+    assert list(refusing_relay.workspaces.iterdir()) == []
 
 
 def test_the_concurrency_cap_answers_429_with_retry_after_until_a_slot_frees(
@@ -131,7 +151,8 @@ def test_the_concurrency_cap_answers_429_with_retry_after_until_a_slot_frees(
     relay = relay_factory(claude_bin=fake_cli, env={"CLAUDE_RELAY_MAX_CONCURRENT_RUNS": "1"})
     busy = open_stream(relay, scripted(lines=1, hang=120))
     run_id = busy.wait_started()
-    assert httpx.get(relay.url + "/health").json()["runs"] == {"active": 1, "max": 1}
+    with relay.client() as client:
+        assert client.get("/health").json()["runs"] == {"active": 1, "max": 1}
 
     refused = relay.run(scripted(lines=1))
     assert refused.status == 429
@@ -152,10 +173,10 @@ def test_a_missing_cli_is_503_and_health_says_so(
     refused = relay.run({"prompt": "hi"})
     assert refused.status == 503
     assert "cannot start the Claude Code CLI" in json.loads(refused.body)["error"]
-    health = httpx.get(relay.url + "/health")
-    assert health.status_code == 503 and health.json()["cli"]["error"]
     assert list(relay.workspaces.iterdir()) == []
     with relay.client() as client:
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["cli"]["error"]
         assert client.get("/api/sessions").json()["sessions"] == []
 
 
@@ -173,29 +194,28 @@ GUARDED = [
 
 def test_api_keys_guard_everything_but_health(relay_factory: RelayFactory, fake_cli: Path) -> None:
     relay = relay_factory(claude_bin=fake_cli, api_key="k1")
-    assert httpx.get(relay.url + "/health").status_code == 200
     wrong: list[dict[str, str]] = [
         {},
         {"Authorization": "Bearer wrong"},
         {"Authorization": "Basic k1"},
         {"x-api-key": "k2"},
     ]
-    for method, path in GUARDED:
-        for headers in wrong:
-            response = httpx.request(
-                method, relay.url + path, json={"prompt": "x"}, headers=headers
-            )
-            assert response.status_code == 401, (method, path, headers)
-            assert "API key" in response.json()["error"]
-            assert response.headers["www-authenticate"] == "Bearer"
+    with relay.anonymous_client() as anonymous:
+        assert anonymous.get("/health").status_code == 200
+        for method, path in GUARDED:
+            for headers in wrong:
+                response = anonymous.request(method, path, json={"prompt": "x"}, headers=headers)
+                assert response.status_code == 401, (method, path, headers)
+                assert "API key" in response.json()["error"]
+                assert response.headers["www-authenticate"] == "Bearer"
+        # The Anthropic SDKs send the key as x-api-key.
+        by_x_api_key = anonymous.get("/api/sessions", headers={"x-api-key": "k1"})
+        assert by_x_api_key.status_code == 200 and by_x_api_key.json()["sessions"] == []
     assert relay.children() == []
     with relay.client() as client:
         ok = read_stream(client, "POST", "/api/claude", json=scripted(lines=1))
         assert ok.status == 200 and ok.payloads[-1]["type"] == "result"
         assert client.get("/schema/openapi.json").status_code == 200
-    # The Anthropic SDKs send the key as x-api-key.
-    listed = httpx.get(relay.url + "/api/sessions", headers={"x-api-key": "k1"})
-    assert listed.status_code == 200 and len(listed.json()["sessions"]) == 1
 
 
 def test_cors_is_off_unless_origins_are_configured(
@@ -203,17 +223,19 @@ def test_cors_is_off_unless_origins_are_configured(
 ) -> None:
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     closed = relay_factory(claude_bin=fake_cli)
-    response = httpx.options(closed.url + "/api/claude", headers=preflight)
-    assert "access-control-allow-origin" not in response.headers
+    with closed.client() as client:
+        response = client.options("/api/claude", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
     opened = relay_factory(
         claude_bin=fake_cli, env={"CLAUDE_RELAY_CORS_ORIGINS": "https://app.example"}
     )
-    response = httpx.options(opened.url + "/api/claude", headers=preflight)
-    assert response.headers["access-control-allow-origin"] == "https://app.example"
-    other = httpx.options(
-        opened.url + "/api/claude", headers={**preflight, "Origin": "https://evil.example"}
-    )
-    assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+    with opened.client() as client:
+        response = client.options("/api/claude", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+        other = client.options(
+            "/api/claude", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert other.headers.get("access-control-allow-origin") != "https://evil.example"
 
 
 def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +254,8 @@ def _body_schema(schema: dict[str, Any], path: str, method: str, status: str) ->
 def test_openapi_documents_requests_and_responses(fake_relay: Relay) -> None:
     """Client generators read /schema: the request body and every JSON answer must be there,
     with the field names clients send and read."""
-    schema = httpx.get(fake_relay.url + "/schema/openapi.json").json()
+    with fake_relay.client() as client:
+        schema = client.get("/schema/openapi.json").json()
     claude = schema["paths"]["/api/claude"]["post"]
     assert "text/event-stream" in claude["responses"]["200"]["content"]
     request = _resolve(schema, claude["requestBody"]["content"]["application/json"]["schema"])

@@ -13,8 +13,6 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from tests.support import (
     RelayProcess,
     open_stream,
@@ -63,11 +61,12 @@ def test_a_relay_killed_mid_run_is_cleaned_up_at_the_next_start(
     assert len(orphans) >= 2, "the orphans outlive a SIGKILLed relay"
 
     restarted = relay_process_factory(claude_bin=fake_cli, env=FAST_STOP, **shared)
-    run = httpx.get(f"{restarted.url}/api/runs/{run_id}").json()
+    run = restarted.get_run(run_id)
     assert run["status"] == "failed" and run["stop_reason"] == "relay_died"
     assert wait_until(lambda: not processes_with_marker(run_id), 30)
     # Its session is free again and still resumable.
-    session = httpx.get(f"{restarted.url}/api/sessions/{session_id}").json()
+    with restarted.client() as client:
+        session = client.get(f"/api/sessions/{session_id}").json()
     assert session["state"] == "idle"
     resumed = restarted.run({**scripted(lines=1), "session_id": session_id})
     assert resumed.status == 200 and resumed.payloads[-1]["type"] == "result"

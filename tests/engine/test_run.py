@@ -131,19 +131,24 @@ def _zombies(relay: Relay) -> list[psutil.Process]:
     return found
 
 
-def test_a_disconnect_stops_every_process_of_the_run(fake_relay: Relay) -> None:
+def test_a_disconnect_stops_every_process_of_the_run(
+    relay_factory: RelayFactory, fake_cli: Path
+) -> None:
     """Even a CLI that ignores SIGINT and SIGTERM, and a child that left its process group."""
+    graces = {"CLAUDE_RELAY_INTERRUPT_GRACE": "0.5", "CLAUDE_RELAY_TERMINATE_GRACE": "0.5"}
+    relay = relay_factory(claude_bin=fake_cli, env=graces)
     body = scripted(lines=1, hang=120, child="sleep 300", ignore_sigint=True, ignore_sigterm=True)
-    run_id = _start_and_disconnect(fake_relay, body)
+    run_id = _start_and_disconnect(relay, body)
     assert wait_until(lambda: len(processes_with_marker(run_id)) == 0, 30)
-    run = fake_relay.wait_run_ended(run_id)
+    run = relay.wait_run_ended(run_id)
     assert run["status"] == "cancelled" and run["stop_reason"] == "client_disconnected"
-    assert fake_relay.children() == []
+    assert run["exit_code"] == -signal.SIGKILL
+    assert relay.children() == []
 
 
 def test_leaving_right_after_the_result_does_not_cancel_the_run(fake_relay: Relay) -> None:
     """The CLI is only exiting after its result: a client that leaves then lost nothing."""
-    body = scripted(lines=1, linger=3)
+    body = scripted(lines=1, linger=2)
     with fake_relay.client() as client, client.stream("POST", "/api/claude", json=body) as response:
         run_id = response.headers["x-run-id"]
         for line in response.iter_lines():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,40 @@ def fake_relay(relay_factory: RelayFactory, fake_cli: Path) -> Relay:
 def real_relay(relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI) -> Relay:
     """A relay running the real CLI against the fake Anthropic API."""
     return relay_factory(claude_bin=real_cli, env=real_cli_env(fake_api))
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+RelayCommand = Callable[..., CommandResult]
+
+
+@pytest.fixture
+def relay_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> RelayCommand:
+    """Run ``claude-relay <args>`` in this process (``server.main.main``) and capture what it
+    printed. It is configured like ``relay`` (an in-process one: its database, workspaces and
+    the CLI's ``HOME`` are all ``CLAUDE_RELAY_*`` settings), or by ``args`` alone for None."""
+    from server.main import main
+
+    def run(relay: Relay | None, *args: str) -> CommandResult:
+        for name in [k for k in os.environ if k.startswith("CLAUDE_RELAY_")]:
+            monkeypatch.delenv(name)
+        for name, value in (relay.env if relay else {}).items():
+            if name.startswith("CLAUDE_RELAY_"):
+                monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CommandResult(code, captured.out, captured.err)
+
+    return run

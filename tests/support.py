@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -33,6 +34,16 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_CLAUDE = ROOT / "tests" / "fakes" / "fake_claude.py"
 CLI_PACKAGES = ROOT / ".claude-cli" / "node_modules" / "@anthropic-ai"
+
+
+# httpx builds a TLS context (reading the CA bundle: about 60 ms) for every Client unless it
+# is given one; a test makes hundreds of plain-HTTP clients of 127.0.0.1, so they share one.
+_TLS = ssl.create_default_context()
+
+
+def http_client(base_url: str, **kw: Any) -> httpx.Client:
+    """An ``httpx.Client`` for a test relay, cheap to make."""
+    return httpx.Client(base_url=base_url, verify=_TLS, **kw)
 
 
 def free_port() -> int:
@@ -132,7 +143,11 @@ class Relay:
         return {**headers, **(extra or {})}
 
     def client(self, timeout: float = 60) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout, headers=self.headers())
+        return http_client(self.url, timeout=timeout, headers=self.headers())
+
+    def anonymous_client(self, timeout: float = 60) -> httpx.Client:
+        """A client that sends no API key (for what needs none, or must be refused)."""
+        return http_client(self.url, timeout=timeout)
 
     def run(self, body: dict[str, Any], timeout: float = 120, **kw: Any) -> Stream:
         """POST /api/claude and read the whole stream (or the JSON error)."""
@@ -390,7 +405,10 @@ def serve_relay(
         "CLAUDE_RELAY_CLAUDE_ENV": ",".join(p for p in (pairs, extra) if p),
     }
     settings = Settings.from_env(settings_env)
-    sock = socket.socket()
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and ``socket.socket()`` says 0. Without it every response on a kept-alive connection
+    # waits about 40 ms (Nagle against the client's delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     grace = settings.shutdown_grace + settings.interrupt_grace + settings.terminate_grace + 5
@@ -424,3 +442,125 @@ def serve_relay(
             raise RuntimeError("the in-process relay did not start")
         time.sleep(0.01)
     return relay
+
+
+# -- streams a test acts on while they are open -----------------------------------------------
+
+
+def scripted(**script: Any) -> dict[str, Any]:
+    """A ``POST /api/claude`` body whose prompt is a script for the fake CLI (its docstring)."""
+    return {"prompt": json.dumps(script)}
+
+
+class OpenStream:
+    """A request whose SSE stream is read on a thread of its own.
+
+    A test acts while the stream is open (cancels the run, signals the relay, asks for a
+    session that is running) and waits on what has *arrived*: the headers, an event, a
+    comment. That is the state the relay was in, where a sleep would only be a guess.
+    """
+
+    def __init__(
+        self, relay: Relay, method: str, path: str, *, timeout: float = 120, **kw: Any
+    ) -> None:
+        self.status: int | None = None
+        self.headers: httpx.Headers | None = None
+        self._events: list[Event] = []
+        self._comments: list[str] = []
+        self._body = bytearray()
+        self._parsed = 0
+        self._error: BaseException | None = None
+        self._answered = threading.Event()
+        self._thread = threading.Thread(
+            target=self._read, args=(relay, method, path, timeout, kw), daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, relay: Relay, method: str, path: str, timeout: float, kw: Any) -> None:
+        try:
+            with relay.client(timeout) as client, client.stream(method, path, **kw) as response:
+                self.status, self.headers = response.status_code, response.headers
+                self._answered.set()
+                for chunk in response.iter_bytes():
+                    self._feed(chunk)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._answered.set()
+
+    def _feed(self, chunk: bytes) -> None:
+        """Parse every complete event so far (the relay ends each with a blank line)."""
+        self._body += chunk
+        end = self._body.rfind(b"\n\n", self._parsed)
+        if end == -1:
+            return
+        events, comments = parse_sse(self._body[self._parsed : end + 2].decode())
+        self._parsed = end + 2
+        self._events += events
+        self._comments += comments
+
+    def header(self, name: str) -> str:
+        """A response header, once the relay has answered."""
+        assert self._answered.wait(60), "the relay did not answer"
+        assert self.headers is not None, f"no answer: {self._error!r}"
+        return self.headers[name]
+
+    @property
+    def run_id(self) -> str:
+        return self.header("x-run-id")
+
+    @property
+    def session_id(self) -> str:
+        return self.header("x-session-id")
+
+    @property
+    def payloads(self) -> list[Any]:
+        return [event.json for event in list(self._events)]
+
+    @property
+    def comments(self) -> list[str]:
+        return list(self._comments)
+
+    def wait_for(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:
+        """The first event whose payload satisfies ``predicate``, once it has arrived."""
+
+        def found() -> dict[str, Any] | None:
+            return next((p for p in self.payloads if isinstance(p, dict) and predicate(p)), None)
+
+        assert wait_until(lambda: found() is not None or not self._thread.is_alive(), timeout)
+        event = found()
+        assert event is not None, f"the stream ended without it: {self.payloads[-3:]}"
+        return event
+
+    def wait_started(self, timeout: float = 30) -> str:
+        """Wait until the CLI has spoken (its first line arrived); the run's id."""
+        self.wait_for(lambda p: p.get("type") == "system", timeout)
+        return self.run_id
+
+    def result(self, timeout: float = 120) -> Stream:
+        """The whole stream, once it has ended."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the stream did not end"
+        if self._error is not None:
+            raise self._error
+        assert self.status is not None and self.headers is not None
+        stream = Stream(self.status, self.headers, body=bytes(self._body))
+        if self.headers.get("content-type", "").startswith("text/event-stream"):
+            stream.events, stream.comments = parse_sse(stream.body.decode())
+        return stream
+
+
+def open_stream(relay: Relay, body: dict[str, Any], **kw: Any) -> OpenStream:
+    """``POST /api/claude`` with ``body``, read on a thread (see :class:`OpenStream`)."""
+    return OpenStream(relay, "POST", "/api/claude", json=body, **kw)
+
+
+def follow(relay: Relay, run_id: str, **kw: Any) -> OpenStream:
+    """``GET /api/runs/{id}/events`` read on a thread: re-attaching while the run goes on."""
+    return OpenStream(relay, "GET", f"/api/runs/{run_id}/events", **kw)
+
+
+def cancel(relay: Relay, run_id: str) -> httpx.Response:
+    """``POST /api/runs/{id}/cancel``: it answers once the run has ended."""
+    with relay.client() as client:
+        return client.post(f"/api/runs/{run_id}/cancel")

@@ -278,15 +278,38 @@ def _parse_setting(f: dataclasses.Field[Any], raw: str, name: str) -> Any:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def _shown(f: dataclasses.Field[Any]) -> str:
+    """A setting's default as a person would write it ("" when there is none)."""
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        default = f.default_factory()  # type: ignore[misc]
+    if default in ((), {}):
+        return ""
+    if isinstance(default, Path) and not default.is_absolute():
+        return f"./{default}"
+    if f.metadata.get("parse") is parse_duration and default and default % 86400 == 0:
+        return f"{int(default // 86400)}d"
+    if isinstance(default, bool):
+        return "1" if default else "0"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
 def describe_settings() -> list[tuple[str, str, str, str]]:
     """(env var, flag, default, help) for every setting, for --help and the README."""
     rows = []
     for f in dataclasses.fields(Settings):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        else:
-            default = f.default_factory()  # type: ignore[operator]
-        shown = "" if default in ((), {}) else str(default)
         flag = "--" + f.name.replace("_", "-")
-        rows.append((ENV_PREFIX + f.name.upper(), flag, shown, f.metadata["help"]))
+        rows.append((ENV_PREFIX + f.name.upper(), flag, _shown(f), f.metadata["help"]))
     return rows
+
+
+def settings_markdown() -> str:
+    """The README's configuration table, made from the settings (a test keeps them equal)."""
+    lines = ["| Variable | Flag | Default | What it does |", "|---|---|---|---|"]
+    for env_var, flag, default, help_text in describe_settings():
+        shown = f"`{default}`" if default else "—"
+        lines.append(f"| `{env_var}` | `{flag}` | {shown} | {help_text} |")
+    return "\n".join(lines)

@@ -90,3 +90,16 @@ def test_bad_model_and_tool_settings_name_the_variable(env: dict[str, str]) -> N
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert next(iter(env)) in str(info.value)
+
+
+def test_the_readme_table_is_the_settings() -> None:
+    """Every setting is documented in the README exactly as --help describes it."""
+    from pathlib import Path
+
+    from server.config import settings_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert settings_markdown() in readme, (
+        "README.md's configuration table is out of date; replace it with the output of "
+        'python -c "from server.config import settings_markdown; print(settings_markdown())"'
+    )

@@ -1,5 +1,16 @@
 """Starting the CLI in a process group of its own, and stopping every process of a run.
 
+The CLI is started with :class:`subprocess.Popen` (vfork + exec: about 1 ms even from a large
+relay; the event loop's own spawn forks, ~9 ms measured with uvloop). Its stdin, stdout and
+stderr are **socket pairs**, not pipes: a pipe can be reopened by anyone allowed to look at
+the process, through ``/proc/<pid>/fd/N`` (a second writer could append to the prompt), while
+opening a socket there fails with ``ENXIO``. Sockets are also what lets the relay side use
+only public asyncio APIs: ``asyncio.open_connection(sock=...)`` gives a ``StreamReader`` and
+``StreamWriter`` for each, and ``write_eof()`` ends the prompt while output is still read.
+
+Exit is watched through a pidfd, so it is seen even while a tool process that inherited
+stdout keeps that socket open; ``Popen.poll()`` then reaps the process (no zombie).
+
 Stopping escalates: SIGINT to the group (the CLI then writes a final ``result`` and exits 0),
 SIGTERM after a grace period (it kills its tool processes and exits), and finally SIGKILL to
 every process of the run. "Every process" is more than the group: the CLI's Bash tool starts
@@ -15,9 +26,10 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -28,22 +40,16 @@ from server.errors import CLIUnavailable
 log = logging.getLogger(__name__)
 
 # Large reads keep per-line overhead low; the StreamReader limit only bounds how much is
-# buffered before the pipe is paused, not the length of a line (we split lines ourselves).
+# buffered before the socket is paused, not the length of a line (we split lines ourselves).
 READ_CHUNK = 1 << 20
-
-
-class _StdinProtocol(asyncio.streams.FlowControlMixin):
-    """Flow control for writing the prompt (``drain`` waits while the pipe is full)."""
 
 
 @dataclass
 class Child:
-    """A started CLI: its pipes as streams, and ``exited``, which does not wait for them.
+    """A started CLI: its three sockets as streams, and ``exited``, which does not wait for them.
 
-    The process is started with :class:`subprocess.Popen` (vfork: about 1 ms even from a
-    large relay) rather than the event loop's own spawn (uvloop forks: ~9 ms measured), and
-    its pipes are handed to the loop. Exit is watched through a pidfd, so it is seen even
-    while a tool process that inherited stdout keeps the pipe open.
+    ``streams`` holds one writer per socket (stdin's is ``stdin`` itself); closing them is
+    what closes the relay's ends of the sockets.
     """
 
     popen: subprocess.Popen[bytes]
@@ -51,7 +57,7 @@ class Child:
     stdout: asyncio.StreamReader
     stderr: asyncio.StreamReader
     exited: asyncio.Future[None]
-    transports: list[asyncio.BaseTransport] = field(default_factory=list)
+    streams: list[asyncio.StreamWriter]
 
     @property
     def pid(self) -> int:
@@ -62,48 +68,89 @@ class Child:
         return self.popen.returncode
 
     def close(self) -> None:
-        """Close the pipes; kill the group if the process is somehow still running."""
+        """Close the sockets; kill the group if the process is somehow still running.
+
+        The loop closes the file descriptors on its next iteration; :meth:`wait_closed`
+        waits for that.
+        """
         if self.popen.returncode is None:
             _signal_group(self.pid, signal.SIGKILL)
-        for transport in self.transports:
-            transport.close()
+        for writer in self.streams:
+            writer.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until every socket closed by :meth:`close` is really closed."""
+        for writer in self.streams:
+            # A socket lost to an error reports it here; it is closed all the same.
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+def _socket_pairs() -> list[tuple[socket.socket, socket.socket]]:
+    """Three ``(relay's end, CLI's end)`` pairs: stdin, stdout, stderr.
+
+    One pair per stream, never one socket for two of them: a program that reaches end of
+    file on stdin may shut down that socket, which must not end its stdout.
+    """
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    try:
+        for _ in range(3):
+            pairs.append(socket.socketpair())
+    except OSError:
+        _close_all(sock for pair in pairs for sock in pair)
+        raise
+    # stdin carries nothing back: a write to it fails in the CLI (EPIPE), as on a pipe's
+    # read end, instead of piling up unread on the relay's side.
+    pairs[0][0].shutdown(socket.SHUT_RD)
+    return pairs
+
+
+def _close_all(sockets: Iterable[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 async def spawn(argv: list[str], *, cwd: Path, env: dict[str, str]) -> Child:
-    """Start the CLI with all three pipes, as leader of a new session and process group."""
-    loop = asyncio.get_running_loop()
+    """Start the CLI on three socket pairs, as leader of a new session and process group."""
+    try:
+        pairs = _socket_pairs()
+    except OSError as exc:
+        raise CLIUnavailable(f"cannot start the Claude Code CLI {argv[0]!r}: {exc}") from None
+    ours = [relay_end for relay_end, _ in pairs]
     try:
         # A vfork + exec: well under the cost of a loop iteration, as asyncio's own spawn.
         popen = subprocess.Popen(  # noqa: ASYNC220
             argv,
             cwd=cwd,
             env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdin=pairs[0][1].fileno(),
+            stdout=pairs[1][1].fileno(),
+            stderr=pairs[2][1].fileno(),
             start_new_session=True,
             close_fds=True,
         )
     except OSError as exc:
+        _close_all(ours)
         raise CLIUnavailable(f"cannot start the Claude Code CLI {argv[0]!r}: {exc}") from None
-    transports: list[asyncio.BaseTransport] = []
+    finally:
+        # The CLI has its own copies now; ours would keep its output open after it exits.
+        _close_all(theirs for _, theirs in pairs)
+    streams: list[asyncio.StreamWriter] = []
+    readers: list[asyncio.StreamReader] = []
     try:
-        stdout, stderr = (asyncio.StreamReader(limit=READ_CHUNK, loop=loop) for _ in range(2))
-        for reader, pipe in ((stdout, popen.stdout), (stderr, popen.stderr)):
-            transport, _ = await loop.connect_read_pipe(
-                lambda reader=reader: asyncio.StreamReaderProtocol(reader, loop=loop), pipe
-            )
-            transports.append(transport)
-        write_transport, protocol = await loop.connect_write_pipe(_StdinProtocol, popen.stdin)
-        transports.append(write_transport)
-        stdin = asyncio.StreamWriter(write_transport, protocol, None, loop)
+        for sock in ours:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=READ_CHUNK)
+            readers.append(reader)
+            streams.append(writer)
     except BaseException:
         _signal_group(popen.pid, signal.SIGKILL)
-        for transport in transports:
-            transport.close()
+        for writer in streams:
+            writer.close()
+        _close_all(ours[len(streams) :])
         await asyncio.to_thread(popen.wait)
         raise
-    return Child(popen, stdin, stdout, stderr, _watch_exit(loop, popen), transports)
+    exited = _watch_exit(asyncio.get_running_loop(), popen)
+    return Child(popen, streams[0], readers[1], readers[2], exited, streams)
 
 
 def _watch_exit(
@@ -111,16 +158,6 @@ def _watch_exit(
 ) -> asyncio.Future[None]:
     """A future that resolves when ``popen`` exits, which also reaps it (no zombie)."""
     exited: asyncio.Future[None] = loop.create_future()
-
-    def reap(block: bool) -> bool:
-        try:
-            pid, status = os.waitpid(popen.pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            pid, status = popen.pid, 255 << 8  # reaped elsewhere: exit status unknown
-        if pid == 0:
-            return False
-        popen.returncode = os.waitstatus_to_exitcode(status)
-        return True
 
     def done() -> None:
         if not exited.done():
@@ -130,11 +167,13 @@ def _watch_exit(
         pidfd = os.pidfd_open(popen.pid)
     except (AttributeError, OSError):
         # No pidfd (not Linux, or an old kernel): a thread waits for the process instead.
-        loop.run_in_executor(None, reap, True).add_done_callback(lambda _: done())
+        loop.run_in_executor(None, popen.wait).add_done_callback(lambda _: done())
         return exited
 
     def on_readable() -> None:
-        if reap(False):
+        # Readable means exited: poll() reaps it and sets returncode. It returns None only
+        # if another thread is in wait() right now; the pidfd stays readable, so we retry.
+        if popen.poll() is not None:
             loop.remove_reader(pidfd)
             os.close(pidfd)
             done()

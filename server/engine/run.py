@@ -10,9 +10,11 @@ batch. stderr is drained concurrently into a bounded tail; a watchdog enforces t
 total timeouts. When the process is gone, leftovers are swept and the outcome is settled,
 including a final ``relay/error`` event whenever the run did not end with a clean result.
 
-Input is a strategy (:class:`PromptInput`): today it writes the prompt to stdin and closes it.
-A later ``--input-format stream-json`` mode keeps stdin open and answers ``control_request``
-lines (see :meth:`Run._on_line`) through the same object.
+Input is a strategy (:class:`PromptInput`): today it writes the prompt to stdin and ends it
+with ``write_eof()`` (stdin is a socket of its own, so this half-close is the end of file the
+CLI waits for; the socket itself is closed with the others when the run is over). A later
+``--input-format stream-json`` mode keeps stdin open and answers ``control_request`` lines
+(see :meth:`Run._on_line`) through the same object.
 """
 
 from __future__ import annotations
@@ -109,10 +111,10 @@ class PromptInput:
         try:
             stdin.write(self._data)
             await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
+            stdin.write_eof()
+        except ConnectionError:
+            # drain() raises it (asyncio and uvloop alike) once the CLI's end is gone.
             log.debug("the CLI closed stdin before reading the whole prompt")
-        finally:
-            stdin.close()
 
 
 @dataclass
@@ -216,7 +218,7 @@ class Run:
 
     async def _supervise(self, stdin: PromptInput) -> None:
         child = self._child
-        assert child is not None and child.stdin and child.stdout and child.stderr
+        assert child is not None
         self._last_output = time.monotonic()
         stderr = StderrTail(self.limits.stderr_tail_bytes)
         helpers = [
@@ -245,6 +247,7 @@ class Run:
                 with contextlib.suppress(Exception):
                     await self._stopper
             child.close()
+            await child.wait_closed()
             await self._settle(stderr)
 
     async def _finish_task(self, task: asyncio.Task[None], name: str) -> None:

@@ -283,7 +283,7 @@ def _shown(f: dataclasses.Field[Any]) -> str:
     if f.default is not dataclasses.MISSING:
         default = f.default
     else:
-        default = f.default_factory()  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[operator]
     if default in ((), {}):
         return ""
     if isinstance(default, Path) and not default.is_absolute():

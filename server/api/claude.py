@@ -7,8 +7,8 @@ from litestar.params import JSONBody
 from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, SettingsDep
-from server.api.errors import BODY_OPT
-from server.api.schemas import ClaudeRequest, normal_uuid
+from server.api.errors import BODY_OPT, documented_errors
+from server.api.schemas import ClaudeRequest, ErrorBody, normal_uuid
 from server.api.sse import run_stream
 from server.claude.options import check_conversation_key, check_prompt
 from server.config import Settings
@@ -53,6 +53,7 @@ def run_request(body: ClaudeRequest, settings: Settings, api_key_id: str) -> Run
     summary="Run Claude Code and stream its output",
     description=DESCRIPTION,
     opt={BODY_OPT: ClaudeRequest},
+    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 429, 503),
 )
 async def run_claude(
     data: JSONBody[ClaudeRequest], settings: SettingsDep, manager: ManagerDep, api_key_id: CallerDep

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from server.errors import (
@@ -127,6 +128,27 @@ def from_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> Refuse
     if status == 401:
         return Unauthorized(str(exc.detail))
     return HTTPStatusOnly(str(exc.detail), status)
+
+
+MEANING = {
+    400: "Malformed body, unknown field or invalid value (the message names it).",
+    401: "Missing or wrong API key.",
+    403: "Refused by the operator's policy.",
+    404: "Unknown session, run, model or route.",
+    409: "The session is already running, or the run has already ended.",
+    413: "The prompt or body is over the relay's cap.",
+    429: "Too many runs at once; see Retry-After.",
+    500: "The run behind a non-streaming answer failed.",
+    503: "The Claude Code CLI cannot be run.",
+}
+
+
+def documented_errors(body: type[Any], *statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for a route's error answers, in the shape its API really sends."""
+    return {
+        status: ResponseSpec(body, description=MEANING[status], generate_examples=False)
+        for status in statuses
+    }
 
 
 BodyShape = Callable[[Refused], Any]

@@ -11,7 +11,8 @@ from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.types import ASGIApp
 
 from server.api.dependencies import ManagerDep, RuntimeDep, SettingsDep
-from server.api.schemas import RunOut, run_out
+from server.api.errors import documented_errors
+from server.api.schemas import ErrorBody, RunOut, run_out
 from server.api.sse import encoded, sse_response
 from server.engine.replay import follow_run
 from server.engine.run import StopReason
@@ -19,6 +20,7 @@ from server.engine.runtime import Runtime
 from server.errors import Conflict, InvalidRequest, NotFound
 from server.storage.run_store import RunRecord, RunStatus
 
+ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409)
 MAX_EVENT_ID = 10**15
 """Larger than any run's event count; keeps positions far from integer limits."""
 
@@ -30,7 +32,7 @@ async def find_run(runtime: Runtime, run_id: str) -> RunRecord:
     return record
 
 
-@get("/{run_id:str}", summary="One run and its outcome")
+@get("/{run_id:str}", summary="One run and its outcome", responses=ERRORS)
 async def get_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep) -> RunOut:
     record = await find_run(runtime, run_id)
     live = manager.get(run_id)
@@ -55,6 +57,7 @@ def start_position(last_event_id: str | None, after: int | None) -> int:
     media_type="text/event-stream",
     summary="Replay a run's events, then follow it live until it ends",
     description="Starts after `Last-Event-ID` (or `?after=`). Leaving never stops the run.",
+    responses=ERRORS,
 )
 async def run_events(
     run_id: FromPath[str],
@@ -77,7 +80,7 @@ async def run_events(
     )
 
 
-@post("/{run_id:str}/cancel", status_code=200, summary="Stop a run")
+@post("/{run_id:str}/cancel", status_code=200, summary="Stop a run", responses=ERRORS)
 async def cancel_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep) -> RunOut:
     """SIGINT first, so the CLI writes its final result; answers once the run has ended."""
     record = await find_run(runtime, run_id)

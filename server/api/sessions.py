@@ -9,9 +9,11 @@ from litestar import Router, delete, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from server.api.dependencies import RuntimeDep
+from server.api.errors import documented_errors
 from server.api.pagination import decode_cursor, encode_cursor
 from server.api.schemas import (
     Deleted,
+    ErrorBody,
     LastAnswer,
     RunPage,
     SessionOut,
@@ -23,6 +25,8 @@ from server.engine.housekeeping import forget_session
 from server.engine.runtime import Runtime
 from server.errors import InvalidRequest, NotFound
 from server.storage.session_store import SessionRecord
+
+ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409)
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size.")]
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]
@@ -40,7 +44,7 @@ async def find_session(runtime: Runtime, session_id: str) -> SessionRecord:
     return record
 
 
-@get("/", summary="List sessions, newest first")
+@get("/", summary="List sessions, newest first", responses=ERRORS)
 async def list_sessions(
     runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
 ) -> SessionPage:
@@ -52,7 +56,7 @@ async def list_sessions(
     )
 
 
-@get("/{session_id:str}", summary="One session, by any of its ids")
+@get("/{session_id:str}", summary="One session, by any of its ids", responses=ERRORS)
 async def get_session(session_id: FromPath[str], runtime: RuntimeDep) -> SessionOut:
     record = await find_session(runtime, session_id)
     summary = await runtime.catalog.summary(record.workspace_id)
@@ -61,7 +65,7 @@ async def get_session(session_id: FromPath[str], runtime: RuntimeDep) -> Session
     return session_out(summary, runtime.workspaces)
 
 
-@get("/{session_id:str}/last", summary="The last answer")
+@get("/{session_id:str}/last", summary="The last answer", responses=ERRORS)
 async def last_assistant_text(session_id: FromPath[str], runtime: RuntimeDep) -> LastAnswer:
     record = await find_session(runtime, session_id)
     text = await runtime.catalog.last_result_text(record.workspace_id)
@@ -70,7 +74,7 @@ async def last_assistant_text(session_id: FromPath[str], runtime: RuntimeDep) ->
     return LastAnswer(session_id=record.latest_claude_session_id, text=text)
 
 
-@get("/{session_id:str}/runs", summary="A session's runs, newest first")
+@get("/{session_id:str}/runs", summary="A session's runs, newest first", responses=ERRORS)
 async def list_session_runs(
     session_id: FromPath[str], runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
 ) -> RunPage:
@@ -89,6 +93,7 @@ async def list_session_runs(
     "/{session_id:str}",
     status_code=200,
     summary="Forget a session; ?purge=true also deletes its workspace and transcripts",
+    responses=ERRORS,
 )
 async def delete_session(
     session_id: FromPath[str], runtime: RuntimeDep, purge: FromQuery[bool] = False

@@ -13,7 +13,6 @@ of every session under a long workspaces root. Nothing here follows a symbolic l
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import stat
@@ -55,16 +54,26 @@ def transcript_paths(child_env: Mapping[str, str], claude_session_ids: Iterable[
 
 
 def remove(child_env: Mapping[str, str], claude_session_ids: Iterable[str]) -> int:
-    """Delete these sessions' transcripts (and project folders left empty); the number of
-    transcript files and folders removed."""
-    removed = 0
-    for path in transcript_paths(child_env, claude_session_ids):
-        mode = os.lstat(path).st_mode
-        if stat.S_ISDIR(mode):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed += not os.path.lexists(path)
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()  # only when nothing else is left in it
-    return removed
+    """Delete these sessions' transcripts; the number of project folders that held them.
+
+    A project folder is one workspace's, and a workspace is one session's, so a folder whose
+    transcripts are all this session's goes whole (with what else the CLI keeps there, such
+    as its ``memory/``). A folder that also holds another id's transcript keeps it: only this
+    session's files leave it.
+    """
+    ids = [str(uuid.UUID(claude_session_id)) for claude_session_id in claude_session_ids]
+    folders = sorted({path.parent for path in transcript_paths(child_env, ids)})
+    ours = {f"{claude_session_id}.jsonl" for claude_session_id in ids}
+    for folder in folders:
+        others = [p for p in folder.glob("*.jsonl") if p.name not in ours]
+        if not others:
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        for path in transcript_paths(child_env, ids):
+            if path.parent != folder:
+                continue
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    return len(folders)

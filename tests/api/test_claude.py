@@ -106,16 +106,7 @@ def refusing_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
             400,
             ["unknown field(s): nope", "Accepted fields: prompt, session_id", "allowedTools"],
         ),
-        pytest.param(
-            b'{"prompt": "x", "session_id": "not-a-uuid"}',
-            400,
-            ["session_id"],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="server/api/errors.py keeps msgspec's message but drops the field's "
-                "name (Litestar moves it to the error's `key`)",
-            ),
-        ),
+        (b'{"prompt": "x", "session_id": "not-a-uuid"}', 400, ["`session_id`"]),
         (
             json.dumps(
                 {"prompt": "x", "session_id": UNKNOWN_SESSION, "conversation": "c"}

@@ -14,12 +14,16 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
+from server.api import schemas as relay_schemas
 from server.app import create_app
+from server.compat.anthropic import schemas as anthropic_schemas
+from server.compat.openai import schemas as openai_schemas
 from server.config import Settings
 from tests.support import fake_claude_bin
 
@@ -49,12 +53,20 @@ VALID: dict[str, dict[str, Any]] = {
 }
 
 
-def _is_error_shape(path: str, body: Any) -> bool:
-    if path == "/api/claude":
-        return isinstance(body, dict) and isinstance(body.get("error"), str)
-    if path == "/v1/messages":
-        return body.get("type") == "error" and isinstance(body["error"]["message"], str)
-    return isinstance(body.get("error", {}).get("message"), str)
+ERROR_BODIES: dict[str, type[msgspec.Struct]] = {
+    "/api/claude": relay_schemas.ErrorBody,
+    "/v1/chat/completions": openai_schemas.ErrorBody,
+    "/v1/messages": anthropic_schemas.ErrorBody,
+}
+
+
+def _is_documented_error(path: str, content: bytes) -> bool:
+    """The body is the error struct the route documents in /schema (and nothing else)."""
+    try:
+        msgspec.json.decode(content, type=ERROR_BODIES[path])
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 DEEP = "\x01deep:"
@@ -145,4 +157,4 @@ def test_no_hostile_body_gets_a_5xx(client: TestClient[Any], path: str, data: An
     response = client.post(path, content=payload, headers={"content-type": "application/json"})
     assert response.status_code < 500, (payload[:300], response.text[:300])
     if response.status_code >= 400:
-        assert _is_error_shape(path, response.json()), response.text[:300]
+        assert _is_documented_error(path, response.content), response.text[:300]

@@ -65,16 +65,20 @@ def test_a_running_session_says_so(fake_relay: Relay) -> None:
     assert get(fake_relay, f"/api/sessions/{session}").json()["state"] == "idle"
 
 
-def test_every_id_ever_reported_resolves_to_the_session(fake_relay: Relay) -> None:
-    old = fake_relay.run(scripted(lines=1)).headers["x-session-id"]
-    rotated = "0f5e9c3e-1d6c-4a8e-9a63-6f1f8a1f3b2d"
-    second = fake_relay.run({**scripted(lines=1, new_session_id=rotated), "session_id": old})
-    assert second.session_id == rotated
-    for any_id in (old, rotated, rotated.upper(), rotated.replace("-", "")):
+def test_a_session_is_found_by_its_id_in_any_spelling_and_keeps_it(fake_relay: Relay) -> None:
+    """The relay names each run's Claude session id; an id the CLI prints that is not the
+    run's own (a tool can print one) is relayed as it is and never becomes the session's."""
+    own = fake_relay.run(scripted(lines=1)).headers["x-session-id"]
+    other = "0f5e9c3e-1d6c-4a8e-9a63-6f1f8a1f3b2d"
+    second = fake_relay.run({**scripted(lines=1, new_session_id=other), "session_id": own})
+    assert other in second.body.decode()  # relayed,
+    assert second.headers["x-session-id"] == own  # but the run is still the session's own
+    for any_id in (own, own.upper(), own.replace("-", "")):
         item = get(fake_relay, f"/api/sessions/{any_id}").json()
-        assert item["session_id"] == rotated and item["session_ids"] == [old, rotated]
-    third = fake_relay.run({**scripted(lines=1), "session_id": old})
-    assert third.headers["x-session-id"] == rotated  # resumes the latest id
+        assert item["session_id"] == own and item["session_ids"] == [own]
+    assert get(fake_relay, f"/api/sessions/{other}").status_code == 404
+    third = fake_relay.run({**scripted(lines=1), "session_id": own})
+    assert third.headers["x-session-id"] == own
     assert len(get(fake_relay, "/api/sessions").json()["sessions"]) == 1
 
 

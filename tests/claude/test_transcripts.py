@@ -36,10 +36,21 @@ def test_only_the_sessions_own_transcripts_go_even_when_slugs_share_a_prefix(
     assert transcripts.transcript_paths(env, [mine]) == sorted(
         [my_folder / mine, my_folder / f"{mine}.jsonl"]
     )
-    assert transcripts.remove(env, [mine]) == 2
-    assert not my_folder.exists()  # left empty, so it went too
+    (my_folder / "memory").mkdir()  # what else the CLI keeps for the workspace
+    assert transcripts.remove(env, [mine]) == 1
+    assert not my_folder.exists()  # only this session's transcripts in it: it went whole
     assert (their_folder / f"{theirs}.jsonl").exists()
     assert (their_folder / theirs / "subagent.jsonl").exists()
+
+
+def test_a_folder_shared_with_another_session_keeps_the_others_transcript(
+    tmp_path: Path,
+) -> None:
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    folder = _layout(tmp_path, "-shared", mine)
+    _layout(tmp_path, "-shared", theirs)
+    assert transcripts.remove({"HOME": str(tmp_path)}, [mine]) == 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted([theirs, f"{theirs}.jsonl"])
 
 
 def test_a_project_folder_that_is_a_link_is_not_searched(tmp_path: Path) -> None:

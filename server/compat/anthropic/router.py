@@ -15,7 +15,7 @@ from litestar.params import JSONBody
 from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
-from server.api.errors import BODY_OPT, exception_handlers
+from server.api.errors import BODY_OPT, documented_errors, exception_handlers
 from server.api.sse import sse_response
 from server.compat.anthropic import schemas
 from server.compat.chat import (
@@ -56,7 +56,10 @@ class _Events(StreamShape):
     description="Anthropic Messages API backed by Claude Code sessions; see /v1/chat/completions"
     " for how conversations continue. With `stream: true` the answer is the Messages API's"
     " Server-Sent Events (`message_start` … `message_stop`).",
-    responses={200: ResponseSpec(schemas.Message, description="The message, or its stream.")},
+    responses={
+        200: ResponseSpec(schemas.Message, description="The message, or its stream."),
+        **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503),
+    },
     opt={BODY_OPT: schemas.MessagesRequest},
 )
 async def create_message(

@@ -175,6 +175,18 @@ _ERROR_TYPES: list[tuple[type[Refused], str]] = [
 ]
 
 
+class ErrorDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct):
+    """Anthropic's error shape, as every error on this route is answered."""
+
+    error: ErrorDetail
+    type: str = "error"
+
+
 def error_body(error: Refused) -> dict[str, Any]:
     """Anthropic's error object, so its SDK raises the usual exception class."""
     kind = next((kind for cls, kind in _ERROR_TYPES if isinstance(error, cls)), "api_error")

@@ -19,7 +19,7 @@ from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
-from server.api.errors import BODY_OPT, exception_handlers
+from server.api.errors import BODY_OPT, documented_errors, exception_handlers
 from server.api.sse import sse_response
 from server.compat.chat import (
     Outcome,
@@ -120,7 +120,8 @@ class _Chunks(StreamShape):
         200: ResponseSpec(
             schemas.ChatCompletion,
             description="The completion, or (with `stream: true`) a stream of chunks.",
-        )
+        ),
+        **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503),
     },
     opt={BODY_OPT: schemas.ChatCompletionRequest},
 )

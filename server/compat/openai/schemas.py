@@ -278,6 +278,19 @@ _ERROR_TYPES: list[tuple[type[Refused], str, str | None]] = [
 ]
 
 
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    """OpenAI's error shape, as every error on these routes is answered."""
+
+    error: ErrorDetail
+
+
 def error_body(error: Refused) -> dict[str, Any]:
     """OpenAI's error object, so its SDK raises the usual exception class."""
     kind, code = next(

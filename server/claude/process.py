@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,9 +271,29 @@ async def sweep(marker: str, *, grace: float, since: float = 0.0) -> int:
         return 0
     log.info("run %s: stopping %d leftover process(es)", marker, len(leftovers))
     _kill_all(leftovers, signal.SIGTERM)
-    _gone, alive = await asyncio.to_thread(psutil.wait_procs, leftovers, max(grace, 0.1))
+    alive = await _until_gone(leftovers, max(grace, 0.1))
     _kill_all(alive, signal.SIGKILL)
     return len(leftovers)
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie: an orphan that died waits for whoever adopted it to reap it
+    (in a container that may be never), but it holds nothing of the run any more."""
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+async def _until_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait (polling: they are not our children) until every process has exited; the ones
+    still running after ``timeout``. psutil's own wait counts a zombie as running."""
+    deadline = time.monotonic() + timeout
+    alive = [proc for proc in processes if _running(proc)]
+    while alive and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        alive = [proc for proc in alive if _running(proc)]
+    return alive
 
 
 def kill_orphans(marker: str) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 from litestar import Request, Router, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
@@ -16,20 +15,13 @@ from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import BODY_OPT, documented_errors, exception_handlers
-from server.api.sse import sse_response
 from server.compat.anthropic import schemas
 from server.compat.chat import (
     Outcome,
     StreamShape,
-    TurnRequest,
-    chat_stream,
-    start_turn,
-    wait_unless_disconnected,
 )
-from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER
-from server.compat.openai.router import disconnect_watcher, json_response
 from server.compat.openai.schemas import resolve_model
-from server.errors import RunFailed
+from server.compat.web import begin_turn, streamed_answer, whole_answer
 
 
 class _Events(StreamShape):
@@ -70,35 +62,23 @@ async def create_message(
     manager: ManagerDep,
     api_key_id: CallerDep,
 ) -> ASGIApp:
-    turn_request = TurnRequest(
-        history=schemas.parse_messages(data.messages, schemas.parse_system(data.system)),
-        cli_model=resolve_model(data.model, settings.models),
-        session_header=request.headers.get(SESSION_HEADER),
-        conversation_header=request.headers.get(CONVERSATION_HEADER),
-    )
-    turn = await start_turn(
-        turn_request,
-        api_key_id=api_key_id,
+    turn = await begin_turn(
+        request,
+        schemas.parse_messages(data.messages, schemas.parse_system(data.system)),
+        resolve_model(data.model, settings.models),
         settings=settings,
+        runtime=runtime,
         manager=manager,
-        fingerprints=runtime.fingerprints,
+        api_key_id=api_key_id,
     )
     mid = schemas.message_id(turn.run.id)
-    if not data.stream:
-        outcome = await wait_unless_disconnected(turn, disconnect_watcher(request))
-        if not outcome.ok:
-            error = RunFailed(outcome.error or "the run failed")
-            return json_response(schemas.error_body(error), status=500, headers=turn.headers)
-        body = schemas.message(mid, data.model, outcome.reply, outcome.result)
-        return json_response(body, headers=turn.headers)
-    shutdown = anyio.Event()
-    return sse_response(
-        chat_stream(turn, _Events(mid, data.model), shutdown),
-        ping_interval=settings.ping_interval,
-        shutdown_grace=settings.shutdown_grace,
-        headers=turn.headers,
-        shutdown=shutdown,
-    )
+    if data.stream:
+        return streamed_answer(turn, _Events(mid, data.model), settings)
+
+    def message(outcome: Outcome) -> schemas.Message:
+        return schemas.message(mid, data.model, outcome.reply, outcome.result)
+
+    return await whole_answer(request, turn, message, schemas.error_body)
 
 
 router = Router(

@@ -10,30 +10,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import anyio
-import msgspec
-from litestar import MediaType, Request, Router, get, post
+from litestar import Request, Router, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
-from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import BODY_OPT, documented_errors, exception_handlers
-from server.api.sse import sse_response
-from server.compat.chat import (
-    Outcome,
-    StreamShape,
-    Turn,
-    TurnRequest,
-    chat_stream,
-    start_turn,
-    wait_unless_disconnected,
-)
+from server.compat.chat import Outcome, StreamShape
 from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER
 from server.compat.openai import schemas
 from server.compat.reply import openai_finish_reason
-from server.errors import ModelNotFound, RunFailed
+from server.compat.web import begin_turn, streamed_answer, whole_answer
+from server.errors import ModelNotFound
 
 CHAT_DESCRIPTION = f"""\
 OpenAI Chat Completions backed by Claude Code sessions. Send the whole conversation each turn,
@@ -44,25 +33,6 @@ your own). Knobs the CLI cannot honour (`temperature`, `max_tokens`, `tools`, ..
 accepted and ignored. With `stream: true` the answer is Server-Sent Events of
 `chat.completion.chunk` objects ending with `data: [DONE]`.
 """
-
-
-def json_response(payload: Any, *, status: int = 200, headers: dict[str, str]) -> ASGIResponse:
-    return ASGIResponse(
-        body=msgspec.json.encode(payload),
-        status_code=status,
-        media_type=MediaType.JSON,
-        headers=headers,
-    )
-
-
-def disconnect_watcher(request: Request[Any, Any, Any]) -> Any:
-    """A coroutine function that returns when the client has gone away."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    return disconnected
 
 
 @get("/models", summary="List the model ids (OpenAI shape)")
@@ -133,47 +103,25 @@ async def chat_completions(
     manager: ManagerDep,
     api_key_id: CallerDep,
 ) -> ASGIApp:
-    turn_request = TurnRequest(
-        history=schemas.parse_messages(data.messages),
-        cli_model=schemas.resolve_model(data.model, settings.models),
+    turn = await begin_turn(
+        request,
+        schemas.parse_messages(data.messages),
+        schemas.resolve_model(data.model, settings.models),
         effort=schemas.effort_of(data.reasoning_effort),
-        session_header=request.headers.get(SESSION_HEADER),
-        conversation_header=request.headers.get(CONVERSATION_HEADER),
-    )
-    turn = await start_turn(
-        turn_request,
-        api_key_id=api_key_id,
         settings=settings,
+        runtime=runtime,
         manager=manager,
-        fingerprints=runtime.fingerprints,
+        api_key_id=api_key_id,
     )
     cid = schemas.completion_id(turn.run.id)
     created = int(time.time())
-    if not data.stream:
-        return await _whole(turn, data, cid, created, request)
-    shutdown = anyio.Event()
-    return sse_response(
-        chat_stream(turn, _Chunks(data, cid, created), shutdown),
-        ping_interval=settings.ping_interval,
-        shutdown_grace=settings.shutdown_grace,
-        headers=turn.headers,
-        shutdown=shutdown,
-    )
+    if data.stream:
+        return streamed_answer(turn, _Chunks(data, cid, created), settings)
 
+    def completion(outcome: Outcome) -> schemas.ChatCompletion:
+        return schemas.completion(cid, created, data.model, outcome.reply, outcome.result)
 
-async def _whole(
-    turn: Turn,
-    data: schemas.ChatCompletionRequest,
-    cid: str,
-    created: int,
-    request: Request[Any, Any, Any],
-) -> ASGIApp:
-    outcome = await wait_unless_disconnected(turn, disconnect_watcher(request))
-    if not outcome.ok:
-        error = RunFailed(outcome.error or "the run failed")
-        return json_response(schemas.error_body(error), status=500, headers=turn.headers)
-    body = schemas.completion(cid, created, data.model, outcome.reply, outcome.result)
-    return json_response(body, headers=turn.headers)
+    return await whole_answer(request, turn, completion, schemas.error_body)
 
 
 router = Router(

@@ -1,0 +1,100 @@
+"""The Litestar side that both compatible routers share: starting a turn from a request,
+answering it whole or as a stream, and JSON answers in either API's shape.
+
+The turn itself (continuity, the reply, the stream loop) is ``chat.py``'s, free of Litestar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+from litestar import MediaType, Request
+from litestar.response.base import ASGIResponse
+from litestar.types import ASGIApp
+
+from server.api.sse import sse_response
+from server.compat.chat import (
+    Outcome,
+    StreamShape,
+    Turn,
+    TurnRequest,
+    chat_stream,
+    start_turn,
+    wait_unless_disconnected,
+)
+from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER, ChatHistory
+from server.config import Settings
+from server.engine.manager import RunManager
+from server.engine.runtime import Runtime
+from server.errors import Refused, RunFailed
+
+
+def json_response(payload: Any, *, status: int = 200, headers: dict[str, str]) -> ASGIResponse:
+    return ASGIResponse(
+        body=msgspec.json.encode(payload),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+async def begin_turn(
+    request: Request[Any, Any, Any],
+    history: ChatHistory,
+    cli_model: str | None,
+    *,
+    effort: str | None = None,
+    settings: Settings,
+    runtime: Runtime,
+    manager: RunManager,
+    api_key_id: str,
+) -> Turn:
+    """Start the turn a chat request asks for (its headers may name the session)."""
+    turn_request = TurnRequest(
+        history=history,
+        cli_model=cli_model,
+        effort=effort,
+        session_header=request.headers.get(SESSION_HEADER),
+        conversation_header=request.headers.get(CONVERSATION_HEADER),
+    )
+    return await start_turn(
+        turn_request,
+        api_key_id=api_key_id,
+        settings=settings,
+        manager=manager,
+        fingerprints=runtime.fingerprints,
+    )
+
+
+async def whole_answer(
+    request: Request[Any, Any, Any],
+    turn: Turn,
+    body_of: Callable[[Outcome], Any],
+    error_body: Callable[[Refused], Any],
+) -> ASGIApp:
+    """The answer once the run has ended (stopping it if the client leaves first)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    outcome = await wait_unless_disconnected(turn, disconnected)
+    if not outcome.ok:
+        error = RunFailed(outcome.error or "the run failed")
+        return json_response(error_body(error), status=500, headers=turn.headers)
+    return json_response(body_of(outcome), headers=turn.headers)
+
+
+def streamed_answer(turn: Turn, shape: StreamShape, settings: Settings) -> ASGIApp:
+    """The answer as the API's Server-Sent Events, as the reply is produced."""
+    shutdown = anyio.Event()
+    return sse_response(
+        chat_stream(turn, shape, shutdown),
+        ping_interval=settings.ping_interval,
+        shutdown_grace=settings.shutdown_grace,
+        headers=turn.headers,
+        shutdown=shutdown,
+    )

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ class Plan:
     session_lookups: int
     persist_lines: int
     persist_reps: int
+    key_proxy_reps: int
 
 
 QUICK = Plan(
@@ -76,6 +78,7 @@ QUICK = Plan(
     session_lookups=500,
     persist_lines=5_000,
     persist_reps=2,
+    key_proxy_reps=60,
 )
 
 FULL = Plan(
@@ -94,6 +97,7 @@ FULL = Plan(
     session_lookups=5_000,
     persist_lines=50_000,
     persist_reps=5,
+    key_proxy_reps=400,
 )
 
 PLANS = {"quick": QUICK, "full": FULL}
@@ -729,6 +733,74 @@ def _stored_events(database: Path) -> int:
         return 0
 
 
+# -- 8. the key pass-through ------------------------------------------------------------------
+
+
+async def key_proxy(plan: Plan, folder: Path) -> dict[str, Any]:
+    """Time to the first byte of a streamed /v1/messages answer of the fake Anthropic API,
+    straight and through the pass-through, in alternating pairs on kept-alive connections."""
+    import httpx
+
+    from server.engine.key_proxy import key_proxy_for
+    from tests.fakes.anthropic_api import FakeAnthropicAPI
+
+    api = FakeAnthropicAPI(required_key="sk-bench").start()
+    proxy = key_proxy_for("on", {"ANTHROPIC_API_KEY": "sk-bench", "ANTHROPIC_BASE_URL": api.url})
+    assert proxy is not None
+    await asyncio.to_thread(proxy.start)
+    token = proxy.issue("bench")
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    sides = {"direct": (api.url, "sk-bench"), "proxy": (proxy.url, token)}
+    first: dict[str, list[float]] = {"direct": [], "proxy": []}
+    errors = 0
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for rep in range(plan.key_proxy_reps + 5):
+                order = ("direct", "proxy") if rep % 2 == 0 else ("proxy", "direct")
+                for side in order:
+                    url, key = sides[side]
+                    t0 = time.perf_counter()
+                    async with client.stream(
+                        "POST", url + "/v1/messages", json=body, headers={"x-api-key": key}
+                    ) as response:
+                        elapsed = float("nan")
+                        async for _ in response.aiter_raw():
+                            if elapsed != elapsed:  # the first chunk: the time we measure
+                                elapsed = (time.perf_counter() - t0) * 1000
+                    errors += response.status_code != 200
+                    if rep >= 5:  # the first pairs warm both paths up
+                        first[side].append(elapsed)
+    finally:
+        await asyncio.to_thread(proxy.stop)
+        api.stop()
+    added = [p - d for p, d in zip(first["proxy"], first["direct"], strict=True)]
+    median_added = statistics.median(added)
+    return {
+        "figures": {
+            "time to first byte, direct": summary(first["direct"], "ms"),
+            "time to first byte, through the pass-through": summary(first["proxy"], "ms"),
+            "added by the pass-through (paired)": summary(added, "ms"),
+        },
+        "errors": errors,
+        "notes": [],
+        "targets": [
+            target(
+                "key pass-through: added time to first byte, median",
+                median_added,
+                2,
+                "ms",
+                at_most=True,
+            ),
+            target("key pass-through: failed requests", errors, 0, "", at_most=True),
+        ],
+    }
+
+
 SCENARIOS = {
     "throughput": throughput,
     "latency": latency,
@@ -737,6 +809,7 @@ SCENARIOS = {
     "real_cli": real_cli,
     "sessions": session_lookup,
     "persistence": persistence,
+    "key_proxy": key_proxy,
 }
 
 TITLES = {
@@ -747,6 +820,7 @@ TITLES = {
     "real_cli": "5. Real CLI through the relay vs direct",
     "sessions": "6. Session table lookup",
     "persistence": "7. Event persistence on vs off",
+    "key_proxy": "8. The key pass-through: added time to first byte",
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -165,6 +166,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Small writes (headers, then each event) must not wait for the client's delayed ACK:
+        # without this, many answers start ~40 ms late, which no real API does.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_HEAD(self) -> None:
         self.send_response(200)

@@ -13,6 +13,7 @@ Either way nothing is mocked between the HTTP client and the CLI; the test stops
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
@@ -124,7 +125,7 @@ def parse_sse(text: str) -> tuple[list[Event], list[str]]:
 
 
 @dataclass
-class Relay:
+class Relay(abc.ABC):
     """A running relay and what it was started with (base of both launchers)."""
 
     url: str
@@ -135,8 +136,9 @@ class Relay:
     api_key: str | None = None
 
     @property
+    @abc.abstractmethod
     def pid(self) -> int:
-        raise NotImplementedError
+        """The process that serves it (this one, for an in-process relay)."""
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -174,8 +176,9 @@ class Relay:
         except psutil.NoSuchProcess:
             return []
 
+    @abc.abstractmethod
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
-        raise NotImplementedError
+        """Stop it (SIGTERM: gracefully) and return its exit status."""
 
 
 @dataclass

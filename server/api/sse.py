@@ -38,15 +38,9 @@ def _ping() -> ServerSentEvent:
     return ServerSentEvent(comment="ping", sep="\n")
 
 
-async def stop_on_shutdown(event: anyio.Event, run: Run) -> None:
-    """A stream stops its run when the app is asked to stop."""
-    await event.wait()
-    run.request_stop(StopReason.SHUTDOWN)
-
-
 async def _relay_events(run: Run, after: int, shutdown: anyio.Event) -> AsyncIterator[bytes]:
     """The stream of the client that started the run: leaving it stops the run."""
-    watcher = asyncio.create_task(stop_on_shutdown(shutdown, run))
+    watcher = asyncio.create_task(run.stop_on(shutdown))
     try:
         async for batch in run.follow(after):
             yield encode_events(batch)

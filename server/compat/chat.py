@@ -240,11 +240,7 @@ async def chat_stream(
     shutting down stops it too, and the stream then ends with the run's error.
     """
 
-    async def stop_on_shutdown() -> None:
-        await shutdown.wait()
-        turn.run.request_stop(StopReason.SHUTDOWN)
-
-    watcher = asyncio.create_task(stop_on_shutdown())
+    watcher = asyncio.create_task(turn.run.stop_on(shutdown))
     try:
         yield shape.start()
         try:

@@ -28,6 +28,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import anyio
 import msgspec
 
 from server.claude import process
@@ -190,6 +191,12 @@ class Run:
             name=f"stop-{self.id}",
         )
         return True
+
+    async def stop_on(self, shutdown: anyio.Event) -> None:
+        """Stop the run once ``shutdown`` is set: every stream that follows a run to its end
+        runs this beside itself, so the app stopping stops what its streams show."""
+        await shutdown.wait()
+        self.request_stop(StopReason.SHUTDOWN)
 
     # -- following -----------------------------------------------------------------------
 

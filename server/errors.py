@@ -4,6 +4,7 @@
 
     RelayError                  base; never raised itself
     ├── ConfigError             bad settings: the server refuses to start
+    ├── Lagged                  a follower fell behind the events a relay keeps in memory
     └── Refused                 a request the relay will not carry out (nothing was started)
         ├── InvalidRequest      malformed body, unknown field, invalid value
         ├── Unauthorized        missing or wrong API key
@@ -14,6 +15,8 @@
         ├── TooLarge            prompt or body over the configured cap
         ├── TooManyRuns         the concurrent-run cap is reached (``retry_after`` seconds)
         ├── CLIUnavailable      the Claude Code executable cannot be run
+        ├── StorageUnavailable  the database or workspaces cannot be written (``retry_after``)
+        │   └── StorageFull     ... because the disk is full
         └── RunFailed           the run behind a non-streaming answer failed
 
 The web layer maps each class to a status code and a body shape (``server/api/errors.py`` for
@@ -30,6 +33,11 @@ class RelayError(Exception):
 
 class ConfigError(RelayError):
     """A setting is missing, malformed or unsafe; raised before the server listens."""
+
+
+class Lagged(RelayError):
+    """A follower fell so far behind a run that the events it needs are neither in memory
+    nor stored (``CLAUDE_RELAY_PERSIST_EVENTS=off``); its stream ends with a notice."""
 
 
 class Refused(RelayError):
@@ -82,3 +90,16 @@ class CLIUnavailable(Refused):
 
 class RunFailed(Refused):
     """The CLI run behind a non-streaming (or not yet started) answer failed."""
+
+
+class StorageUnavailable(Refused):
+    """The database or the workspaces root cannot be written now; try again after
+    ``retry_after`` seconds (the relay serves again as soon as it can write)."""
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageFull(StorageUnavailable):
+    """The database's or the workspaces' disk is full."""

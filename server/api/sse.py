@@ -17,7 +17,9 @@ import anyio
 from litestar.types import ASGIApp
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from server.engine.relay_events import relay_lagged
 from server.engine.run import Run, StopReason
+from server.errors import Lagged
 
 
 def encode_events(events: list[tuple[int, bytes]]) -> bytes:
@@ -38,12 +40,20 @@ def _ping() -> ServerSentEvent:
     return ServerSentEvent(comment="ping", sep="\n")
 
 
+def encode_lagged(error: Lagged) -> bytes:
+    """The last event of a follower that fell too far behind: no ``id:``, it is no event of
+    the run (a client that reconnects with its Last-Event-ID loses nothing more)."""
+    return b"data: " + relay_lagged(str(error)) + b"\n\n"
+
+
 async def _relay_events(run: Run, after: int, shutdown: anyio.Event) -> AsyncIterator[bytes]:
     """The stream of the client that started the run: leaving it stops the run."""
     watcher = asyncio.create_task(run.stop_on(shutdown))
     try:
         async for batch in run.follow(after):
             yield encode_events(batch)
+    except Lagged as exc:
+        yield encode_lagged(exc)
     finally:
         watcher.cancel()
         # After its result the CLI is only exiting: leaving then is not a cancellation.
@@ -53,8 +63,11 @@ async def _relay_events(run: Run, after: int, shutdown: anyio.Event) -> AsyncIte
 
 async def encoded(batches: AsyncIterator[list[tuple[int, bytes]]]) -> AsyncIterator[bytes]:
     """Any follower's batches as SSE chunks; leaving it changes nothing about the run."""
-    async for batch in batches:
-        yield encode_events(batch)
+    try:
+        async for batch in batches:
+            yield encode_events(batch)
+    except Lagged as exc:
+        yield encode_lagged(exc)
 
 
 def sse_response(

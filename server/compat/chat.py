@@ -28,7 +28,7 @@ from server.compat.reply import ReplyReader
 from server.config import Settings
 from server.engine.manager import RunManager, RunRequest
 from server.engine.run import Run, StopReason
-from server.errors import RunFailed
+from server.errors import Lagged, RunFailed
 from server.storage.fingerprint_store import FingerprintStore
 from server.storage.run_store import RunStatus
 
@@ -98,12 +98,14 @@ class Turn:
         """Wait for the run's end; on success remember the conversation for the next turn."""
         if self._outcome is not None:
             return self._outcome
-        await self.run.wait()
-        # Lines not read yet (the result, when deltas() was not drained).
+        # Lines not read yet (the result, when deltas() was not drained), to the run's end.
         early, self._early = self._early, []
-        for _, data in [*early, *self.run.events_after(self._seen)]:
+        for _, data in early:
             self.reader.feed(data)
-        self._seen = self.run.last_seq
+        async for batch in self.run.follow(self._seen):
+            for _, data in batch:
+                self.reader.feed(data)
+            self._seen = batch[-1][0]
         run = self.run
         ok = run.status is RunStatus.SUCCEEDED
         outcome = Outcome(ok, self.reader.result or run.result, self.reader.text)
@@ -247,6 +249,9 @@ async def chat_stream(
             async for text in turn.deltas():
                 yield shape.delta(text)
             outcome = await turn.finish()
+        except Lagged as exc:
+            yield shape.error(str(exc))
+            return
         except Exception:
             log.exception("run %s: the chat stream failed", turn.run.id)
             yield shape.error("internal error; see the relay's log")

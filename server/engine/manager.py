@@ -21,6 +21,7 @@ from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
 from server.engine.planner import ByConversation, Placement, Planner, ResumeLatest, Target
+from server.engine.relay_events import relay_error
 from server.engine.run import Limits, PromptInput, Run, StopReason
 from server.engine.runtime import Runtime
 from server.errors import Conflict, TooLarge, TooManyRuns
@@ -30,6 +31,10 @@ from server.storage.session_store import ConversationTaken
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+STORED_PAGE = 8
+"""Stored chunks a lagging follower reads at a time (a chunk holds at most 4 MiB)."""
+RECORD_RETRY_MAX = 5.0
+"""Longest wait between attempts to record a run's end while storage fails."""
 ANONYMOUS = "anonymous"
 
 
@@ -109,6 +114,7 @@ class RunManager:
         self.runs: dict[str, Run] = {}
         self._slots = 0
         self._new_sessions: set[str] = set()
+        self._retries: set[asyncio.Task[None]] = set()
         self.limits = Limits(
             idle_timeout=settings.idle_timeout,
             total_timeout=settings.total_timeout,
@@ -248,7 +254,12 @@ class RunManager:
     async def _abandon(self, target: Placement, run_id: str, why: str) -> None:
         """Undo :meth:`_claim` for a run whose CLI could not start."""
         if target.resume:
-            await self.runtime.runs.mark_failed(run_id, why, stop_reason="not_started")
+            await self.runtime.runs.mark_failed(
+                run_id,
+                why,
+                stop_reason="not_started",
+                final_event=relay_error(why, exit_code=None, stderr=""),
+            )
             await self.store.release(target.workspace_id, run_id=run_id)
         else:
             self._new_sessions.discard(run_id)
@@ -264,27 +275,64 @@ class RunManager:
             await self.store.add_claude_session_id(run.workspace_id, run.claude_session_id)
 
     async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
+        """Stored first, shown after (the writer releases them); unstored ones at once."""
         if self.settings.persist_events:
-            self.runtime.event_writer.add(run.id, first_seq, events)
+            self.runtime.event_writer.add(run.id, first_seq, events, run)
+        else:
+            run.release(first_seq + len(events) - 1)
+
+    async def stored_events(self, run: Run, after: int) -> list[tuple[int, bytes]]:
+        if not self.settings.persist_events:
+            return []
+        return await self.runtime.events.events(run.id, after, STORED_PAGE)
 
     async def finished(self, run: Run) -> None:
         """Record the outcome, then free the session; the live run is dropped last, so a
-        reader finds it either in memory or, complete, in the database."""
+        reader finds it either in memory or, complete, in the database.
+
+        If storage fails, the run's slot is given back at once but the run stays in memory
+        (followers still find it whole) and its end is recorded, and its session freed, as
+        soon as storage works again: no restart is needed to unlock it.
+        """
         created = run.id in self._new_sessions
         self._new_sessions.discard(run.id)
         self._revoke(run.id)
         log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
+        self._slots -= 1
         try:
-            if created and not run.session_reported:
-                # The CLI never reported the session, so there is no transcript to resume.
-                await self.store.delete(run.workspace_id, only_if_idle=False)
-                self.workspaces.remove(run.workspace_id)
-                return
-            await self.runtime.event_writer.flush()
-            await self.store.finish_run(run.workspace_id, run.id, outcome_of(run))
-        finally:
-            self._slots -= 1
+            await self._record_end(run, created)
+        except Exception as exc:
+            log.warning("run %s: its end is not recorded yet (%s); retrying", run.id, exc)
+            retry = asyncio.create_task(self._record_end_later(run, created))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+            return
+        self.runs.pop(run.id, None)
+
+    async def _record_end(self, run: Run, created: bool) -> None:
+        if created and not run.session_reported:
+            # The CLI never reported the session, so there is no transcript to resume.
+            await self.store.delete(run.workspace_id, only_if_idle=False)
+            self.workspaces.remove(run.workspace_id)
+            return
+        await self.runtime.event_writer.flush()
+        # A final event shown while storage was failing is stored with the outcome.
+        final = run.final_event if run.storage_error is not None else None
+        await self.store.finish_run(run.workspace_id, run.id, outcome_of(run), final_event=final)
+
+    async def _record_end_later(self, run: Run, created: bool) -> None:
+        delay = 0.25
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX)
+            try:
+                await self._record_end(run, created)
+            except Exception as exc:
+                log.debug("run %s: recording its end failed again (%s)", run.id, exc)
+                continue
+            log.info("run %s: its end is recorded and its session free", run.id)
             self.runs.pop(run.id, None)
+            return
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -300,3 +348,6 @@ class RunManager:
         if runs:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*runs), limit)
+        for retry in list(self._retries):
+            # What storage still refuses is left to the next start's recovery.
+            retry.cancel()

@@ -2,7 +2,8 @@
 
 Every stdout line of the CLI is one event of its run. The relay adds events of its own with
 ``"type": "relay"``: ``raw`` (a stdout line that was not JSON, made in ``claude/lines.py``) and
-``error`` (the run ended badly; always the last event).
+``error`` (the run ended badly; always the last event), and ``lagged`` (sent to a follower
+that fell too far behind, without an event id: it is not one of the run's events).
 """
 
 from __future__ import annotations
@@ -21,3 +22,8 @@ def relay_error(message: str, *, exit_code: int | None, stderr: str) -> bytes:
             "stderr": stderr,
         }
     )
+
+
+def relay_lagged(message: str) -> bytes:
+    """The notice that ends the stream of a follower the run's events left behind."""
+    return msgspec.json.encode({"type": "relay", "subtype": "lagged", "message": message})

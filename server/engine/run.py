@@ -5,9 +5,14 @@ That split is what makes a run outlive its client when asked to (detached runs),
 client re-attach, and makes stopping one place: :meth:`Run.request_stop`.
 
 The supervisor task reads stdout in large chunks, splits and classifies lines, and appends
-them to the run's event list; followers wake once per chunk and take every new event in one
-batch. stderr is drained concurrently into a bounded tail; a watchdog enforces the idle and
-total timeouts. When the process is gone, leftovers are swept and the outcome is settled,
+them to the run's :class:`~server.engine.event_window.EventWindow`. The observer stores them
+and *releases* them (:meth:`Run.release`) once stored: followers see an event only then, so
+a client never holds an event that a replay would lack, and they wake once per release to take
+every new event in one batch. Memory is bounded: only the newest events stay in the window,
+and a follower that falls behind reads the older ones from storage.
+
+stderr is drained concurrently into a bounded tail; a watchdog enforces the idle and total
+timeouts. When the process is gone, leftovers are swept and the outcome is settled,
 including a final ``relay/error`` event whenever the run did not end with a clean result.
 
 Input is a strategy (:class:`PromptInput`): today it writes the prompt to stdin and ends it
@@ -33,7 +38,9 @@ import msgspec
 
 from server.claude import process
 from server.claude.lines import LineSplitter, LineTooLong, classify
+from server.engine.event_window import DEFAULT_BUDGET, EventWindow
 from server.engine.relay_events import relay_error
+from server.errors import Lagged
 from server.storage.run_store import RunStatus
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ class StopReason(enum.StrEnum):
     TOTAL_TIMEOUT = "total_timeout"
     SHUTDOWN = "shutdown"
     LINE_TOO_LONG = "line_too_long"
+    STORAGE = "storage"
 
 
 _STOP_STATUS = {
@@ -57,6 +65,7 @@ _STOP_STATUS = {
     StopReason.TOTAL_TIMEOUT: RunStatus.TIMED_OUT,
     StopReason.SHUTDOWN: RunStatus.FAILED,
     StopReason.LINE_TOO_LONG: RunStatus.FAILED,
+    StopReason.STORAGE: RunStatus.FAILED,
 }
 
 
@@ -68,6 +77,7 @@ class Limits:
     terminate_grace: float
     max_line_bytes: int
     stderr_tail_bytes: int
+    window_bytes: int = DEFAULT_BUDGET
 
 
 class RunObserver(Protocol):
@@ -78,7 +88,12 @@ class RunObserver(Protocol):
         relayed: from then on its transcript exists under that id."""
 
     async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
-        """Called after a batch of events became visible to followers."""
+        """Called for each batch of new events: store them, then :meth:`Run.release` them
+        (or :meth:`Run.storage_failed`)."""
+
+    async def stored_events(self, run: Run, after: int) -> list[tuple[int, bytes]]:
+        """Stored events after ``after`` (a page), for a follower the window left behind;
+        empty when events are not stored."""
 
     async def finished(self, run: Run) -> None:
         """Called once, after the last event, before followers see the run as done."""
@@ -140,13 +155,21 @@ class Run:
     ended_at: float | None = None
     session_reported: bool = False
     """The CLI has named the run's own Claude session id (its first line does)."""
-    _events: list[bytes] = field(default_factory=list)
+    storage_error: str | None = None
+    """Why the run's events could not be stored: it was stopped, and its last event (the
+    relay's error) is shown before it is stored; the relay stores it when it can."""
+    final_event: tuple[int, bytes] | None = None
+    """The relay's own last event (number, data), when the run ended with one."""
+    _window: EventWindow = field(init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     _child: process.Child | None = None
     _stopper: asyncio.Task[None] | None = None
     _supervisor: asyncio.Task[None] | None = None
     _last_output: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._window = EventWindow(self.limits.window_bytes)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -169,7 +192,7 @@ class Run:
 
     @property
     def last_seq(self) -> int:
-        return len(self._events)
+        return self._window.appended
 
     async def wait(self) -> None:
         await self._done.wait()
@@ -200,15 +223,23 @@ class Run:
 
     # -- following -----------------------------------------------------------------------
 
-    def events_after(self, seq: int) -> list[tuple[int, bytes]]:
-        return [(i + 1, data) for i, data in enumerate(self._events[seq:], start=seq)]
-
     async def follow(self, after: int = 0) -> AsyncGenerator[list[tuple[int, bytes]]]:
-        """Batches of ``(seq, data)`` after ``after``, live, until the run's last event."""
+        """Batches of ``(seq, data)`` after ``after``, live, until the run's last event.
+
+        Raises :class:`~server.errors.Lagged` if the follower fell behind events that are
+        neither in memory nor stored.
+        """
         seen = after
         while True:
-            if seen < len(self._events):
-                batch = self.events_after(seen)
+            if seen < self._window.released:
+                batch = self._window.after(seen)
+                if batch is None:
+                    batch = await self.observer.stored_events(self, seen)
+                    if not batch:
+                        raise Lagged(
+                            f"the client fell behind run {self.id} by over "
+                            f"{self._window.budget} bytes, more than is kept"
+                        )
                 seen = batch[-1][0]
                 yield batch
                 continue
@@ -216,6 +247,37 @@ class Run:
                 return
             # _settle notifies after marking the run done, so this wait cannot miss the end.
             await self._wakeup.wait()
+
+    def release(self, upto: int) -> None:
+        """Events up to ``upto`` are stored (or need not be): followers may see them."""
+        if self._window.release(upto):
+            self._notify()
+
+    def storage_failed(self, why: str) -> None:
+        """The run's events could not be stored: what was not shown is dropped (no client
+        saw it, the CLI's transcript keeps it), and the run stops with ``why``."""
+        if self.storage_error is not None:
+            return
+        self.storage_error = why
+        self._window.discard_unreleased()
+        self._notify()
+        if self.ended_at is None:
+            self.request_stop(StopReason.STORAGE)
+            return
+        # The run was already ending, and its last events are what could not be stored.
+        self.status = RunStatus.FAILED
+        self._add_final_event(self._stop_message(StopReason.STORAGE), "")
+
+    def _add_final_event(self, message: str, stderr: str) -> tuple[int, bytes]:
+        """The relay's error as the run's last event. Once storage has failed it is shown at
+        once; the observer stores it when storage is back."""
+        self.error_message = message
+        event = relay_error(message, exit_code=self.exit_code, stderr=stderr)
+        seq = self._window.append([event])
+        self.final_event = (seq, event)
+        if self.storage_error is not None:
+            self.release(seq)
+        return seq, event
 
     def _notify(self) -> None:
         self._wakeup.set()
@@ -272,6 +334,7 @@ class Run:
                 lines = splitter.feed(chunk)
                 if lines:
                     await self._accept(lines)
+                    await self._wait_for_storage()
             last = splitter.finish()
             if last is not None:
                 await self._accept([last])
@@ -281,8 +344,16 @@ class Run:
             while await read(process.READ_CHUNK):
                 pass
 
+    async def _wait_for_storage(self) -> None:
+        """Stop reading while too much waits to be stored: the CLI blocks on its stdout
+        instead of the relay holding its output in memory."""
+        window = self._window
+        while window.unreleased_bytes > window.budget and self.storage_error is None:
+            await self._wakeup.wait()
+
     async def _accept(self, raw_lines: list[bytes]) -> None:
-        first_seq = len(self._events) + 1
+        if self.storage_error is not None:
+            return  # the run is stopping; what it writes now could not be stored either
         appended: list[bytes] = []
         for raw in raw_lines:
             line = classify(raw)
@@ -294,8 +365,7 @@ class Run:
             if line.type == "result":
                 self._on_result(line.data)
             appended.append(line.data)
-        self._events.extend(appended)
-        self._notify()
+        first_seq = self._window.append(appended)
         await self.observer.events_appended(self, first_seq, appended)
 
     async def _on_session_confirmed(self) -> None:
@@ -336,13 +406,10 @@ class Run:
         self.ended_at = time.time()
         self.status, message = self._outcome()
         if message is not None:
-            self.error_message = message
-            event = relay_error(message, exit_code=self.exit_code, stderr=stderr.text())
-            first_seq = len(self._events) + 1
-            self._events.append(event)
-            self._notify()
-            with contextlib.suppress(Exception):
-                await self.observer.events_appended(self, first_seq, [event])
+            seq, event = self._add_final_event(message, stderr.text())
+            if self.storage_error is None:
+                with contextlib.suppress(Exception):
+                    await self.observer.events_appended(self, seq, [event])
         try:
             await self.observer.finished(self)
         except Exception:
@@ -354,7 +421,7 @@ class Run:
     def _outcome(self) -> tuple[RunStatus, str | None]:
         code = self.exit_code
         if self.stop_reason is not None:
-            return _STOP_STATUS[self.stop_reason], self._stop_message()
+            return _STOP_STATUS[self.stop_reason], self._stop_message(self.stop_reason)
         if self.result is None:
             return RunStatus.FAILED, f"the CLI ended without a result (exit code {code})"
         if code != 0:
@@ -363,7 +430,7 @@ class Run:
             return RunStatus.FAILED, None
         return RunStatus.SUCCEEDED, None
 
-    def _stop_message(self) -> str:
+    def _stop_message(self, reason: StopReason) -> str:
         limits = self.limits
         return {
             StopReason.CANCELLED: "the run was cancelled",
@@ -372,4 +439,6 @@ class Run:
             StopReason.TOTAL_TIMEOUT: f"the run took over {limits.total_timeout:g}s; stopped",
             StopReason.SHUTDOWN: "the relay is shutting down; the run was stopped",
             StopReason.LINE_TOO_LONG: self.error_message or "a stdout line was too long",
-        }[self.stop_reason]  # type: ignore[index]
+            StopReason.STORAGE: f"the relay could not store the run's events "
+            f"({self.storage_error}); the run was stopped",
+        }[reason]

@@ -1,9 +1,9 @@
 """The ``run_events`` table: every event of every run, written in batches, read in pages.
 
-Events are written by one background :class:`EventWriter` in batches (one transaction for
-everything that arrived in a short window), never a commit per line: the relay's hot path
-only appends to a list. A finished run's events are flushed before its row says it ended, so
-a reader that sees a final status also sees every event.
+Events are written by one background :class:`EventWriter` in group commits (one transaction
+for everything that arrived while the previous one was written), never a commit per line. A
+run shows an event to its clients only once it is stored. A finished run's events are flushed
+before its row says it ended, so a reader that sees a final status also sees every event.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from server.storage.database import Database
+from server.errors import StorageUnavailable
+from server.storage.database import Database, insert_or_update
 from server.storage.tables import RunEventRow, RunRow
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ class EventStore:
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
+def insert_once(dialect: str, run_id: str, seq: int, data: bytes) -> Any:
+    """Store one event as its own chunk, unless a chunk starting there is stored already."""
+    values = {"run_id": run_id, "seq": seq, "last_seq": seq, "data": data}
+    return insert_or_update(dialect, RunEventRow, values, keys=["run_id", "seq"], update=[])
+
+
 def chunk_rows(pending: list[tuple[str, int, list[bytes]]]) -> list[dict[str, Any]]:
     """Rows for the pending batches: consecutive events of a run joined into chunks."""
     rows: list[dict[str, Any]] = []
@@ -80,40 +87,58 @@ def chunk_rows(pending: list[tuple[str, int, list[bytes]]]) -> list[dict[str, An
     ]
 
 
-class EventWriter:
-    """Collects events from every run and writes them in batched transactions.
+class EventSink(Protocol):
+    """Who is told when a run's events are stored: the run, which shows them only then."""
 
-    Progress is counted in events: :meth:`flush` waits until everything added before the
-    call is written, however busy other runs keep the writer.
+    def release(self, upto: int) -> None:
+        """Events up to ``upto`` are stored."""
+
+    def storage_failed(self, why: str) -> None:
+        """The pending events could not be stored (and were dropped)."""
+
+
+class Pending(NamedTuple):
+    """Events of one run waiting to be written, and whom to tell."""
+
+    run_id: str
+    first_seq: int
+    events: list[bytes]
+    sink: EventSink
+
+
+class EventWriter:
+    """Collects events from every run and writes them in group commits.
+
+    While one transaction is being written, whatever arrives waits; the next transaction takes
+    all of it, from every run, at once. So a lone event is stored at once (its run shows it
+    only then: the added latency is one commit) and a burst costs one commit, not one per line.
+    Each run's :class:`EventSink` hears of the result. Progress is counted in events:
+    :meth:`flush` waits until everything added before the call is written or given up on.
     """
 
-    def __init__(self, database: Database, *, window: float = 0.05) -> None:
+    def __init__(self, database: Database) -> None:
         self._database = database
-        self._window = window
-        self._pending: list[tuple[str, int, list[bytes]]] = []
+        self._pending: list[Pending] = []
         self._added = 0
         self._done = 0
         self._wakeup = asyncio.Event()
-        self._hurry = asyncio.Event()
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="event-writer")
 
-    def add(self, run_id: str, first_seq: int, events: list[bytes]) -> None:
-        self._pending.append((run_id, first_seq, events))
+    def add(self, run_id: str, first_seq: int, events: list[bytes], sink: EventSink) -> None:
+        self._pending.append(Pending(run_id, first_seq, events, sink))
         self._added += len(events)
         self._wakeup.set()
 
     async def flush(self) -> None:
-        """Return once everything added so far is written (or given up on, and logged)."""
+        """Return once everything added so far is written (or given up on)."""
         target = self._added
         if self._task is None or self._task.done():
             await self._write_pending()
             return
-        self._hurry.set()
-        self._wakeup.set()
         async with self._progress:
             await self._progress.wait_for(lambda: self._done >= target)
 
@@ -126,46 +151,71 @@ class EventWriter:
         await self._write_pending()
 
     async def _loop(self) -> None:
-        """Wait a short window so a burst becomes one transaction, unless someone waits."""
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if not self._hurry.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hurry.wait(), self._window)
-            self._hurry.clear()
             await self._write_pending()
 
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            await self._write(chunk_rows(batch))
+            await self._write(batch)
             async with self._progress:
-                self._done += sum(len(events) for _, _, events in batch)
+                self._done += sum(len(entry.events) for entry in batch)
                 self._progress.notify_all()
 
-    async def _write_each_run(self, rows: list[dict[str, Any]]) -> None:
-        by_run: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_run.setdefault(row["run_id"], []).append(row)
-        for run_id, run_rows in by_run.items():
-            try:
-                async with self._database.write() as db:
-                    await db.execute(insert(RunEventRow), run_rows)
-            except IntegrityError:
-                log.warning("dropped %d event chunk(s) of run %s, deleted", len(run_rows), run_id)
+    async def _write(self, batch: list[Pending]) -> None:
+        """One transaction for the whole batch; if it fails, one per run, so that one run's
+        trouble (its row deleted, say) costs no other run its events."""
+        try:
+            await self._insert(_rows(batch))
+        except Exception:
+            for run_batch in _by_run(batch).values():
+                await self._write_one_run(run_batch)
+            return
+        _release(batch)
 
-    async def _write(self, rows: list[dict[str, Any]], attempts: int = 3) -> None:
-        for attempt in range(1, attempts + 1):
-            try:
-                async with self._database.write() as db:
-                    await db.execute(insert(RunEventRow), rows)
-                return
-            except IntegrityError:
-                # A run deleted meanwhile (its session was forgotten): write the other runs'
-                # chunks one run at a time, so only the deleted run's events are dropped.
-                await self._write_each_run(rows)
-                return
-            except Exception:
-                log.exception("storing %d event chunk(s) failed (attempt %d)", len(rows), attempt)
-                await asyncio.sleep(0.5 * attempt)
+    async def _write_one_run(self, batch: list[Pending]) -> None:
+        run_id = batch[0].run_id
+        try:
+            await self._insert(_rows(batch))
+        except IntegrityError:
+            # The run's row is gone (its session was deleted): there is nothing to store into.
+            log.warning("dropped the events of run %s: it was deleted", run_id)
+            _release(batch)
+        except Exception as exc:
+            log.exception("storing the events of run %s failed", run_id)
+            why = exc.message if isinstance(exc, StorageUnavailable) else str(exc) or repr(exc)
+            batch[0].sink.storage_failed(why)
+            self._drop_pending(run_id)
+        else:
+            _release(batch)
+
+    def _drop_pending(self, run_id: str) -> None:
+        """Forget the failed run's later events: they follow the ones that were dropped, and
+        the run numbers its next event after the last one it showed."""
+        dropped = [entry for entry in self._pending if entry.run_id == run_id]
+        self._pending = [entry for entry in self._pending if entry.run_id != run_id]
+        self._done += sum(len(entry.events) for entry in dropped)
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        async with self._database.write() as db:
+            await db.execute(insert(RunEventRow), rows)
+
+
+def _by_run(
+    batch: list[Pending],
+) -> dict[str, list[Pending]]:
+    runs: dict[str, list[Pending]] = {}
+    for entry in batch:
+        runs.setdefault(entry.run_id, []).append(entry)
+    return runs
+
+
+def _rows(batch: list[Pending]) -> list[dict[str, Any]]:
+    return chunk_rows([(entry.run_id, entry.first_seq, entry.events) for entry in batch])
+
+
+def _release(batch: list[Pending]) -> None:
+    for entry in batch:
+        entry.sink.release(entry.first_seq + len(entry.events) - 1)

@@ -192,15 +192,28 @@ class RunStore:
             return [run_record(row) for row in rows]
 
     async def mark_failed(
-        self, run_id: str, message: str, *, stop_reason: str = "relay_died"
-    ) -> None:
+        self,
+        run_id: str,
+        message: str,
+        *,
+        stop_reason: str = "relay_died",
+        final_event: bytes | None = None,
+    ) -> bool:
+        """End a run that is still ``running`` as failed; with ``final_event``, store it as
+        the run's last event (numbered after the last stored one), in the same transaction.
+        False if the run was not running."""
         async with self._database.write() as db:
-            last = await db.scalar(
-                select(func.coalesce(func.max(RunEventRow.last_seq), 0)).where(
-                    RunEventRow.run_id == run_id
+            last = (
+                await db.scalar(
+                    select(func.coalesce(func.max(RunEventRow.last_seq), 0)).where(
+                        RunEventRow.run_id == run_id
+                    )
                 )
+                or 0
             )
-            await db.execute(
+            if final_event is not None:
+                last += 1
+            result = await db.execute(
                 update(RunRow)
                 .where(RunRow.id == run_id, RunRow.status == RunStatus.RUNNING)
                 .values(
@@ -211,3 +224,12 @@ class RunStore:
                     last_seq=last,
                 )
             )
+            if getattr(result, "rowcount", 0) != 1:
+                return False
+            if final_event is not None:
+                await db.execute(
+                    insert(RunEventRow).values(
+                        run_id=run_id, seq=last, last_seq=last, data=final_event
+                    )
+                )
+            return True

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from server.storage import claude_id_store, conversation_store, run_store
+from server.storage import claude_id_store, conversation_store, event_store, run_store
 from server.storage.database import Database
 from server.storage.run_store import NewRun, RunOutcome
 from server.storage.tables import ClaudeSessionIdRow, ConversationRow, SessionRow
@@ -154,9 +154,22 @@ class SessionStore:
         async with self._database.write() as db:
             await db.execute(_release(workspace_id, run_id))
 
-    async def finish_run(self, workspace_id: str, run_id: str, outcome: RunOutcome) -> None:
-        """Record the run's outcome and give back the lock it held, in one transaction."""
+    async def finish_run(
+        self,
+        workspace_id: str,
+        run_id: str,
+        outcome: RunOutcome,
+        *,
+        final_event: tuple[int, bytes] | None = None,
+    ) -> None:
+        """Record the run's outcome and give back the lock it held, in one transaction;
+        with ``final_event`` (a last event that was shown before it could be stored), store
+        it too, unless an earlier attempt did."""
         async with self._database.write() as db:
+            if final_event is not None:
+                await db.execute(
+                    event_store.insert_once(self._database.dialect, run_id, *final_event)
+                )
             await db.execute(run_store.finish_statement(run_id, outcome))
             await db.execute(_release(workspace_id, run_id))
 

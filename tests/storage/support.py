@@ -39,3 +39,17 @@ async def count(database: Database, table: str, **where: Any) -> int:
     async with database.connect() as conn:
         result = await conn.execute(text(f"SELECT count(*) FROM {table} WHERE {condition}"), where)
         return int(result.scalar_one())
+
+
+class Sink:
+    """What a run hears from the event writer."""
+
+    def __init__(self) -> None:
+        self.released = 0
+        self.failures: list[str] = []
+
+    def release(self, upto: int) -> None:
+        self.released = upto
+
+    def storage_failed(self, why: str) -> None:
+        self.failures.append(why)

@@ -7,16 +7,22 @@ events of old runs without touching newer runs or the run rows themselves.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from server.storage.database import Database
 from server.storage.event_store import EventStore, EventWriter, chunk_rows
 from server.storage.run_store import RunOutcome, RunStatus, RunStore
 from server.storage.session_store import SessionStore
-from tests.storage.support import count, new_run
+from tests.storage.support import Sink, count, new_run
 
 RUNS = ("run-a", "run-b")
+
+
+SINK = Sink()
 
 
 @pytest.fixture
@@ -52,7 +58,7 @@ async def test_every_position_replays_exactly_the_events_after_it(
     for i in range(300):
         run_id = RUNS[0] if i % 3 else RUNS[1]
         batch = [f'{{"n":{i},"k":{k}}}'.encode() for k in range(i % 4 + 1)]
-        writer.add(run_id, seq[run_id], batch)
+        writer.add(run_id, seq[run_id], batch, SINK)
         expected[run_id] += batch
         seq[run_id] += len(batch)
         if i % 50 == 0:
@@ -72,7 +78,7 @@ async def test_every_position_replays_exactly_the_events_after_it(
 async def test_events_added_before_close_are_written(database_with_runs: Database) -> None:
     writer = EventWriter(database_with_runs)
     writer.start()
-    writer.add("run-a", 1, [b"1", b"2"])
+    writer.add("run-a", 1, [b"1", b"2"], SINK)
     await writer.close()
     assert await EventStore(database_with_runs).events("run-a", 0) == [(1, b"1"), (2, b"2")]
 
@@ -85,13 +91,79 @@ async def test_events_of_a_deleted_run_are_dropped_and_the_writer_goes_on(
     writer.start()
     assert await SessionStore(database).delete("ws-b", only_if_idle=False)
     # Both in one batch: the deleted run's chunk must not take the live run's with it.
-    writer.add("run-b", 1, [b"late"])
-    writer.add("run-a", 1, [b"kept"])
+    late, kept = Sink(), Sink()
+    writer.add("run-b", 1, [b"late"], late)
+    writer.add("run-a", 1, [b"kept"], kept)
     await writer.flush()
     await writer.close()
     store = EventStore(database)
     assert await store.events("run-a", 0) == [(1, b"kept")]
     assert await count(database, "run_events", run_id="run-b") == 0
+    # Both runs go on showing their events: there is nothing wrong with storage.
+    assert (late.released, late.failures, kept.released) == (1, [], 1)
+
+
+async def test_a_run_hears_of_its_events_only_once_they_can_be_read_back(
+    database_with_runs: Database,
+) -> None:
+    database, store = database_with_runs, EventStore(database_with_runs)
+    readable: list[tuple[int, int]] = []
+
+    class Checking(Sink):
+        def release(self, upto: int) -> None:
+            super().release(upto)
+            readable.append((upto, len(pending_reads)))
+            pending_reads.append(asyncio.ensure_future(store.events("run-a", 0)))
+
+    pending_reads: list[asyncio.Future[list[tuple[int, bytes]]]] = []
+    sink = Checking()
+    writer = EventWriter(database)
+    writer.start()
+    for n in range(1, 21):
+        writer.add("run-a", n, [str(n).encode()], sink)
+        if n % 4 == 0:
+            await asyncio.sleep(0)  # let some commits happen between adds
+    await writer.flush()
+    await writer.close()
+    assert sink.released == 20
+    for upto, index in readable:
+        stored = await pending_reads[index]
+        assert len(stored) >= upto, (upto, stored)
+
+
+async def test_a_full_database_fails_the_runs_and_the_writer_goes_on_once_space_is_back(
+    database_with_runs: Database,
+) -> None:
+    """A real SQLite "database or disk is full": the file may not grow (max_page_count)."""
+    database = database_with_runs
+    async with database.write() as db:
+        pages = (await db.execute(text("PRAGMA page_count"))).scalar_one()
+    limit = {"pages": pages}
+
+    @event.listens_for(database.engine.sync_engine, "checkout")
+    def _cap(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # The pragma is per connection: every connection the pool hands out gets it.
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA max_page_count = {limit['pages']}")
+        cursor.close()
+
+    first, second = Sink(), Sink()
+    writer = EventWriter(database)
+    writer.add("run-b", 1, [b"b" * 100_000], first)
+    writer.add("run-a", 1, [b"a" * 100_000], second)
+    writer.add("run-b", 2, [b"later"], first)
+    await writer.flush()
+    assert (first.released, second.released) == (0, 0)
+    assert len(first.failures) == 1 and "full" in first.failures[0]
+    assert len(second.failures) == 1
+    store = EventStore(database)
+    assert await store.events("run-b", 0) == []  # "later" was dropped with what it followed
+
+    limit["pages"] = 1073741823
+    again = Sink()
+    writer.add("run-b", 1, [b"again"], again)
+    await writer.flush()
+    assert again.released == 1 and await store.events("run-b", 0) == [(1, b"again")]
 
 
 async def test_retention_drops_the_events_of_old_runs_only(database_with_runs: Database) -> None:
@@ -99,13 +171,13 @@ async def test_retention_drops_the_events_of_old_runs_only(database_with_runs: D
     sessions, runs = SessionStore(database), RunStore(database)
     writer = EventWriter(database)
     for run_id in RUNS:
-        writer.add(run_id, 1, [b'{"type":"x"}'])
+        writer.add(run_id, 1, [b'{"type":"x"}'], SINK)
         await writer.flush()
         outcome = RunOutcome(RunStatus.SUCCEEDED, "c-" + run_id, 0, None, None, 1, None)
         await sessions.finish_run(run_id.replace("run", "ws"), run_id, outcome)
     # A third run is still going: it has no end, so no retention applies to it.
     assert await sessions.acquire("ws-a", run=new_run("run-c"))
-    writer.add("run-c", 1, [b'{"type":"y"}'])
+    writer.add("run-c", 1, [b'{"type":"y"}'], SINK)
     await writer.flush()
     async with database.write() as db:
         await db.execute(text("UPDATE runs SET ended_at = 1000 WHERE id = 'run-a'"))

@@ -14,7 +14,7 @@ from server.storage.event_store import EventStore, EventWriter
 from server.storage.fingerprint_store import FingerprintStore
 from server.storage.run_store import RunOutcome, RunStatus, RunStore
 from server.storage.session_store import ConversationTaken, SessionStore
-from tests.storage.support import count, new_run
+from tests.storage.support import Sink, count, new_run
 
 WS, OTHER = "ws-1", "ws-2"
 
@@ -162,8 +162,8 @@ async def _session_with_everything(
     await sessions.finish_run(workspace_id, first, outcome())
     assert await sessions.acquire(workspace_id, run=new_run(second, f"{prefix}-c2"))
     writer = EventWriter(database)
-    writer.add(first, 1, [b'{"n":1}', b'{"n":2}'])
-    writer.add(second, 1, [b'{"n":3}'])
+    writer.add(first, 1, [b'{"n":1}', b'{"n":2}'], Sink())
+    writer.add(second, 1, [b'{"n":3}'], Sink())
     await writer.flush()
     await sessions.finish_run(workspace_id, second, outcome())
     await FingerprintStore(database).remember(

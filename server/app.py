@@ -38,7 +38,12 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
         runtime = await open_runtime(relay.settings)
         await runtime.start_key_proxy()
         manager = RunManager(runtime)
-        await recover(runtime.sessions, runtime.runs, me=manager.owner)
+        await recover(
+            runtime.sessions,
+            runtime.runs,
+            me=manager.owner,
+            events_stored=runtime.settings.persist_events,
+        )
         runtime.event_writer.start()
         relay.runtime, relay.manager = runtime, manager
         housekeeping = asyncio.create_task(housekeeping_loop(runtime), name="housekeeping")

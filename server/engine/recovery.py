@@ -18,6 +18,7 @@ import socket
 import psutil
 
 from server.claude import process
+from server.engine.relay_events import relay_error
 from server.storage.run_store import RunStore
 from server.storage.session_store import SessionStore
 
@@ -57,14 +58,30 @@ def owner_is_dead(owner: str, since: float, me: str) -> bool:
         return True
 
 
-async def recover(store: SessionStore, runs: RunStore, *, me: str) -> int:
-    """Fail the runs of dead relays, stop their orphans and free their sessions."""
+CUT_SHORT = (
+    "the relay stopped while this run was going (it was killed or crashed); the run was cut "
+    "short here, and the relay started next stopped what was left of it"
+)
+
+
+async def recover(
+    store: SessionStore, runs: RunStore, *, me: str, events_stored: bool = True
+) -> int:
+    """Fail the runs of dead relays, stop their orphans and free their sessions.
+
+    Each such run gets a last event of its own, ``relay/error``, numbered after the last one
+    stored: a replay then ends the way every run's does, and says the run was cut short.
+    Nothing a client saw is lost or renumbered, because the dead relay showed only stored
+    events. With ``events_stored`` off there is no replay to end (and the numbers a client
+    saw are not known), so no event is added.
+    """
     recovered = 0
+    final = relay_error(CUT_SHORT, exit_code=None, stderr="") if events_stored else None
     for run in await runs.running():
         if not owner_is_dead(run.owner, run.started_at, me):
             continue
         killed = await asyncio.to_thread(process.kill_orphans, run.id)
-        await runs.mark_failed(run.id, "the relay running it stopped unexpectedly")
+        await runs.mark_failed(run.id, CUT_SHORT, final_event=final)
         await store.release(run.workspace_id, run_id=run.id)
         log.warning("run %s of a dead relay marked failed; %d orphan(s) killed", run.id, killed)
         recovered += 1

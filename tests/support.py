@@ -521,6 +521,11 @@ class OpenStream:
         return [event.json for event in list(self._events)]
 
     @property
+    def events(self) -> list[Event]:
+        """Every event that has arrived so far, with its id."""
+        return list(self._events)
+
+    @property
     def comments(self) -> list[str]:
         return list(self._comments)
 

@@ -2,7 +2,8 @@
 
 Shared by ``DELETE /api/sessions/{id}``, ``claude-relay sessions delete``, ``claude-relay gc``
 and the optional hourly loop, so all of them remove exactly the same things: the database
-rows, and with ``purge`` the workspace directory and the CLI's transcripts of it.
+rows, and with ``purge`` the workspace directory, the session's CLI config directory and the
+CLI's transcripts of it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ async def forget_session(runtime: Runtime, workspace_id: str, *, purge: bool) ->
         raise Conflict("the session is running; cancel its run or wait for it to end")
     if not purge:
         return Forgotten(workspace_id, False, 0)
-    removed_transcripts = transcripts.remove(runtime.child_env, claude_session_ids)
+    # Transcripts are in the session's own config dir, which goes with its workspace; a
+    # session older than that keeps them in the operator's config dir, where they are found
+    # by the session's ids.
+    removed_transcripts = runtime.session_configs.transcript_folders(
+        workspace_id, claude_session_ids
+    ) + transcripts.remove(runtime.child_env, claude_session_ids)
     removed_workspace = runtime.workspaces.remove(workspace_id)
     return Forgotten(workspace_id, removed_workspace, removed_transcripts)
 

@@ -167,7 +167,11 @@ class RunManager:
             new_session_id=target.claude_session_id,
             fork=target.fork,
         )
-        env = build_env(current_env(), self.settings.claude_env, run_id)
+        env = await self.runtime.session_configs.child_env(
+            target.workspace_id,
+            build_env(current_env(), self.settings.claude_env, run_id),
+            resume_from=target.resume_from,
+        )
         key_proxy = self.runtime.key_proxy
         if key_proxy is not None:
             env = key_proxy.child_env(env, key_proxy.issue(run_id))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from server.claude.command import build_env, current_env
 from server.config import Settings
 from server.engine.key_proxy import KeyProxy, key_proxy_for
+from server.engine.session_config import SessionConfigs
 from server.engine.workspaces import Workspaces
 from server.storage.catalog import SessionCatalog
 from server.storage.database import Database, create_engine, migrate
@@ -32,12 +33,16 @@ class Runtime:
     event_writer: EventWriter
     fingerprints: FingerprintStore
     workspaces: Workspaces
+    session_configs: SessionConfigs
+    """Each session's own CLI config directory (its settings, hooks and transcripts)."""
     key_proxy: KeyProxy | None = None
     """Started by the app's lifespan (:meth:`start_key_proxy`); the command line needs none."""
 
     @property
     def child_env(self) -> dict[str, str]:
-        """The CLI's environment (without a run marker): where its transcripts go."""
+        """The CLI's environment as the operator set it (without a run marker or a session's
+        config directory): the operator's config directory, which sessions start from and
+        where sessions older than their own directories keep their transcripts."""
         return build_env(current_env(), self.settings.claude_env, run_id="")
 
     async def start_key_proxy(self) -> None:
@@ -62,14 +67,17 @@ async def open_runtime(settings: Settings) -> Runtime:
     database = Database(engine)
     workspaces = Workspaces(settings.workspaces_dir)
     workspaces.ensure_root()
+    catalog = SessionCatalog(database)
+    operator_env = build_env(current_env(), settings.claude_env, run_id="")
     return Runtime(
         settings=settings,
         database=database,
         sessions=SessionStore(database),
-        catalog=SessionCatalog(database),
+        catalog=catalog,
         runs=RunStore(database),
         events=EventStore(database),
         event_writer=EventWriter(database),
         fingerprints=FingerprintStore(database),
         workspaces=workspaces,
+        session_configs=SessionConfigs(workspaces.root, operator_env, catalog.claude_session_ids),
     )

@@ -9,6 +9,10 @@ is a workspace; anything else (a link, a file, nothing) makes the session *broke
 listing shows and which deleting cures. Removal never follows a link: a link is unlinked
 itself, a directory is removed with :func:`shutil.rmtree`, which on Linux walks by file
 descriptor and does not follow links inside the tree (``rmtree.avoids_symlink_attacks``).
+
+A session's CLI config directory (``session_config.py``) belongs to its workspace: a broken one
+makes the session broken, and removing the workspace removes it too, on every path that
+removes one (a purge, a new session that failed or never got a transcript).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import stat
 import uuid
 from pathlib import Path
 
+from server.engine import session_config
 from server.errors import Conflict, InvalidRequest
 
 
@@ -51,7 +56,7 @@ class Workspaces:
             return "its workspace was replaced by a symbolic link"
         if not stat.S_ISDIR(mode):
             return "its workspace is not a directory"
-        return None
+        return session_config.broken(self.root, workspace_id)
 
     def prepare(self, workspace_id: str) -> Path:
         """The workspace a run will use: made if missing (a new session, or one whose empty
@@ -68,8 +73,9 @@ class Workspaces:
 
     def remove(self, workspace_id: str) -> bool:
         """Remove the workspace, or the link or file standing in its place; never a link's
-        target. False if there was nothing."""
+        target. False if there was nothing. Its CLI config directory goes too."""
         path = self.path_for(workspace_id)
+        session_config.remove(self.root, workspace_id)
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:

@@ -184,7 +184,8 @@ def test_conversation_keys_resume_and_never_cross_api_keys(
 
 
 def _transcript_dirs(relay: Relay) -> list[Path]:
-    return list((relay.home / ".claude" / "projects").glob("*"))
+    """Every session's project folders, each in its session's own config dir."""
+    return list((relay.workspaces / ".claude-config").glob("*/projects/*"))
 
 
 def test_purge_removes_workspace_and_transcripts(real_relay: Relay) -> None:

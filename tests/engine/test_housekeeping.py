@@ -21,7 +21,8 @@ def _status(relay: Relay, session: str) -> int:
 
 
 def _transcripts(relay: Relay) -> list[Path]:
-    return list((relay.home / ".claude" / "projects").glob("*/*.jsonl"))
+    """Every transcript of every session: each is in its session's own config dir."""
+    return list((relay.workspaces / ".claude-config").glob("*/projects/*/*.jsonl"))
 
 
 def test_gc_removes_idle_sessions_with_their_workspace_and_transcripts(
@@ -71,13 +72,16 @@ def test_automatic_gc_collects_idle_sessions_at_start(
     kept = relay_factory(claude_bin=fake_cli, env={"CLAUDE_RELAY_GC_IDLE": "30d"}, **shared)
     assert _status(kept, session) == 200
     kept.stop()
-    assert len(list((tmp_path / "ws").iterdir())) == 1
+    workspaces = [p.name for p in (tmp_path / "ws").iterdir() if p.name != ".claude-config"]
+    assert len(workspaces) == 1
+    assert [p.name for p in (tmp_path / "ws" / ".claude-config").iterdir()] == workspaces
 
     collecting = relay_factory(
         claude_bin=fake_cli, env={"CLAUDE_RELAY_GC_IDLE": "0.001s"}, **shared
     )
     assert wait_until(lambda: _status(collecting, session) == 404, 30)
-    assert list((tmp_path / "ws").iterdir()) == []
+    assert [p.name for p in (tmp_path / "ws").iterdir()] == [".claude-config"]
+    assert list((tmp_path / "ws" / ".claude-config").iterdir()) == []  # its config dir went too
 
 
 def test_old_events_expire_at_start_but_their_runs_are_kept(

@@ -92,3 +92,58 @@ def test_purging_one_session_under_a_long_root_keeps_the_others_history(
     assert resumed.of_type("result")[0]["subtype"] == "success", resumed.body
     sent = str(fake_api.message_requests()[-1]["messages"])
     assert "remember the number 7" in sent
+
+
+def test_adopt_moves_a_folder_of_only_this_sessions_transcripts_whole(tmp_path: Path) -> None:
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    old = _layout(tmp_path / "operator", "-ws-a", mine)
+    (old / "memory").mkdir()
+    _layout(tmp_path / "operator", "-ws-b", theirs)
+    source = {"HOME": str(tmp_path / "operator")}
+    (tmp_path / "session").mkdir()
+    target = {"CLAUDE_CONFIG_DIR": str(tmp_path / "session")}
+
+    assert transcripts.adopt(source, target, [mine]) == 3
+    assert not old.exists()
+    new = tmp_path / "session" / "projects" / "-ws-a"
+    assert sorted(p.name for p in new.iterdir()) == sorted([mine, f"{mine}.jsonl", "memory"])
+    assert transcripts.transcript_paths(source, [theirs])  # the other session's stayed
+    assert transcripts.adopt(source, target, [mine]) == 0  # nothing left: a second call is a no-op
+
+
+def test_adopt_takes_only_this_sessions_files_from_a_shared_folder(tmp_path: Path) -> None:
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    shared = _layout(tmp_path / "operator", "-shared", mine)
+    _layout(tmp_path / "operator", "-shared", theirs)
+    (tmp_path / "session").mkdir()
+    target = {"CLAUDE_CONFIG_DIR": str(tmp_path / "session")}
+    assert transcripts.adopt({"HOME": str(tmp_path / "operator")}, target, [mine]) == 2
+    assert sorted(p.name for p in shared.iterdir()) == sorted([theirs, f"{theirs}.jsonl"])
+    assert (tmp_path / "session" / "projects" / "-shared" / f"{mine}.jsonl").exists()
+
+
+def test_adopt_moves_no_link_and_replaces_nothing(tmp_path: Path) -> None:
+    mine = str(uuid.uuid4())
+    folder = tmp_path / "operator" / ".claude" / "projects" / "-ws"
+    folder.mkdir(parents=True)
+    (tmp_path / "secret").write_text("not a transcript")
+    (folder / f"{mine}.jsonl").symlink_to(tmp_path / "secret")
+    (folder / mine).mkdir()
+    session = tmp_path / "session"
+    (session / "projects" / "-ws" / mine).mkdir(parents=True)  # already there: kept
+    target = {"CLAUDE_CONFIG_DIR": str(session)}
+    assert transcripts.adopt({"HOME": str(tmp_path / "operator")}, target, [mine]) == 0
+    assert (folder / f"{mine}.jsonl").is_symlink() and (folder / mine).is_dir()
+    assert not (session / "projects" / "-ws" / f"{mine}.jsonl").exists()
+
+
+def test_adopt_does_not_move_into_a_projects_folder_that_is_a_link(tmp_path: Path) -> None:
+    mine = str(uuid.uuid4())
+    _layout(tmp_path / "operator", "-ws", mine)
+    session, elsewhere = tmp_path / "session", tmp_path / "elsewhere"
+    session.mkdir()
+    elsewhere.mkdir()
+    (session / "projects").symlink_to(elsewhere)
+    target = {"CLAUDE_CONFIG_DIR": str(session)}
+    assert transcripts.adopt({"HOME": str(tmp_path / "operator")}, target, [mine]) == 0
+    assert list(elsewhere.iterdir()) == []

@@ -15,8 +15,9 @@
         ├── TooLarge            prompt or body over the configured cap
         ├── TooManyRuns         the concurrent-run cap is reached (``retry_after`` seconds)
         ├── CLIUnavailable      the Claude Code executable cannot be run
-        ├── StorageUnavailable  the database or workspaces cannot be written (``retry_after``)
-        │   └── StorageFull     ... because the disk is full
+        ├── StorageUnavailable  the database or workspaces root is read-only, gone or
+        │   │                   unreachable (``retry_after`` seconds)
+        │   └── StorageFull     ... or has no space left
         └── RunFailed           the run behind a non-streaming answer failed
 
 The web layer maps each class to a status code and a body shape (``server/api/errors.py`` for
@@ -88,18 +89,26 @@ class CLIUnavailable(Refused):
     """The Claude Code executable cannot be started."""
 
 
-class RunFailed(Refused):
-    """The CLI run behind a non-streaming (or not yet started) answer failed."""
+STORAGE_RETRY_AFTER = 30
+"""Seconds a client is told to wait after a storage fault: freeing space or remounting takes
+an operator, and a sooner retry would only be refused again."""
 
 
 class StorageUnavailable(Refused):
-    """The database or the workspaces root cannot be written now; try again after
-    ``retry_after`` seconds (the relay serves again as soon as it can write)."""
+    """The database or the workspaces root cannot be written (read-only, gone, unreachable).
 
-    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+    Nothing was started; the relay serves again by itself once the storage is back, so the
+    client may retry after ``retry_after`` seconds.
+    """
+
+    def __init__(self, message: str, *, retry_after: int = STORAGE_RETRY_AFTER) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
 class StorageFull(StorageUnavailable):
-    """The database's or the workspaces' disk is full."""
+    """The database's or the workspaces root's file system has no space left."""
+
+
+class RunFailed(Refused):
+    """The CLI run behind a non-streaming (or not yet started) answer failed."""

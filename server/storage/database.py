@@ -4,13 +4,21 @@ SQLite needs care under concurrent async writers: the driver's own transaction h
 turned off (``isolation_level = None``) and every transaction starts with ``BEGIN IMMEDIATE``,
 so writers queue on the busy timeout instead of failing with "database is locked" or losing
 read-modify-write updates. WAL lets readers go on while one writer works.
+
+Storage faults reach callers as domain errors (``server/storage/faults.py``): every read,
+write and connection of :class:`Database` turns a full, read-only, vanished or unreachable
+database into :class:`~server.errors.StorageFull` or :class:`~server.errors.StorageUnavailable`,
+chained to the driver's error, so no store has to catch them one by one.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -18,6 +26,7 @@ from sqlalchemy import event, inspect
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -26,7 +35,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from server.errors import StorageFull, StorageUnavailable
+from server.storage.faults import directory_state, space_fault, storage_fault
+
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+T = TypeVar("T")
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -68,6 +81,30 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 READ_ONLY = "relay_read_only"
 
 
+def sqlite_file(engine: AsyncEngine) -> Path | None:
+    """The file of a SQLite database (None for PostgreSQL or an in-memory database)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """What ``/health`` says about the database."""
+
+    revision: str | None
+    writable: bool | None
+    """False when the relay cannot write to it; None when that cannot be told without
+    writing (PostgreSQL: only its answers say)."""
+    free_bytes: int | None
+    """Space left on a SQLite file's file system."""
+    error: str | None
+    """Why the relay cannot use it; None when it can."""
+
+
 class Database:
     """The one way stores reach the database: short reads and short write transactions.
 
@@ -77,6 +114,12 @@ class Database:
     queue instead of failing. ``connect()`` is a bare connection for single-row lookups on a
     hot path, where the ORM session around one query costs more than the query itself.
     No store keeps a database session beyond one call.
+
+    Each of them first checks, without asking SQLite, that the database file is still the one
+    the relay opened (a deleted file goes on taking writes through open connections, which
+    are lost; a new connection would make an empty file in its place) and, for a write, that
+    its file system has space left (SQLite reusing its WAL may fit a write on a full disk,
+    but not the next one). Errors the driver raises are translated the same way.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -86,19 +129,106 @@ class Database:
         )
         self._writer = async_sessionmaker(engine, expire_on_commit=False)
         self._read_engine = engine.execution_options(**{READ_ONLY: True})
+        self.file = sqlite_file(engine)
+        self._identity = self._file_identity()
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def read(self) -> AsyncSession:
-        return self._reader()
+    def read(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return self._guarded(self._reader, writing=False)
 
     def write(self) -> AbstractAsyncContextManager[AsyncSession]:
-        return self._writer.begin()
+        return self._guarded(self._writer.begin, writing=True)
 
-    def connect(self) -> AsyncConnection:
-        return self._read_engine.connect()
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self._guarded(self._read_engine.connect, writing=False)
+
+    @asynccontextmanager
+    async def _guarded(
+        self, opening: Callable[[], AbstractAsyncContextManager[T]], *, writing: bool
+    ) -> AsyncIterator[T]:
+        fault = self.fault(writing=writing)
+        if fault is not None:
+            raise fault
+        try:
+            async with opening() as opened:
+                yield opened
+        except (DBAPIError, OSError) as exc:
+            found = storage_fault(exc)
+            if found is None:
+                raise
+            raise self._cause_of(found) from exc
+
+    def _cause_of(self, found: StorageUnavailable) -> StorageUnavailable:
+        """A SQLite fault named by its cause when the file system shows it: SQLite says "disk
+        I/O error" when a full disk stops it growing its shared-memory file, and "unable to
+        open database file" when a read-only one does."""
+        if self.file is None or isinstance(found, StorageFull):
+            return found
+        place = directory_state(self.file.parent, what="the database")
+        if place.error is None:
+            return found
+        if place.free_bytes == 0:
+            return StorageFull(place.error)
+        return StorageUnavailable(place.error)
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.file is None:
+            return None
+        try:
+            info = os.stat(self.file)
+        except OSError:
+            return None  # not made yet: the first look that finds it records it
+        return info.st_dev, info.st_ino
+
+    def fault(self, *, writing: bool = True) -> StorageUnavailable | None:
+        """Why the database cannot be used, as far as the file system tells: the SQLite file
+        deleted or replaced under the relay, or (``writing``) its file system full."""
+        if self.file is None:
+            return None
+        if self._identity is None:
+            self._identity = self._file_identity()
+            return None
+        try:
+            info = os.stat(self.file)
+        except FileNotFoundError:
+            return StorageUnavailable(
+                "the database file was deleted while the relay was running; restore it and"
+                " restart the relay"
+            )
+        except OSError as exc:
+            return StorageUnavailable(f"the database file cannot be found ({exc.strerror})")
+        if (info.st_dev, info.st_ino) != self._identity:
+            return StorageUnavailable(
+                "the database file was replaced while the relay was running; restart the relay"
+            )
+        return space_fault(self.file.parent, what="the database") if writing else None
+
+    async def state(self) -> DatabaseState:
+        """The database as ``/health`` reports it: can the relay read it, and write to it?"""
+        if self.file is None:
+            return await self._queried(writable=None, free=None)
+        fault = self.fault(writing=False)
+        if fault is not None:
+            return DatabaseState(None, False, None, fault.message)
+        place = directory_state(self.file.parent, what="the database")
+        writable = place.writable and os.access(self.file, os.W_OK)
+        error = place.error or (None if writable else "the database file is read-only")
+        queried = await self._queried(writable=writable, free=place.free_bytes)
+        return replace(queried, error=error or queried.error)
+
+    async def _queried(self, *, writable: bool | None, free: int | None) -> DatabaseState:
+        """Its schema revision, read through a connection: the database answers at all."""
+        try:
+            async with self.connect() as conn:
+                revision = await conn.run_sync(_revision)
+        except StorageUnavailable as exc:
+            return DatabaseState(None, False, free, exc.message)
+        except Exception as exc:
+            return DatabaseState(None, writable, free, f"the database cannot be read ({exc})")
+        return DatabaseState(revision, writable, free, None)
 
 
 def insert_or_update(
@@ -134,12 +264,13 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade)
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
-    def read(connection: Connection) -> str | None:
-        if not inspect(connection).has_table("alembic_version"):
-            return None
-        row = connection.exec_driver_sql("SELECT version_num FROM alembic_version").first()
-        return row[0] if row else None
+def _revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    row = connection.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    return row[0] if row else None
 
+
+async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
-        return await conn.run_sync(read)
+        return await conn.run_sync(_revision)

@@ -13,6 +13,11 @@ descriptor and does not follow links inside the tree (``rmtree.avoids_symlink_at
 A session's CLI config directory (``session_config.py``) belongs to its workspace: a broken one
 makes the session broken, and removing the workspace removes it too, on every path that
 removes one (a purge, a new session that failed or never got a transcript).
+
+A root that is full, read-only or gone refuses new runs with a storage error (507 or 503 and
+``Retry-After``): a run started there could not even write its first file. Space is checked
+before a run starts, not only when ``mkdir`` fails, because a directory takes no block on
+some file systems (tmpfs) while everything the run writes in it does.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from server.engine import session_config
 from server.errors import Conflict, InvalidRequest
+from server.storage.faults import PlaceState, directory_state, os_fault, space_fault
+
+ROOT = "the workspaces root"
 
 
 class Workspaces:
@@ -33,7 +42,12 @@ class Workspaces:
         self.root = root.expanduser().resolve()
 
     def ensure_root(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        with _root_faults():
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def state(self) -> PlaceState:
+        """The root as ``/health`` reports it: there, a directory, writable, space left."""
+        return directory_state(self.root, what=ROOT)
 
     def path_for(self, workspace_id: str) -> Path:
         """The directory of a session, refusing anything that is not a plain UUID."""
@@ -62,7 +76,10 @@ class Workspaces:
         """The workspace a run will use: made if missing (a new session, or one whose empty
         directory went away), refused if something else stands in its place."""
         path = self.path_for(workspace_id)
-        with contextlib.suppress(FileExistsError):
+        full = space_fault(self.root, what=ROOT)
+        if full is not None:
+            raise full
+        with _root_faults(), contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700)
         why = self.broken(workspace_id)
         if why is not None:
@@ -86,3 +103,15 @@ class Workspaces:
         # Errors (a file a tool made read-only, a swap mid-way) leave what could not go.
         shutil.rmtree(path, ignore_errors=True)
         return not os.path.lexists(path)
+
+
+@contextlib.contextmanager
+def _root_faults() -> Iterator[None]:
+    """The root's storage faults (``OSError``: full, read-only, gone) as domain errors."""
+    try:
+        yield
+    except OSError as exc:
+        found = os_fault(exc, what=ROOT)
+        if found is None:
+            raise
+        raise found from exc

@@ -15,7 +15,9 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
@@ -53,6 +55,15 @@ async def _discard(spawning: asyncio.Future[process.Child]) -> None:
     process.kill_group(child)
     await child.exited
     child.close()
+
+
+async def _attempt(step: Awaitable[object], what: str) -> None:
+    """Await a clean-up step, logging (not raising) its failure: the error being cleaned up
+    after is the one the client must see."""
+    try:
+        await step
+    except Exception:
+        log.exception("%s failed", what)
 
 
 def outcome_of(run: Run) -> RunOutcome:
@@ -160,22 +171,12 @@ class RunManager:
         )
         self._check_size(target)
         cwd = self.workspaces.prepare(target.workspace_id)
-        argv = build_argv(
-            self.settings.claude_bin,
-            request.options,
-            resume_id=target.resume_from,
-            new_session_id=target.claude_session_id,
-            fork=target.fork,
-        )
-        env = await self.runtime.session_configs.child_env(
-            target.workspace_id,
-            build_env(current_env(), self.settings.claude_env, run_id),
-            resume_from=target.resume_from,
-        )
-        key_proxy = self.runtime.key_proxy
-        if key_proxy is not None:
-            env = key_proxy.child_env(env, key_proxy.issue(run_id))
-        spawning = asyncio.ensure_future(process.spawn(argv, cwd=cwd, env=env))
+        try:
+            spawning = await self._spawn(request, target, run_id, cwd)
+        except BaseException:
+            self._revoke(run_id)
+            self._drop_new_workspace(target)
+            raise
         new_run = NewRun(
             id=run_id,
             claude_session_id=target.claude_session_id,
@@ -190,9 +191,10 @@ class RunManager:
             await self._claim(request, target, new_run)
         except BaseException:
             self._revoke(run_id)
-            await _discard(spawning)
-            if not target.resume:
-                self.workspaces.remove(target.workspace_id)
+            try:
+                await _discard(spawning)
+            finally:
+                self._drop_new_workspace(target)
             raise
         try:
             child = await spawning
@@ -256,18 +258,58 @@ class RunManager:
             self.runtime.key_proxy.revoke(run_id)
 
     async def _abandon(self, target: Placement, run_id: str, why: str) -> None:
-        """Undo :meth:`_claim` for a run whose CLI could not start."""
+        """Undo :meth:`_claim` for a run whose CLI could not start.
+
+        Every step is tried even when one before it fails (the database may be what is
+        failing), and none of their errors replaces the one the client must see.
+        """
         if target.resume:
-            await self.runtime.runs.mark_failed(
-                run_id,
-                why,
-                stop_reason="not_started",
-                final_event=relay_error(why, exit_code=None, stderr=""),
+            await _attempt(
+                self.runtime.runs.mark_failed(
+                    run_id,
+                    why,
+                    stop_reason="not_started",
+                    final_event=relay_error(why, exit_code=None, stderr=""),
+                ),
+                f"marking run {run_id} not started",
             )
-            await self.store.release(target.workspace_id, run_id=run_id)
+            await _attempt(
+                self.store.release(target.workspace_id, run_id=run_id),
+                f"unlocking session {target.workspace_id}",
+            )
         else:
             self._new_sessions.discard(run_id)
-            await self.store.delete(target.workspace_id, only_if_idle=False)
+            await _attempt(
+                self.store.delete(target.workspace_id, only_if_idle=False),
+                f"forgetting new session {target.workspace_id}",
+            )
+            self.workspaces.remove(target.workspace_id)
+
+    async def _spawn(
+        self, request: RunRequest, target: Placement, run_id: str, cwd: Path
+    ) -> asyncio.Future[process.Child]:
+        """Start the CLI in ``cwd``, with the session's own config directory; it waits for its
+        prompt on stdin."""
+        argv = build_argv(
+            self.settings.claude_bin,
+            request.options,
+            resume_id=target.resume_from,
+            new_session_id=target.claude_session_id,
+            fork=target.fork,
+        )
+        env = await self.runtime.session_configs.child_env(
+            target.workspace_id,
+            build_env(current_env(), self.settings.claude_env, run_id),
+            resume_from=target.resume_from,
+        )
+        key_proxy = self.runtime.key_proxy
+        if key_proxy is not None:
+            env = key_proxy.child_env(env, key_proxy.issue(run_id))
+        return asyncio.ensure_future(process.spawn(argv, cwd=cwd, env=env))
+
+    def _drop_new_workspace(self, target: Placement) -> None:
+        """A new session's directory goes when its first run does not start."""
+        if not target.resume:
             self.workspaces.remove(target.workspace_id)
 
     # -- RunObserver -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ DESCRIPTION = """\
 Each stdout line of the CLI is one event: `id` = its 1-based number in the run, `data` = the
 line. A line that is not JSON arrives as `{"type":"relay","subtype":"raw","text":...}`; a run
 that ends badly ends with `{"type":"relay","subtype":"error",...}`. Errors before the stream
-starts are JSON `{"error": ...}` with status 400, 401, 403, 404, 409, 413, 429 or 503.
+starts are JSON `{"error": ...}` with status 400, 401, 403, 404, 409, 413, 429, 503 or 507.
 Response headers: `X-Run-Id`, `X-Session-Id`.
 """
 
@@ -53,7 +53,7 @@ def run_request(body: ClaudeRequest, settings: Settings, api_key_id: str) -> Run
     summary="Run Claude Code and stream its output",
     description=DESCRIPTION,
     opt={BODY_OPT: ClaudeRequest},
-    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 429, 503),
+    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 429, 503, 507),
 )
 async def run_claude(
     data: JSONBody[ClaudeRequest], settings: SettingsDep, manager: ManagerDep, api_key_id: CallerDep

@@ -28,6 +28,8 @@ from server.errors import (
     NotFound,
     Refused,
     RunFailed,
+    StorageFull,
+    StorageUnavailable,
     TooLarge,
     TooManyRuns,
     Unauthorized,
@@ -45,6 +47,8 @@ STATUS: dict[type[Refused], int] = {
     TooManyRuns: 429,
     RunFailed: 500,
     CLIUnavailable: 503,
+    StorageUnavailable: 503,
+    StorageFull: 507,
 }
 
 # msgspec's words for a field the struct does not have.
@@ -74,7 +78,7 @@ def status_of(error: Refused) -> int:
 def headers_of(error: Refused) -> dict[str, str]:
     if isinstance(error, Unauthorized):
         return {"WWW-Authenticate": "Bearer"}
-    if isinstance(error, TooManyRuns):
+    if isinstance(error, TooManyRuns | StorageUnavailable):
         return {"Retry-After": str(error.retry_after)}
     return {}
 
@@ -139,7 +143,10 @@ MEANING = {
     413: "The prompt or body is over the relay's cap.",
     429: "Too many runs at once; see Retry-After.",
     500: "The run behind a non-streaming answer failed.",
-    503: "The Claude Code CLI cannot be run.",
+    503: "The Claude Code CLI cannot be run, or the database or workspaces root is read-only,"
+    " gone or unreachable (the message says which; see Retry-After).",
+    507: "The database's or the workspaces root's disk is full (the message says which; see"
+    " Retry-After). The relay serves again once space is freed.",
 }
 
 

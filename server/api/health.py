@@ -1,4 +1,11 @@
-"""``GET /health``: is the CLI there, is the database reachable, how busy is the relay."""
+"""``GET /health``: is the CLI there, can the relay write its database and workspaces, how
+busy is it.
+
+Storage is judged by what a write would meet, not by a query that succeeds: a SQLite file
+deleted under the relay still answers through its open connections, and a full disk still
+serves reads. So the database's file is compared with the one opened at start, and both it
+and the workspaces root are checked for being writable and having space left.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +14,49 @@ from litestar.response import Response
 
 from server.api.auth import PUBLIC_OPT
 from server.api.dependencies import ManagerDep, RuntimeDep, SettingsDep
-from server.api.schemas import CLIHealth, DatabaseHealth, Health, RunsHealth
+from server.api.schemas import CLIHealth, DatabaseHealth, Health, RunsHealth, WorkspacesHealth
 from server.claude import binary
 from server.config import VERSION
-from server.storage.database import current_revision
+from server.engine.runtime import Runtime
 
 
-@get("/health", opt={PUBLIC_OPT: True}, tags=["health"], summary="Relay, CLI and database state")
+async def _database(runtime: Runtime) -> DatabaseHealth:
+    state = await runtime.database.state()
+    return DatabaseHealth(
+        ok=state.error is None,
+        revision=state.revision,
+        writable=state.writable,
+        free_bytes=state.free_bytes,
+        error=state.error,
+    )
+
+
+def _workspaces(runtime: Runtime) -> WorkspacesHealth:
+    state = runtime.workspaces.state()
+    return WorkspacesHealth(
+        ok=state.error is None,
+        writable=state.writable,
+        free_bytes=state.free_bytes,
+        error=state.error,
+    )
+
+
+@get("/health", opt={PUBLIC_OPT: True}, tags=["health"], summary="Relay, CLI and storage state")
 async def health(
     settings: SettingsDep, runtime: RuntimeDep, manager: ManagerDep
 ) -> Response[Health]:
-    """503 when the CLI cannot be run or the database cannot be read; 200 otherwise."""
+    """503 when the CLI cannot be run, or the database or the workspaces root cannot be
+    written (full, read-only, gone); 200 otherwise. ``error`` fields say why."""
     cli = await binary.probe(settings.claude_bin)
-    try:
-        revision = await current_revision(runtime.database.engine)
-        database = DatabaseHealth(ok=True, revision=revision)
-    except Exception as exc:
-        database = DatabaseHealth(ok=False, error=str(exc))
-    healthy = cli.available and database.ok
+    database = await _database(runtime)
+    workspaces = _workspaces(runtime)
+    healthy = cli.available and database.ok and workspaces.ok
     body = Health(
         status="ok" if healthy else "unavailable",
         version=VERSION,
         cli=CLIHealth(path=cli.path, version=cli.version, error=cli.error),
         database=database,
+        workspaces=workspaces,
         runs=RunsHealth(active=manager.active_count, max=settings.max_concurrent_runs),
     )
     return Response(body, status_code=200 if healthy else 503)

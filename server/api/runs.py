@@ -20,7 +20,7 @@ from server.engine.runtime import Runtime
 from server.errors import Conflict, InvalidRequest, NotFound
 from server.storage.run_store import RunRecord, RunStatus
 
-ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409)
+ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409, 503, 507)
 MAX_EVENT_ID = 10**15
 """Larger than any run's event count; keeps positions far from integer limits."""
 

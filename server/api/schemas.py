@@ -222,8 +222,28 @@ class CLIHealth(msgspec.Struct):
 
 class DatabaseHealth(msgspec.Struct, omit_defaults=True):
     ok: bool
+    """The relay can read and write it; false makes ``/health`` answer 503."""
     revision: str | None = None
+    """Its schema's migration, when it could be read."""
+    writable: bool | None = None
+    """Whether the relay can write to it (a SQLite file, its directory and file system);
+    absent for PostgreSQL, whose writes only its answers judge."""
+    free_bytes: int | None = None
+    """Space left on a SQLite file's file system; 0 is full (new runs get 507)."""
     error: str | None = None
+    """Why it cannot be used: full, read-only, deleted or replaced under the relay,
+    unreachable."""
+
+
+class WorkspacesHealth(msgspec.Struct, omit_defaults=True):
+    ok: bool
+    """The root is a directory the relay can write to, with space left; false makes
+    ``/health`` answer 503."""
+    writable: bool
+    free_bytes: int | None = None
+    """Space left on its file system; 0 is full (new runs get 507)."""
+    error: str | None = None
+    """Why it cannot be used: gone, not a directory, read-only, full."""
 
 
 class RunsHealth(msgspec.Struct):
@@ -236,6 +256,7 @@ class Health(msgspec.Struct):
     version: str
     cli: CLIHealth
     database: DatabaseHealth
+    workspaces: WorkspacesHealth
     runs: RunsHealth
 
 

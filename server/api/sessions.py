@@ -26,7 +26,7 @@ from server.engine.runtime import Runtime
 from server.errors import InvalidRequest, NotFound
 from server.storage.session_store import SessionRecord
 
-ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409)
+ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409, 503, 507)
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size.")]
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]

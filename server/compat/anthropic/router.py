@@ -50,7 +50,7 @@ class _Events(StreamShape):
     " Server-Sent Events (`message_start` … `message_stop`).",
     responses={
         200: ResponseSpec(schemas.Message, description="The message, or its stream."),
-        **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503),
+        **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503, 507),
     },
     opt={BODY_OPT: schemas.MessagesRequest},
 )

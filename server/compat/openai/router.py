@@ -91,7 +91,7 @@ class _Chunks(StreamShape):
             schemas.ChatCompletion,
             description="The completion, or (with `stream: true`) a stream of chunks.",
         ),
-        **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503),
+        **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503, 507),
     },
     opt={BODY_OPT: schemas.ChatCompletionRequest},
 )

@@ -229,8 +229,13 @@ def start_relay(
     database: Path | None = None,
     workspaces: Path | None = None,
     home: Path | None = None,
+    prefix: list[str] | None = None,
 ) -> RelayProcess:
-    """Start ``python -m server serve`` and wait until ``/health`` answers."""
+    """Start ``python -m server serve`` and wait until ``/health`` answers.
+
+    ``prefix`` runs it through another program that then executes it (``nsenter``, to serve
+    from a mount namespace of the test's own); the relay keeps the process's pid.
+    """
     port = free_port()
     home = home or tmp / "home"
     workspaces = workspaces or tmp / "workspaces"
@@ -258,7 +263,7 @@ def start_relay(
     log_path = tmp / f"relay-{port}.log"
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", f"--port={port}", *(args or [])],
+        [*(prefix or []), sys.executable, "-m", "server", "serve", f"--port={port}", *(args or [])],
         cwd=ROOT,
         env=full_env,
         stdout=log_file,

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import wait_until
+from tests.support import ROOT, wait_until
 
 
 class Tmpfs:
@@ -55,6 +58,22 @@ class Tmpfs:
     def nsenter(self) -> list[str]:
         """The command prefix that runs a program inside the namespace (seeing the tmpfs)."""
         return ["nsenter", f"--target={self.process.pid}", "--mount", "--"]
+
+    def run_python(self, code: str, *args: str) -> Any:
+        """Run ``code`` in a Python inside the namespace; what it printed last, as JSON.
+
+        For code that must see the tmpfs at its plain path: SQLite and ``Path.resolve``
+        resolve ``/proc/<pid>/root`` to this process's own root, not the namespace's.
+        """
+        done = subprocess.run(
+            [*self.nsenter(), sys.executable, "-c", code, str(self.inside), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
     def remount(self, *, read_only: bool) -> None:
         option = "remount,ro" if read_only else "remount,rw"

@@ -2,7 +2,8 @@
 
 The unit tests use real directories and links; the API tests run an in-process relay with the
 scripted fake CLI (the tampering is done by the test, standing in for a tool's ``Bash`` call:
-the real CLI would need an allowed Bash tool to do the same).
+the real CLI would need an allowed Bash tool to do the same). A root that is full or read-only
+is a real tmpfs (``tests/tmpfs.py``), looked at from inside its mount namespace.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import httpx
 import pytest
 
 from server.engine.workspaces import Workspaces
-from server.errors import Conflict, InvalidRequest
+from server.errors import Conflict, InvalidRequest, StorageFull, StorageUnavailable
 from tests.support import Relay
+from tests.tmpfs import tmpfs
 
 
 def test_a_workspace_is_a_uuid_directly_under_the_root(tmp_path: Path) -> None:
@@ -73,6 +75,53 @@ def test_a_missing_workspace_is_made_again_for_the_next_run(tmp_path: Path) -> N
     workspace_id = str(uuid.uuid4())
     assert spaces.broken(workspace_id) is None
     assert spaces.prepare(workspace_id).is_dir()
+
+
+def test_a_vanished_root_refuses_runs_until_it_is_back(tmp_path: Path) -> None:
+    spaces = Workspaces(tmp_path / "root")
+    spaces.ensure_root()
+    (tmp_path / "root").rmdir()
+    with pytest.raises(StorageUnavailable, match="the workspaces root is gone") as gone:
+        spaces.prepare(str(uuid.uuid4()))
+    assert isinstance(gone.value.__cause__, FileNotFoundError)
+    assert spaces.state().error == "the workspaces root is gone (No such file or directory)"
+    spaces.ensure_root()
+    assert spaces.state().error is None and spaces.prepare(str(uuid.uuid4())).is_dir()
+
+
+PREPARE = """
+import json, sys, uuid
+from pathlib import Path
+from server.engine.workspaces import Workspaces
+from server.errors import StorageUnavailable
+
+spaces = Workspaces(Path(sys.argv[1]) / "root")
+spaces.ensure_root()
+try:
+    spaces.prepare(str(uuid.uuid4()))
+    outcome = {"prepare": "ok"}
+except StorageUnavailable as exc:
+    outcome = {"prepare": type(exc).__name__, "message": exc.message}
+state = spaces.state()
+outcome.update(error=state.error, writable=state.writable, left=len(list(spaces.root.iterdir())))
+print(json.dumps(outcome))
+"""
+
+
+def test_a_full_or_read_only_root_refuses_a_new_workspace(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "vol", size="1m") as volume:
+        assert volume.run_python(PREPARE)["prepare"] == "ok"
+        filler = volume.fill()
+        full = volume.run_python(PREPARE)
+        assert full["prepare"] == StorageFull.__name__, full
+        assert full["message"].startswith("the workspaces root is full")
+        assert full["error"].startswith("the workspaces root is full") and full["left"] == 1
+        filler.unlink()
+        volume.remount(read_only=True)
+        read_only = volume.run_python(PREPARE)
+        assert read_only["prepare"] == StorageUnavailable.__name__, read_only
+        assert "the workspaces root is read-only" in read_only["message"]
+        assert read_only["writable"] is False and "read-only" in read_only["error"]
 
 
 # -- through the API ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import RelayProcess
+from tests.support import RelayProcess, open_stream, scripted, wait_until
 from tests.tmpfs import Tmpfs, tmpfs
 
 ProcessFactory = Callable[..., RelayProcess]
@@ -119,3 +119,31 @@ def test_a_read_only_workspaces_root_is_503_until_it_is_writable_again(
     volume.remount(read_only=False)
     assert _health(relay).status_code == 200
     _new_session_succeeds(relay)
+
+
+# -- depends on the lead's EventWriter and Run (a run streaming when the disk fills) --------
+
+
+def test_a_run_streaming_when_the_disk_fills_fails_and_its_session_resumes_later(
+    volume: Tmpfs, relay_process_factory: ProcessFactory, fake_cli: Path
+) -> None:
+    """Needs the lead's EventWriter/Run: a StorageUnavailable from Database.write() must end
+    the run ``failed`` with the cause as its error event and give back its session."""
+    relay = _relay_on(volume, relay_process_factory, fake_cli)
+    stream = open_stream(relay, scripted(lines=400, interval=0.05, size=2000))
+    stream.wait_for(lambda p: p.get("i") == 3)
+    session_id = stream.session_id
+    filler = volume.fill()
+
+    ended = stream.result(timeout=120)
+    last = ended.payloads[-1]
+    assert last["type"] == "relay" and last["subtype"] == "error", last
+    assert "full" in last["message"], last
+    run = relay.wait_run_ended(stream.run_id)
+    assert run["status"] == "failed", run
+
+    filler.unlink()
+    assert wait_until(lambda: _health(relay).status_code == 200, 30)
+    resumed = relay.run({"prompt": "still there?", "session_id": session_id})
+    assert resumed.status == 200, resumed.body
+    assert resumed.payloads[-1]["type"] == "result"

@@ -56,8 +56,12 @@ class Tmpfs:
         return err.strip() or "the tmpfs was not mounted"
 
     def nsenter(self) -> list[str]:
-        """The command prefix that runs a program inside the namespace (seeing the tmpfs)."""
-        return ["nsenter", f"--target={self.process.pid}", "--mount", "--"]
+        """The command prefix that runs a program inside the namespace (seeing the tmpfs).
+
+        ``--wd``: entering a mount namespace moves the working directory to its root, and the
+        relay must run from the checkout (``python -m server`` imports it from there).
+        """
+        return ["nsenter", f"--target={self.process.pid}", "--mount", f"--wd={ROOT}", "--"]
 
     def run_python(self, code: str, *args: str) -> Any:
         """Run ``code`` in a Python inside the namespace; what it printed last, as JSON.

@@ -34,7 +34,7 @@ async def find_run(runtime: Runtime, run_id: str) -> RunRecord:
 
 @get("/{run_id:str}", summary="One run and its outcome", responses=ERRORS)
 async def get_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep) -> RunOut:
-    record = await find_run(runtime, run_id)
+    record = manager.current(await find_run(runtime, run_id))
     live = manager.get(run_id)
     return run_out(record, events=live.last_seq if live is not None else None)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -27,7 +28,7 @@ from server.engine.relay_events import relay_error
 from server.engine.run import Limits, PromptInput, Run, StopReason
 from server.engine.runtime import Runtime
 from server.errors import Conflict, TooLarge, TooManyRuns
-from server.storage.run_store import NewRun, RunOutcome
+from server.storage.run_store import NewRun, RunOutcome, RunRecord
 from server.storage.session_store import ConversationTaken
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class RunManager:
         self._slots = 0
         self._new_sessions: set[str] = set()
         self._retries: set[asyncio.Task[None]] = set()
+        self._unrecorded: dict[str, bool] = {}
+        """Runs that ended but whose end is not recorded yet: run id → it made its session."""
         self.limits = Limits(
             idle_timeout=settings.idle_timeout,
             total_timeout=settings.total_timeout,
@@ -142,6 +145,22 @@ class RunManager:
     def get(self, run_id: str) -> Run | None:
         """The run with this id if this relay is running it."""
         return self.runs.get(run_id)
+
+    def current(self, record: RunRecord) -> RunRecord:
+        """``record`` with what this relay knows and storage may not have yet: the end of a
+        run whose outcome could not be recorded (storage failing) is still the end."""
+        run = self.runs.get(record.id)
+        if run is None or not run.done:
+            return record
+        return dataclasses.replace(
+            record,
+            status=run.status,
+            ended_at=run.ended_at,
+            exit_code=run.exit_code,
+            stop_reason=str(run.stop_reason) if run.stop_reason else None,
+            error_message=run.error_message,
+            last_seq=run.last_seq,
+        )
 
     async def start(self, request: RunRequest) -> Run:
         """Start a run for ``request`` or raise the error the client should see."""
@@ -233,7 +252,7 @@ class RunManager:
     async def _claim(self, request: RunRequest, target: Placement, new_run: NewRun) -> None:
         """Lock the session for this run (recording the run), or create it locked."""
         if target.resume:
-            if not await self.store.acquire(target.workspace_id, run=new_run):
+            if not await self._acquire(target.workspace_id, new_run):
                 name = _name_of(request.target, target)
                 raise Conflict(f"session {name} is already running; wait for its run to end")
             return
@@ -251,6 +270,14 @@ class RunManager:
                 f"conversation {key!r} is already running; wait for its run to end"
             ) from None
         self._new_sessions.add(new_run.id)
+
+    async def _acquire(self, workspace_id: str, new_run: NewRun) -> bool:
+        if await self.store.acquire(workspace_id, run=new_run):
+            return True
+        # Held by a run of ours that ended while storage failed? Record it, then try again.
+        return await self._record_ended_runs_of(workspace_id) and await self.store.acquire(
+            workspace_id, run=new_run
+        )
 
     def _revoke(self, run_id: str) -> None:
         """The run's key pass-through token stops working (its tools may have copied it)."""
@@ -345,15 +372,27 @@ class RunManager:
         self._revoke(run.id)
         log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
         self._slots -= 1
+        self._unrecorded[run.id] = created
+        if await self._try_record_end(run):
+            return
+        retry = asyncio.create_task(self._record_end_later(run))
+        self._retries.add(retry)
+        retry.add_done_callback(self._retries.discard)
+
+    async def _try_record_end(self, run: Run) -> bool:
+        """Record the run's end and drop it from memory; False (and logged) if storage
+        refused."""
+        created = self._unrecorded.get(run.id)
+        if created is None:
+            return True  # recorded meanwhile, by another attempt
         try:
             await self._record_end(run, created)
         except Exception as exc:
-            log.warning("run %s: its end is not recorded yet (%s); retrying", run.id, exc)
-            retry = asyncio.create_task(self._record_end_later(run, created))
-            self._retries.add(retry)
-            retry.add_done_callback(self._retries.discard)
-            return
+            log.warning("run %s: its end is not recorded yet (%s)", run.id, exc)
+            return False
+        self._unrecorded.pop(run.id, None)
         self.runs.pop(run.id, None)
+        return True
 
     async def _record_end(self, run: Run, created: bool) -> None:
         if created and not run.session_reported:
@@ -366,19 +405,21 @@ class RunManager:
         final = run.final_event if run.storage_error is not None else None
         await self.store.finish_run(run.workspace_id, run.id, outcome_of(run), final_event=final)
 
-    async def _record_end_later(self, run: Run, created: bool) -> None:
+    async def _record_end_later(self, run: Run) -> None:
         delay = 0.25
-        while True:
+        while not await self._try_record_end(run):
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECORD_RETRY_MAX)
-            try:
-                await self._record_end(run, created)
-            except Exception as exc:
-                log.debug("run %s: recording its end failed again (%s)", run.id, exc)
-                continue
-            log.info("run %s: its end is recorded and its session free", run.id)
-            self.runs.pop(run.id, None)
-            return
+        log.info("run %s: its end is recorded and its session free", run.id)
+
+    async def _record_ended_runs_of(self, workspace_id: str) -> bool:
+        """Try now to record the end of this session's runs that storage refused before: a
+        client asking to resume the session need not wait for the next retry."""
+        recorded = False
+        for run in [r for r in self.runs.values() if r.workspace_id == workspace_id]:
+            if run.id in self._unrecorded:
+                recorded = await self._try_record_end(run) or recorded
+        return recorded
 
     # -- shutdown --------------------------------------------------------------------------
 

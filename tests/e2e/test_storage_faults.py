@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import RelayProcess, open_stream, scripted, wait_until
+from tests.support import RelayProcess, open_stream, read_stream, scripted, wait_until
 from tests.tmpfs import Tmpfs, tmpfs
 
 ProcessFactory = Callable[..., RelayProcess]
@@ -127,8 +127,9 @@ def test_a_read_only_workspaces_root_is_503_until_it_is_writable_again(
 def test_a_run_streaming_when_the_disk_fills_fails_and_its_session_resumes_later(
     volume: Tmpfs, relay_process_factory: ProcessFactory, fake_cli: Path
 ) -> None:
-    """Needs the lead's EventWriter/Run: a StorageUnavailable from Database.write() must end
-    the run ``failed`` with the cause as its error event and give back its session."""
+    """A StorageFull from the event writer ends the run ``failed`` with the cause as its last
+    event (shown before it can be stored); the session is given back, and the event stored,
+    as soon as space is back, without a restart."""
     relay = _relay_on(volume, relay_process_factory, fake_cli)
     stream = open_stream(relay, scripted(lines=400, interval=0.05, size=2000))
     stream.wait_for(lambda p: p.get("i") == 3)
@@ -147,3 +148,7 @@ def test_a_run_streaming_when_the_disk_fills_fails_and_its_session_resumes_later
     resumed = relay.run({"prompt": "still there?", "session_id": session_id})
     assert resumed.status == 200, resumed.body
     assert resumed.payloads[-1]["type"] == "result"
+    # Once storage is back the replay is what the client saw, error event included.
+    with relay.client() as client:
+        replay = read_stream(client, "GET", f"/api/runs/{stream.run_id}/events")
+    assert replay.events == ended.events

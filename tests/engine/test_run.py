@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.conftest import RelayFactory
 from tests.support import (
@@ -175,6 +176,35 @@ def test_a_refused_resume_leaves_no_process_behind(fake_relay: Relay) -> None:
     assert busy.result().payloads[-1]["subtype"] == "error"
     assert fake_relay.children() == []
     assert fake_relay.run({**scripted(lines=1), "session_id": session}).status == 200
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        {"lines": 5, "crash_after": 2},  # the CLI dies mid-answer
+        {"lines": 2, "big_line": 200_000},  # a line over the cap stops the run
+        {"lines": 2, "exit": 1},  # a result, then a failing exit
+        {"lines": 1, "no_result": True},  # ends without an answer
+    ],
+    ids=["crash", "line_too_long", "exit_code", "no_result"],
+)
+def test_a_run_that_fails_while_answering_leaves_its_session_free(
+    relay_factory: RelayFactory, fake_cli: Path, failure: dict[str, Any]
+) -> None:
+    """The session of a failed run takes the next turn at once: the stream's end comes after
+    the lock is given back, so no client ever sees a 409 for a run that is over."""
+    relay = relay_factory(
+        claude_bin=fake_cli,
+        env={"CLAUDE_RELAY_MAX_LINE_BYTES": "100000", "CLAUDE_RELAY_INTERRUPT_GRACE": "1"},
+    )
+    session = relay.run(scripted(lines=1)).headers["x-session-id"]
+    failed = relay.run({**scripted(**failure), "session_id": session})
+    assert failed.status == 200
+    assert relay.get_run(failed.headers["x-run-id"])["status"] == "failed"
+    assert failed.payloads[-1]["subtype"] == "error"
+    again = relay.run({**scripted(lines=1), "session_id": session})
+    assert again.status == 200, again.body
+    assert again.payloads[-1]["type"] == "result"
 
 
 def test_many_runs_leave_no_zombies_and_no_open_descriptors(fake_relay: Relay) -> None:

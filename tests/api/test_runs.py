@@ -10,9 +10,12 @@ after SIGINT, its cost, turns and usage are the real CLI's.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from tests.conftest import RelayFactory
 from tests.support import (
+    OpenStream,
     Relay,
     Stream,
     cancel,
@@ -77,6 +80,43 @@ def test_a_second_client_follows_a_live_run_to_its_end(fake_relay: Relay) -> Non
     original, follower = first.result(), second.result()
     assert [(e.id, e.data) for e in follower.events] == [(e.id, e.data) for e in original.events]
     assert follower.payloads[-1]["subtype"] == "error"
+
+
+def _live_run_past_the_window(relay: Relay) -> tuple[OpenStream, str]:
+    """A run that wrote 10 MB (more than a run keeps in memory) and then waits to be
+    cancelled, with its first client still reading."""
+    first = open_stream(relay, scripted(lines=40, size=262_144, hang=120))
+    run_id = first.wait_started()
+    first.wait_for(lambda p: p.get("i") == 40, timeout=60)
+    return first, run_id
+
+
+def test_a_follower_the_window_left_behind_reads_the_rest_from_storage(
+    fake_relay: Relay,
+) -> None:
+    first, run_id = _live_run_past_the_window(fake_relay)
+    late = follow(fake_relay, run_id, headers={"Last-Event-ID": "0"})
+    late.wait_for(lambda p: p.get("i") == 40, timeout=60)
+    cancel(fake_relay, run_id)
+    original, follower = first.result(), late.result()
+    assert [(e.id, e.data) for e in follower.events] == [(e.id, e.data) for e in original.events]
+
+
+def test_without_stored_events_a_follower_left_behind_is_told_and_closed(
+    relay_factory: RelayFactory, fake_cli: Path
+) -> None:
+    relay = relay_factory(
+        claude_bin=fake_cli,
+        env={"CLAUDE_RELAY_PERSIST_EVENTS": "0", "CLAUDE_RELAY_INTERRUPT_GRACE": "1"},
+    )
+    first, run_id = _live_run_past_the_window(relay)
+    late = replay(relay, run_id, headers={"Last-Event-ID": "0"})
+    assert late.status == 200
+    assert [(e.id, e.json["subtype"]) for e in late.events] == [(None, "lagged")]
+    # The run itself, and its first client, go on.
+    assert relay.get_run(run_id)["status"] == "running"
+    cancel(relay, run_id)
+    assert first.result().payloads[-1]["subtype"] == "error"
 
 
 IMPOSSIBLE_POSITIONS: list[dict[str, Any]] = [

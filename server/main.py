@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from server.claude.privileges import capability_dropper
 from server.config import Settings, describe_settings
 from server.errors import ConfigError
 
@@ -87,6 +88,7 @@ def serve(settings: Settings) -> int:
     from server.app import create_app
 
     check_bind_safety(settings)
+    capability_dropper()  # a root relay that cannot drop them refuses before it listens
     _configure_logging(settings.log_level)
     grace = settings.shutdown_grace + settings.interrupt_grace + settings.terminate_grace + 5
     config = uvicorn.Config(

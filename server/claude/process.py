@@ -25,11 +25,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,16 @@ def _close_all(sockets: Iterable[socket.socket]) -> None:
         sock.close()
 
 
-async def spawn(argv: list[str], *, cwd: Path, env: dict[str, str]) -> Child:
-    """Start the CLI on three socket pairs, as leader of a new session and process group."""
+async def spawn(
+    argv: list[str], *, cwd: Path, env: dict[str, str], launcher: Sequence[str] = ()
+) -> Child:
+    """Start the CLI on three socket pairs, as leader of a new session and process group.
+
+    ``launcher`` is a command that executes ``argv`` in its own place (``setpriv``): the CLI
+    keeps its pid. A CLI that cannot be run is found before, so it is still CLIUnavailable.
+    """
+    if launcher and shutil.which(argv[0]) is None:
+        raise CLIUnavailable(f"cannot start the Claude Code CLI {argv[0]!r}: not executable")
     try:
         pairs = _socket_pairs()
     except OSError as exc:
@@ -121,7 +130,7 @@ async def spawn(argv: list[str], *, cwd: Path, env: dict[str, str]) -> Child:
     try:
         # A vfork + exec: well under the cost of a loop iteration, as asyncio's own spawn.
         popen = subprocess.Popen(  # noqa: ASYNC220
-            argv,
+            [*launcher, *argv],
             cwd=cwd,
             env=env,
             stdin=pairs[0][1].fileno(),

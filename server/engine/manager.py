@@ -23,6 +23,7 @@ from pathlib import Path
 from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
+from server.claude.privileges import capability_dropper
 from server.engine.planner import ByConversation, Placement, Planner, ResumeLatest, Target
 from server.engine.relay_events import relay_error
 from server.engine.run import Limits, PromptInput, Run, StopReason
@@ -123,6 +124,8 @@ class RunManager:
         self.workspaces = runtime.workspaces
         self.planner = Planner(runtime.sessions, runtime.fingerprints)
         self.owner = owner_id()
+        self._launcher = capability_dropper()
+        """Put before the CLI's command: as root, it starts without capabilities."""
         self.runs: dict[str, Run] = {}
         self._slots = 0
         self._new_sessions: set[str] = set()
@@ -332,7 +335,7 @@ class RunManager:
         key_proxy = self.runtime.key_proxy
         if key_proxy is not None:
             env = key_proxy.child_env(env, key_proxy.issue(run_id))
-        return asyncio.ensure_future(process.spawn(argv, cwd=cwd, env=env))
+        return asyncio.ensure_future(process.spawn(argv, cwd=cwd, env=env, launcher=self._launcher))
 
     def _drop_new_workspace(self, target: Placement) -> None:
         """A new session's directory goes when its first run does not start."""

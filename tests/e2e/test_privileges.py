@@ -1,0 +1,45 @@
+"""A root relay's runs hold no capabilities: a tool cannot read the relay's memory or environment.
+
+Real CLI, fake Anthropic API, a real ``Bash`` tool call. Only meaningful when the tests run as
+root (CI does); elsewhere the relay has no capabilities to give and the test is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.support import Relay
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only a root relay has capabilities")
+
+
+def _tool_output(stream) -> str:
+    results = [
+        block["content"]
+        for message in stream.of_type("user")
+        for block in message["message"]["content"]
+        if isinstance(block, dict) and block.get("type") == "tool_result"
+    ]
+    assert results, stream.body
+    return json.dumps(results)
+
+
+def test_a_tool_of_a_root_relay_has_no_capabilities(real_relay: Relay) -> None:
+    # The relay serves from this process: its environment holds the test's secrets.
+    command = (
+        "grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status; "
+        f"cat /proc/{real_relay.pid}/environ >/dev/null 2>&1 && echo READ-RELAY-ENV; "
+        f"head -c1 /proc/{real_relay.pid}/mem >/dev/null 2>&1 && echo READ-RELAY-MEM; "
+        "echo checked"
+    )
+    tool = "[[tool:Bash:" + json.dumps({"command": command}) + "]]"
+    stream = real_relay.run({"prompt": tool, "allowedTools": ["Bash"]})
+    assert stream.of_type("result")[0]["subtype"] == "success", stream.body
+    output = _tool_output(stream)
+    assert "checked" in output
+    for name in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+        assert f"{name}:\\t0000000000000000" in output, output
+    assert "READ-RELAY-ENV" not in output and "READ-RELAY-MEM" not in output

@@ -439,5 +439,7 @@ class RunManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*runs), limit)
         for retry in list(self._retries):
-            # What storage still refuses is left to the next start's recovery.
             retry.cancel()
+        for run in [r for r in self.runs.values() if r.id in self._unrecorded]:
+            # A last try; what storage still refuses is left to the next start's recovery.
+            await self._try_record_end(run)

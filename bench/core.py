@@ -23,7 +23,7 @@ import httpx
 import msgspec
 import psutil
 
-from tests.support import Relay, fake_claude_bin, start_relay
+from tests.support import Relay, RelayProcess, fake_claude_bin, start_relay
 
 CLI_ARGS = ["-p", "--verbose", "--output-format=stream-json"]
 
@@ -262,8 +262,14 @@ def async_client(relay: Relay) -> httpx.AsyncClient:
     )
 
 
-def bench_relay(folder: Path, claude_bin: Path | str, env: dict[str, str] | None = None) -> Relay:
-    """A relay subprocess on 127.0.0.1 with room for every bench stream, logging warnings only."""
+def bench_relay(
+    folder: Path, claude_bin: Path | str, env: dict[str, str] | None = None, **launch: Any
+) -> RelayProcess:
+    """A relay subprocess on 127.0.0.1 with room for every bench stream, logging warnings only.
+
+    ``launch`` goes to :func:`tests.support.start_relay` (``database``, ``workspaces``,
+    ``home``): the soak restarts relays on the same state.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     return start_relay(
         folder,
@@ -274,6 +280,7 @@ def bench_relay(folder: Path, claude_bin: Path | str, env: dict[str, str] | None
             "CLAUDE_RELAY_HOST": "127.0.0.1",
             **(env or {}),
         },
+        **launch,
     )
 
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,11 +307,20 @@ def wait_until(predicate: Any, timeout: float = 10, interval: float = 0.05) -> b
 
 def processes_with_marker(run_id: str) -> list[psutil.Process]:
     """Live processes that belong to a relay run (they carry its marker in their env)."""
-    found = []
+    return processes_with_markers({run_id}).get(run_id, [])
+
+
+def processes_with_markers(run_ids: Collection[str]) -> dict[str, list[psutil.Process]]:
+    """Live processes of any of these runs, by run id, in one pass over the process table
+    (the soak checks hundreds of runs at once; one scan per run would read every process's
+    environment hundreds of times)."""
+    wanted = set(run_ids)
+    found: dict[str, list[psutil.Process]] = {}
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get("CLAUDE_RELAY_RUN_ID") == run_id and proc.status() != "zombie":
-                found.append(proc)
+            run_id = proc.environ().get("CLAUDE_RELAY_RUN_ID")
+            if run_id in wanted and proc.status() != "zombie":
+                found.setdefault(run_id, []).append(proc)
         except (psutil.Error, OSError):
             continue
     return found

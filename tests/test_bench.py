@@ -1,4 +1,5 @@
-"""Smoke test of the benchmark suite's fastest path: both clients see every line once, whole.
+"""Smoke test of the benchmark suite's fastest path: both clients see every line once, whole;
+and the soak's comparisons, which must count what they are there to catch.
 
 No timing is asserted here; figures come from ``python -m bench`` (see bench/README.md).
 """
@@ -9,6 +10,16 @@ import asyncio
 from pathlib import Path
 
 from bench.core import async_client, direct_run, make_fake, relay_process, relay_run
+from bench.soak import (
+    CrashTotals,
+    FollowTotals,
+    Report,
+    Seen,
+    Tracked,
+    compare_follow,
+    compare_replay,
+)
+from tests.support import Event
 
 
 def test_relay_and_direct_clients_check_every_line(tmp_path: Path) -> None:
@@ -25,3 +36,25 @@ def test_relay_and_direct_clients_check_every_line(tmp_path: Path) -> None:
             assert outcome.checker.lines == 302  # init, 300 assistant lines, result
 
     asyncio.run(both())
+
+
+def test_the_soaks_checks_count_what_they_must() -> None:
+    """The soak's replay and re-attach comparisons are what fail it: on a relay where every
+    check passes, only this shows they would see a lost, duplicated or changed event."""
+    result = '{"type":"result","subtype":"success"}'
+    reference = [(1, "a"), (2, "b"), (3, "c"), (4, result)]
+    follower = Seen(events=[Event(3, "c"), Event(3, "c"), Event(4, "x"), Event(5, "e")])
+    follows, report = FollowTotals(), Report()
+    compare_follow(reference, 1, follower, follows, report, "follower")
+    assert (follows.lost, follows.duplicated, follows.changed, follows.extra) == (1, 1, 1, 1)
+    exact = Seen(events=[Event(i, d) for i, d in reference[2:]], ended=True)
+    compare_follow(reference, 2, exact, FollowTotals(), report, "exact")
+    assert len(report.notes) == 1
+
+    run = Tracked("session", "tok", detached=True, run_id="run")
+    run.clients = [Seen(events=[Event(1, "a"), Event(2, "b"), Event(3, "c")])]
+    crash = CrashTotals()
+    compare_replay(run, Seen(events=[Event(1, "a"), Event(2, "B")]), crash, report)
+    assert (crash.seen_events, crash.lost, crash.changed, crash.not_terminal) == (3, 1, 1, 1)
+    compare_replay(run, Seen(events=[Event(i, d) for i, d in reference]), crash, report)
+    assert crash.not_terminal == 1 and crash.gaps == 0

@@ -180,11 +180,13 @@ def new_token() -> str:
     return f"tok-{uuid.uuid4().hex[:12]}"
 
 
-def slow_prompt(token: str, plan: Plan) -> str:
-    """A prompt the fake API answers slowly, in ``plan.pieces`` pieces: a run long enough to
-    leave, follow or kill in the middle of, with an event per piece (partial messages)."""
-    text = " ".join(f"w{i:03d}" for i in range(plan.pieces))
-    return f"{token} [[say:{text}]] [[slow:{plan.pieces}:{plan.piece_interval}]]"
+def slow_prompt(token: str, plan: Plan, stretch: int = 1) -> str:
+    """A prompt the fake API answers slowly, in ``plan.pieces * stretch`` pieces: a run long
+    enough to leave, follow or kill in the middle of, with an event per piece (partial
+    messages)."""
+    pieces = plan.pieces * stretch
+    text = " ".join(f"w{i:03d}" for i in range(pieces))
+    return f"{token} [[say:{text}]] [[slow:{pieces}:{plan.piece_interval}]]"
 
 
 def quick_prompt(token: str) -> str:
@@ -528,7 +530,7 @@ async def disconnect_storm(soak: Soak, report: Report) -> None:
     by_moment = {m: sum(1 for _, x in storm if x == m) for m in MOMENTS}
     report.figure(phase, "storm clients by API", by_api)
     report.figure(phase, "storm clients by moment", by_moment)
-    report.figure(phase, "duration (s)", round(storm_s, 1))
+    report.figure(phase, "duration, warm-up and storm (s)", round(storm_s, 1))
     for name, res in (("at start", at_start), ("after warm-up", at_warm), ("at end", at_end)):
         report.figure(
             phase,
@@ -639,6 +641,7 @@ class CrashTotals:
     not_resumed: int = 0
     history_missing: int = 0
     orphans: int = 0
+    ended_before_kill: int = 0
     integrity_bad: int = 0
     kill_to_ready_s: list[float] = field(default_factory=list)
 
@@ -649,7 +652,8 @@ async def start_tracked(
     """Start the run; a detached run's client leaves after a few events and a follower
     re-attaches from a random id it had seen; an attached one's client stays to the kill."""
     body: dict[str, Any] = {
-        "prompt": slow_prompt(run.token, soak.plan),
+        # Four times as long: on a loaded machine every run must still be going at the kill.
+        "prompt": slow_prompt(run.token, soak.plan, stretch=4),
         "include_partial_messages": True,
         "detach": run.detached,
     }
@@ -706,6 +710,7 @@ async def check_killed(
     async with async_client(relay) as client:
         for run in runs:
             record = (await client.get(f"/api/runs/{run.run_id}")).json()
+            totals.ended_before_kill += record.get("stop_reason") != "relay_died"
             if record.get("status") == "running":
                 totals.not_marked += 1
                 report.note(f"run {run.run_id} still running after the restart")
@@ -771,11 +776,12 @@ async def crash_loop(soak: Soak, report: Report) -> RelayProcess:
             history.setdefault(run.session, set())
         await check_killed(soak, relay, runs, history, totals, report)
         sessions = [(r.session, r.detached) for r in runs]
-    report.figure(phase, "cycles / runs killed mid-run", f"{plan.crash_cycles} / {totals.runs}")
+    report.figure(phase, "cycles / runs at the kills", f"{plan.crash_cycles} / {totals.runs}")
     report.figure(phase, "duration (s)", round(time.monotonic() - started, 1))
     kills = totals.kill_to_ready_s
     report.figure(phase, "SIGKILL to restarted relay ready (s, max)", round(max(kills), 2))
     report.figure(phase, "events seen by clients before the kills", totals.seen_events)
+    report.figure(phase, "runs that had ended before the kill", totals.ended_before_kill)
     report.zero(phase, "runs of a killed relay not marked", totals.not_marked)
     report.zero(phase, "CLI processes left after the restarts", totals.orphans)
     report.zero(phase, "seen events missing from the replay (lost)", totals.lost)

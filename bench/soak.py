@@ -894,7 +894,7 @@ async def reattach(soak: Soak, relay: RelayProcess, killed: list[str], report: R
     started = time.monotonic()
     async with async_client(relay) as client:
         primaries = await asyncio.gather(
-            *(followed_run(soak, client, relay) for _ in range(plan.live_runs))
+            *(followed_run(soak, client) for _ in range(plan.live_runs))
         )
     for run_id, primary, follows in primaries:
         for after, seen in follows:
@@ -940,7 +940,7 @@ async def reattach(soak: Soak, relay: RelayProcess, killed: list[str], report: R
 
 
 async def followed_run(
-    soak: Soak, client: httpx.AsyncClient, relay: RelayProcess
+    soak: Soak, client: httpx.AsyncClient
 ) -> tuple[str, Seen, list[tuple[int, Seen]]]:
     """One run read to its end by its client, and followers that join while it is live,
     each at a random id up to a little past what has arrived so far."""
@@ -996,7 +996,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="the CI run (well under 2 minutes)")
-    parser.add_argument("--seed", type=int, default=None, help="repeat a run's random choices")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="repeat a run's random choices (not its timing)"
+    )
     parser.add_argument("--json", type=Path, help="also write figures and checks as JSON")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL

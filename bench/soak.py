@@ -340,6 +340,13 @@ def db_rows(database: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, args).fetchall()
 
 
+def stray_workspaces(relay: RelayProcess) -> int:
+    """Workspace folders no session row names (a run given up on must take its folder)."""
+    known = {row[0] for row in db_rows(relay.database, "SELECT workspace_id FROM sessions")}
+    folders = {p.name for p in relay.workspaces.iterdir()} if relay.workspaces.exists() else set()
+    return len(folders - known)
+
+
 def integrity(database: Path) -> str:
     return str(db_rows(database, "PRAGMA integrity_check")[0][0])
 
@@ -496,9 +503,10 @@ async def one_client(
 
 
 async def storm_clients(
-    soak: Soak, relay: RelayProcess, plan: list[tuple[str, str]]
+    soak: Soak, relay: RelayProcess, plan: list[tuple[str, str]], concurrency: int
 ) -> list[Leave]:
-    sem = asyncio.Semaphore(soak.plan.concurrency)
+    """Every client of ``plan``, at most ``concurrency`` at once."""
+    sem = asyncio.Semaphore(concurrency)
 
     async def bounded(api: str, moment: str) -> Leave:
         async with sem, async_client(relay) as client:
@@ -527,13 +535,16 @@ async def disconnect_storm(soak: Soak, report: Report) -> None:
         at_start = resources(relay)
         combos = [(a, m) for a in APIS for m in MOMENTS]
         warm = [combos[i % len(combos)] for i in range(plan.warmup)]
-        warm_leaves = await storm_clients(soak, relay, warm)
+        # All at once: the relay's pools (database connections, executor workers, the
+        # pass-through's keep-alive connections) grow to more than the storm will ask of them,
+        # so what they add later is a leak, not a pool filling up.
+        warm_leaves = await storm_clients(soak, relay, warm, len(warm))
         await quiet(client, relay)
         at_warm = resources(relay)
         # Every API and moment about as often (a quick run is short), in a random order.
         storm = [combos[i % len(combos)] for i in range(plan.disconnects)]
         soak.rng.shuffle(storm)
-        leaves = await storm_clients(soak, relay, storm)
+        leaves = await storm_clients(soak, relay, storm, plan.concurrency)
         settled = await quiet(client, relay)
         storm_s = time.monotonic() - started
         at_end = resources(relay)
@@ -622,6 +633,7 @@ async def after_storm(
     sessions = (await client.get("/api/sessions", params={"limit": 1000})).json()
     busy = sum(1 for s in sessions.get("sessions", []) if s.get("state") != "idle")
     report.zero(phase, "sessions locked (DB) / not idle (API)", locked[0][0] + busy)
+    report.zero(phase, "workspace folders without a session", stray_workspaces(relay))
     ids = [r[0] for r in db_rows(relay.database, "SELECT latest_claude_session_id FROM sessions")]
     sample = soak.rng.sample(ids, min(soak.plan.resumes_after_storm, len(ids)))
     results = await asyncio.gather(*(resume_works(client, sid) for sid in sample))
@@ -673,6 +685,7 @@ class CrashTotals:
     history_missing: int = 0
     orphans: int = 0
     ended_before_kill: int = 0
+    stray_workspaces: int = 0
     integrity_bad: int = 0
     kill_to_ready_s: list[float] = field(default_factory=list)
 
@@ -760,6 +773,7 @@ async def check_killed(
                 totals.history_missing += 1
                 report.note(f"resumed {run.session} without {sorted(missing)}")
             history[run.session].add(token)
+    totals.stray_workspaces += stray_workspaces(relay)
     if (state := integrity(relay.database)) != "ok":
         totals.integrity_bad += 1
         report.note(f"integrity_check: {state[:300]}")
@@ -821,6 +835,7 @@ async def crash_loop(soak: Soak, report: Report) -> RelayProcess:
     report.zero(phase, "replays not numbered 1..n", totals.gaps)
     report.zero(phase, "sessions that did not resume", totals.not_resumed)
     report.zero(phase, "resumes without their whole history", totals.history_missing)
+    report.zero(phase, "workspace folders without a session", totals.stray_workspaces)
     report.zero(phase, "integrity_check not ok", totals.integrity_bad)
     return relay
 
@@ -1000,6 +1015,9 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=None, help="repeat a run's random choices (not its timing)"
     )
     parser.add_argument("--json", type=Path, help="also write figures and checks as JSON")
+    parser.add_argument(
+        "--keep", type=Path, help="keep relay logs, databases and workspaces in this folder"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
@@ -1013,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     started = time.monotonic()
     print(f"soak ({plan.mode}, seed {seed}) ...", file=sys.stderr, flush=True)
-    with scratch() as tmp:
+    with contextlib.nullcontext(str(args.keep)) if args.keep else scratch() as tmp:
         asyncio.run(soak(plan, Path(tmp), cli, seed, report))
     elapsed = time.monotonic() - started
     header = (

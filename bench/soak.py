@@ -463,6 +463,15 @@ def answered(api: str, seen: Seen) -> bool:
     return any('"message_stop"' in e.data for e in seen.events)
 
 
+def leave_point(api: str, moment: str, after: int) -> Callable[[Seen], bool]:
+    """When a streaming client leaves: once ``after`` events arrived (mid-stream), or the
+    answer's end. A mid-stream client leaves at the end too if that comes first: a loaded
+    relay sends several text deltas per chunk, so a stream may be shorter than ``after``."""
+    if moment == "mid-stream":
+        return lambda seen: len(seen.events) >= after or answered(api, seen)
+    return partial(answered, api)
+
+
 @dataclass
 class Leave:
     api: str
@@ -493,8 +502,7 @@ async def one_client(
         leave.ok = response.status_code == 200 and bool(response.json()["choices"][0])
         leave.detail = response.text[:200]
         return leave
-    after = soak.rng.randint(1, soak.plan.pieces)
-    stop = more_than(after - 1) if moment == "mid-stream" else partial(answered, api)
+    stop = leave_point(api, moment, soak.rng.randint(1, soak.plan.pieces))
     seen = await read_sse(Seen(), client, "POST", path, until=stop, json=body)
     leave.run_id = seen.headers.get("x-run-id")
     leave.ok = seen.status == 200 and stop(seen)

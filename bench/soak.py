@@ -359,8 +359,12 @@ class Resources:
     tcp: int
     """TCP sockets among the fds: the listeners, clients' connections, and the key
     pass-through's keep-alive pool to the API (which grows and shrinks with the load)."""
-    close_wait: int
-    """TCP sockets whose peer hung up and that the relay never closed: a leak."""
+    close_wait: list[str]
+    """Clients' connections (to the relay's port) that the client hung up on and the relay
+    never closed: a leak."""
+    pool_close_wait: list[str]
+    """Connections from the relay the API closed (the pass-through's idle pool: httpx drops
+    them when it next looks at the pool); reported, bounded by the pool."""
 
     def __str__(self) -> str:
         return f"{self.fds} ({self.tcp} TCP) / {self.threads} / {self.rss_mb:.1f}"
@@ -368,10 +372,23 @@ class Resources:
 
 def resources(relay: RelayProcess) -> Resources:
     proc = psutil.Process(relay.pid)
+    port = urlsplit(relay.url).port
     tcp = proc.net_connections(kind="tcp")
-    close_wait = sum(1 for c in tcp if c.status == psutil.CONN_CLOSE_WAIT)
+    waiting = [c for c in tcp if c.status == psutil.CONN_CLOSE_WAIT]
+    inbound = [f"{c.raddr.port}->{c.laddr.port}" for c in waiting if c.laddr.port == port]
+    outbound = [f"{c.laddr.port}->{c.raddr.port}" for c in waiting if c.laddr.port != port]
     rss = proc.memory_info().rss / 1e6
-    return Resources(proc.num_fds(), proc.num_threads(), rss, len(tcp), close_wait)
+    return Resources(proc.num_fds(), proc.num_threads(), rss, len(tcp), inbound, outbound)
+
+
+async def settled_resources(relay: RelayProcess, timeout: float = 5) -> Resources:
+    """The relay's resources once no client connection waits to be closed (a connection a
+    client has just hung up on is closed as soon as the relay reads the end of it), or as
+    they are after ``timeout``: what is still in CLOSE_WAIT then was never going to close."""
+    deadline = time.monotonic() + timeout
+    while (sample := resources(relay)).close_wait and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return sample
 
 
 async def quiet(client: httpx.AsyncClient, relay: RelayProcess, timeout: float = WAIT) -> bool:
@@ -548,14 +565,14 @@ async def disconnect_storm(soak: Soak, report: Report) -> None:
         # so what they add later is a leak, not a pool filling up.
         warm_leaves = await storm_clients(soak, relay, warm, len(warm))
         await quiet(client, relay)
-        at_warm = resources(relay)
+        at_warm = await settled_resources(relay)
         # Every API and moment about as often (a quick run is short), in a random order.
         storm = [combos[i % len(combos)] for i in range(plan.disconnects)]
         soak.rng.shuffle(storm)
         leaves = await storm_clients(soak, relay, storm, plan.concurrency)
         settled = await quiet(client, relay)
         storm_s = time.monotonic() - started
-        at_end = resources(relay)
+        at_end = await settled_resources(relay)
         await after_storm(soak, relay, client, report, [*warm_leaves, *leaves], settled)
     report.figure(phase, "clients (warm-up + storm)", f"{len(warm)} + {len(storm)}")
     by_api = {a: sum(1 for x, _ in storm if x == a) for a in APIS}
@@ -578,7 +595,8 @@ def check_flat(
     then, and the storm ends with no run live. A leak of one fd or thread per run shows as +N
     (N clients); ±2 allows a worker started late or a file not yet closed. TCP sockets are
     judged apart: the pass-through's keep-alive pool to the API holds up to one per
-    concurrent client, so they may differ by that, but none may sit in CLOSE_WAIT. RSS may
+    concurrent client, so they may differ by that, but no client's connection may stay in
+    CLOSE_WAIT (the pool's own, closed by the API, are counted apart). RSS may
     grow by SQLite's page caches (2 MB per connection) filling as the database outgrows the
     warm-up's, hence +10 MB: over the full run's 200 clients a leak of 50 KB per client (about
     three runs' worth of events) crosses it; the growth per client is printed."""
@@ -594,7 +612,10 @@ def check_flat(
         f"<= +{concurrency}",
         tcp <= concurrency,
     )
-    report.zero(phase, "relay TCP sockets in CLOSE_WAIT at end", end.close_wait)
+    report.zero(phase, "clients' connections left in CLOSE_WAIT at end", len(end.close_wait))
+    if end.close_wait:
+        report.note(f"CLOSE_WAIT, client port -> relay port: {end.close_wait}")
+    report.figure(phase, "relay's connections the API closed, at end", len(end.pool_close_wait))
     threads = end.threads - warm.threads
     report.check(
         phase, "relay threads, end - after warm-up", threads, "within ±2", abs(threads) <= 2

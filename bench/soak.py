@@ -1,4 +1,4 @@
-"""``python -m bench.soak [--quick] [--seed N] [--json PATH]``: the relay under abuse, then checked.
+"""``python -m bench.soak [--quick] [--seed N] [--json PATH] [--keep DIR]``: abuse, then check.
 
 A soak is not a benchmark: it does what clients and operators do wrong, over and over, and
 then looks at what the relay left behind. Three phases, each against a real relay subprocess

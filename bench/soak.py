@@ -49,6 +49,7 @@ import psutil
 
 from bench.core import async_client, bench_relay
 from bench.scenarios import scratch
+from server.engine.session_config import CONFIG_ROOT
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.support import Event, RelayProcess, parse_sse, processes_with_markers, real_cli_path
 
@@ -341,10 +342,16 @@ def db_rows(database: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 def stray_workspaces(relay: RelayProcess) -> int:
-    """Workspace folders no session row names (a run given up on must take its folder)."""
+    """Workspace folders and session config folders no session row names (a run given up on
+    must take both)."""
     known = {row[0] for row in db_rows(relay.database, "SELECT workspace_id FROM sessions")}
-    folders = {p.name for p in relay.workspaces.iterdir()} if relay.workspaces.exists() else set()
-    return len(folders - known)
+    configs = relay.workspaces / CONFIG_ROOT
+    folders = _names(relay.workspaces) - {CONFIG_ROOT}
+    return len(folders - known) + len(_names(configs) - known)
+
+
+def _names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
 def integrity(database: Path) -> str:

@@ -398,12 +398,13 @@ class RunManager:
         return True
 
     async def _record_end(self, run: Run, created: bool) -> None:
+        # Its events first: a deleted run's late events would only fail their foreign key.
+        await self.runtime.event_writer.flush()
         if created and not run.session_reported:
             # The CLI never reported the session, so there is no transcript to resume.
             await self.store.delete(run.workspace_id, only_if_idle=False)
             self.workspaces.remove(run.workspace_id)
             return
-        await self.runtime.event_writer.flush()
         # A final event shown while storage was failing is stored with the outcome.
         final = run.final_event if run.storage_error is not None else None
         await self.store.finish_run(run.workspace_id, run.id, outcome_of(run), final_event=final)

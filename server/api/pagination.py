@@ -11,6 +11,8 @@ import math
 from server.errors import InvalidRequest
 
 MAX_CURSOR_CHARS = 200
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]*$"
+"""What an issued cursor is made of (unpadded URL-safe base64), for the schema."""
 
 
 def encode_cursor(position: tuple[float, str]) -> str:

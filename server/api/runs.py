@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Annotated
 
 from litestar import Router, get, post
@@ -12,6 +13,7 @@ from litestar.types import ASGIApp
 
 from server.api.dependencies import ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import documented_errors
+from server.api.openapi import at_least_zero
 from server.api.schemas import ErrorBody, RunOut, run_out
 from server.api.sse import encoded, sse_response
 from server.engine.replay import follow_run
@@ -23,6 +25,27 @@ from server.storage.run_store import RunRecord, RunStatus
 ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409, 503, 507)
 MAX_EVENT_ID = 10**15
 """Larger than any run's event count; keeps positions far from integer limits."""
+EVENT_ID = re.compile(r"[0-9]{0,15}")
+"""A ``Last-Event-ID`` this relay sent (or none: the SSE spec's empty id). ASCII digits only:
+``int()`` would also take ``1_0``, ``+1`` and other scripts' digits."""
+
+After = Annotated[
+    int | None,
+    QueryParameter(
+        ge=0,
+        le=MAX_EVENT_ID,
+        schema_extra=at_least_zero(),
+        description="Start after this event number (`Last-Event-ID` wins over it).",
+    ),
+]
+LastEventId = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Last-Event-ID",
+        schema_extra={"pattern": f"^{EVENT_ID.pattern}$"},
+        description="The last event number the client has; empty means none.",
+    ),
+]
 
 
 async def find_run(runtime: Runtime, run_id: str) -> RunRecord:
@@ -40,16 +63,14 @@ async def get_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDe
 
 
 def start_position(last_event_id: str | None, after: int | None) -> int:
-    """Where a re-attaching client resumes: ``Last-Event-ID`` wins over ``?after=``."""
-    if last_event_id is None:
+    """Where a re-attaching client resumes: ``Last-Event-ID`` wins over ``?after=``; an
+    empty one (the SSE spec's "no id yet") is no position at all."""
+    text = (last_event_id or "").strip(" \t")
+    if not text:
         return after or 0
-    try:
-        position = int(last_event_id.strip())
-    except ValueError:
-        raise InvalidRequest("Last-Event-ID must be an event number") from None
-    if not 0 <= position <= MAX_EVENT_ID:
-        raise InvalidRequest(f"Last-Event-ID must be from 0 to {MAX_EVENT_ID}")
-    return position
+    if not EVENT_ID.fullmatch(text):
+        raise InvalidRequest(f"Last-Event-ID must be an event number from 0 to {MAX_EVENT_ID}")
+    return int(text)
 
 
 @get(
@@ -64,8 +85,8 @@ async def run_events(
     runtime: RuntimeDep,
     manager: ManagerDep,
     settings: SettingsDep,
-    after: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
-    last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
+    after: After = None,
+    last_event_id: LastEventId = None,
 ) -> ASGIApp:
     record = await find_run(runtime, run_id)
     position = start_position(last_event_id, after)

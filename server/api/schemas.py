@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from server.api.openapi import UUID_PATTERN, above_zero
 from server.claude.options import EFFORT_LEVELS, PERMISSION_MODES, RunOptions
 from server.engine.workspaces import Workspaces
 from server.storage.catalog import SessionSummary
@@ -27,7 +28,7 @@ assert PermissionMode.__args__ == PERMISSION_MODES and Effort.__args__ == EFFORT
 UUIDText = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$",
+        pattern=UUID_PATTERN,
         description="A session id (UUID).",
     ),
 ]
@@ -64,7 +65,14 @@ class ClaudeRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     append_system_prompt: str | None = None
     permission_mode: PermissionMode | None = None
     max_turns: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
-    max_budget_usd: Annotated[float, msgspec.Meta(gt=0, le=1e6)] | None = None
+    max_budget_usd: (
+        Annotated[
+            float,
+            # Litestar's msgspec plugin reads `extra` as schema_extra (see api/openapi.py).
+            msgspec.Meta(gt=0, le=1e6, extra_json_schema={"extra": above_zero()}),
+        ]
+        | None
+    ) = None
     effort: Effort | None = None
     include_partial_messages: bool | None = None
 

@@ -6,11 +6,12 @@ import uuid
 from typing import Annotated
 
 from litestar import Router, delete, get
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from server.api.dependencies import RuntimeDep
 from server.api.errors import documented_errors
-from server.api.pagination import decode_cursor, encode_cursor
+from server.api.openapi import UUID_PATTERN
+from server.api.pagination import CURSOR_PATTERN, MAX_CURSOR_CHARS, decode_cursor, encode_cursor
 from server.api.schemas import (
     Deleted,
     ErrorBody,
@@ -29,7 +30,22 @@ from server.storage.session_store import SessionRecord
 ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409, 503, 507)
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size.")]
-Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(
+        description="`next_cursor` of the previous page.",
+        # Documented, not enforced by Litestar: decode_cursor refuses anything else itself.
+        schema_extra={"max_length": MAX_CURSOR_CHARS, "pattern": CURSOR_PATTERN},
+    ),
+]
+SessionId = Annotated[
+    str,
+    PathParameter(
+        description="Any Claude session id the session ever had.",
+        # Documented, not enforced by Litestar: find_session refuses anything else itself.
+        schema_extra={"pattern": UUID_PATTERN},
+    ),
+]
 
 
 async def find_session(runtime: Runtime, session_id: str) -> SessionRecord:
@@ -57,7 +73,7 @@ async def list_sessions(
 
 
 @get("/{session_id:str}", summary="One session, by any of its ids", responses=ERRORS)
-async def get_session(session_id: FromPath[str], runtime: RuntimeDep) -> SessionOut:
+async def get_session(session_id: SessionId, runtime: RuntimeDep) -> SessionOut:
     record = await find_session(runtime, session_id)
     summary = await runtime.catalog.summary(record.workspace_id)
     if summary is None:
@@ -66,7 +82,7 @@ async def get_session(session_id: FromPath[str], runtime: RuntimeDep) -> Session
 
 
 @get("/{session_id:str}/last", summary="The last answer", responses=ERRORS)
-async def last_assistant_text(session_id: FromPath[str], runtime: RuntimeDep) -> LastAnswer:
+async def last_assistant_text(session_id: SessionId, runtime: RuntimeDep) -> LastAnswer:
     record = await find_session(runtime, session_id)
     text = await runtime.catalog.last_result_text(record.workspace_id)
     if text is None:
@@ -76,7 +92,7 @@ async def last_assistant_text(session_id: FromPath[str], runtime: RuntimeDep) ->
 
 @get("/{session_id:str}/runs", summary="A session's runs, newest first", responses=ERRORS)
 async def list_session_runs(
-    session_id: FromPath[str], runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
+    session_id: SessionId, runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
 ) -> RunPage:
     record = await find_session(runtime, session_id)
     runs = await runtime.runs.for_session(
@@ -96,7 +112,7 @@ async def list_session_runs(
     responses=ERRORS,
 )
 async def delete_session(
-    session_id: FromPath[str], runtime: RuntimeDep, purge: FromQuery[bool] = False
+    session_id: SessionId, runtime: RuntimeDep, purge: FromQuery[bool] = False
 ) -> Deleted:
     record = await find_session(runtime, session_id)
     forgotten = await forget_session(runtime, record.workspace_id, purge=purge)

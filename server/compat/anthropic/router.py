@@ -15,6 +15,7 @@ from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import BODY_OPT, documented_errors, exception_handlers
+from server.api.openapi import AlsoStreamed
 from server.compat.anthropic import schemas
 from server.compat.chat import (
     Outcome,
@@ -49,10 +50,13 @@ class _Events(StreamShape):
     " for how conversations continue. With `stream: true` the answer is the Messages API's"
     " Server-Sent Events (`message_start` … `message_stop`).",
     responses={
-        200: ResponseSpec(schemas.Message, description="The message, or its stream."),
+        200: ResponseSpec(
+            schemas.Message, description="The message, or its stream.", generate_examples=False
+        ),
         **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503, 507),
     },
     opt={BODY_OPT: schemas.MessagesRequest},
+    operation_class=AlsoStreamed,
 )
 async def create_message(
     data: JSONBody[schemas.MessagesRequest],

@@ -17,6 +17,7 @@ from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import BODY_OPT, documented_errors, exception_handlers
+from server.api.openapi import AlsoStreamed
 from server.compat.chat import Outcome, StreamShape
 from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER
 from server.compat.openai import schemas
@@ -35,12 +36,20 @@ accepted and ignored. With `stream: true` the answer is Server-Sent Events of
 """
 
 
-@get("/models", summary="List the model ids (OpenAI shape)")
+@get(
+    "/models",
+    summary="List the model ids (OpenAI shape)",
+    responses=documented_errors(schemas.ErrorBody, 401),
+)
 async def list_models(settings: SettingsDep) -> schemas.ModelList:
     return schemas.model_list(settings.models)
 
 
-@get("/models/{model_id:str}", summary="One model id (OpenAI shape)")
+@get(
+    "/models/{model_id:str}",
+    summary="One model id (OpenAI shape)",
+    responses=documented_errors(schemas.ErrorBody, 400, 401, 404),
+)
 async def get_model(model_id: FromPath[str], settings: SettingsDep) -> schemas.Model:
     if model_id not in settings.models:
         raise ModelNotFound(f"the model `{model_id}` does not exist")
@@ -90,10 +99,12 @@ class _Chunks(StreamShape):
         200: ResponseSpec(
             schemas.ChatCompletion,
             description="The completion, or (with `stream: true`) a stream of chunks.",
+            generate_examples=False,
         ),
         **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503, 507),
     },
     opt={BODY_OPT: schemas.ChatCompletionRequest},
+    operation_class=AlsoStreamed,
 )
 async def chat_completions(
     data: JSONBody[schemas.ChatCompletionRequest],

@@ -19,10 +19,12 @@ from litestar.openapi import OpenAPIConfig
 from server.api import claude, runs, sessions
 from server.api.auth import api_key_guard
 from server.api.dependencies import Relay, dependencies
-from server.api.errors import RELAY_EXCEPTION_HANDLERS
+from server.api.errors import exception_handlers, relay_error_body
 from server.api.health import health
 from server.compat.anthropic import router as anthropic
+from server.compat.anthropic import schemas as anthropic_schemas
 from server.compat.openai import router as openai
+from server.compat.openai import schemas as openai_schemas
 from server.config import VERSION, Settings
 from server.engine.housekeeping import housekeeping_loop
 from server.engine.manager import RunManager
@@ -77,7 +79,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         guards=[api_key_guard(settings.api_keys)],
         dependencies=dependencies(relay),
-        exception_handlers=RELAY_EXCEPTION_HANDLERS,
+        exception_handlers=exception_handlers(
+            relay_error_body,
+            # Under /v1 an unknown route or method still gets that API's error shape.
+            by_prefix={
+                "/v1/messages": anthropic_schemas.error_body,
+                "/v1/": openai_schemas.error_body,
+            },
+        ),
         lifespan=[_lifespan(relay)],
         cors_config=cors,
         # The prompt's own cap is checked after decoding; JSON escaping can grow a body.

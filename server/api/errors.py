@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -161,31 +161,45 @@ def documented_errors(body: type[Any], *statuses: int) -> dict[int, ResponseSpec
 BodyShape = Callable[[Refused], Any]
 
 
-def exception_handlers(shape: BodyShape) -> ExceptionHandlersMap:
-    """Handlers that answer every error with ``shape(error)`` and its status and headers."""
+def exception_handlers(
+    shape: BodyShape, *, by_prefix: Mapping[str, BodyShape] | None = None
+) -> ExceptionHandlersMap:
+    """Handlers that answer every error with ``shape(error)`` and its status and headers.
 
-    def respond(error: Refused, extra_headers: dict[str, str] | None = None) -> Response[Any]:
+    ``by_prefix`` gives the shape for paths under a prefix (the longest that matches) at the
+    app's level, where an error is answered before any router is chosen: a path under
+    ``/v1/`` that matches no route, or not with this method, still gets its API's shape.
+    """
+    prefixes = sorted((by_prefix or {}).items(), key=lambda item: len(item[0]), reverse=True)
+
+    def shape_for(request: Request[Any, Any, Any]) -> BodyShape:
+        path = request.url.path
+        return next((own for prefix, own in prefixes if path.startswith(prefix)), shape)
+
+    def respond(
+        request: Request[Any, Any, Any], error: Refused, extra: dict[str, str] | None = None
+    ) -> Response[Any]:
         return Response(
-            content=shape(error),
+            content=shape_for(request)(error),
             status_code=status_of(error),
-            headers={**headers_of(error), **(extra_headers or {})},
+            headers={**headers_of(error), **(extra or {})},
             media_type=MediaType.JSON,
         )
 
     def on_refused(request: Request[Any, Any, Any], exc: Refused) -> Response[Any]:
-        return respond(exc)
+        return respond(request, exc)
 
     def on_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
         headers = dict(exc.headers or {}) if exc.status_code == 405 else None
-        return respond(from_litestar(request, exc), headers)
+        return respond(request, from_litestar(request, exc), headers)
 
     def on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
         # msgspec stops decoding a body nested past its depth limit with a RecursionError.
-        return respond(InvalidRequest("the body is nested too deeply to be a request"))
+        return respond(request, InvalidRequest("the body is nested too deeply to be a request"))
 
     def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return respond(RunFailed("internal error; see the relay's log"))
+        return respond(request, RunFailed("internal error; see the relay's log"))
 
     return {
         Refused: on_refused,
@@ -197,6 +211,3 @@ def exception_handlers(shape: BodyShape) -> ExceptionHandlersMap:
 
 def relay_error_body(error: Refused) -> dict[str, str]:
     return {"error": error.message}
-
-
-RELAY_EXCEPTION_HANDLERS = exception_handlers(relay_error_body)

@@ -8,6 +8,7 @@ from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, SettingsDep
 from server.api.errors import BODY_OPT, documented_errors
+from server.api.openapi import always_sent
 from server.api.schemas import ClaudeRequest, ErrorBody, normal_uuid
 from server.api.sse import run_stream
 from server.claude.options import check_conversation_key, check_prompt
@@ -54,6 +55,12 @@ def run_request(body: ClaudeRequest, settings: Settings, api_key_id: str) -> Run
     description=DESCRIPTION,
     opt={BODY_OPT: ClaudeRequest},
     responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 429, 503, 507),
+    response_headers=always_sent(
+        {
+            "X-Run-Id": "The run's id, for /api/runs/{run_id}.",
+            "X-Session-Id": "The Claude session id the run continues (or starts).",
+        }
+    ),
 )
 async def run_claude(
     data: JSONBody[ClaudeRequest], settings: SettingsDep, manager: ManagerDep, api_key_id: CallerDep

@@ -4,7 +4,8 @@ Clients, SDK generators and ``tests/api/test_schema_conformance.py`` take the Op
 at its word, so it describes what the routes really accept and answer:
 
 * :class:`AlsoStreamed`: a chat route answers JSON, or with ``stream: true`` Server-Sent
-  Events, under the same 200.
+  Events, under the same 200 (and names the headers every 200 carries).
+* :func:`always_sent`: the response headers a relay route's 200 always carries.
 * :func:`at_least_zero` / :func:`above_zero`: Litestar leaves a bound of ``0`` out of the
   schema (it tests the bound for truth), so ``ge=0`` and ``gt=0`` are restated for it.
 * :data:`UUID_PATTERN`: ids the routes refuse with 400 unless they are UUIDs.
@@ -13,9 +14,17 @@ at its word, so it describes what the routes really accept and answer:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
+from litestar.datastructures import ResponseHeader
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+)
 
 EVENT_STREAM = "text/event-stream"
 
@@ -29,12 +38,42 @@ class AlsoStreamed(Operation):
 
     Litestar documents one media type per status; this adds ``text/event-stream`` beside
     the JSON one, so a client (or a conformance check) that asked for a stream expects one.
+    A subclass names the headers both carry in ``HEADERS`` (name: description): Litestar
+    documents ``response_headers`` only on a 200 it builds itself, not on one given in
+    ``responses``.
     """
+
+    HEADERS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         ok = (self.responses or {}).get("200")
-        if isinstance(ok, OpenAPIResponse):
-            ok.content = {**(ok.content or {}), EVENT_STREAM: OpenAPIMediaType(schema=Schema())}
+        if not isinstance(ok, OpenAPIResponse):
+            return
+        ok.content = {**(ok.content or {}), EVENT_STREAM: OpenAPIMediaType(schema=Schema())}
+        ok.headers = {
+            **(ok.headers or {}),
+            **{
+                name: OpenAPIHeader(
+                    schema=Schema(type=OpenAPIType.STRING), description=text, required=True
+                )
+                for name, text in self.HEADERS.items()
+            },
+        }
+
+
+def always_sent(descriptions: dict[str, str]) -> list[ResponseHeader]:
+    """``response_headers`` for headers (name: description) a route's 200 always carries:
+    documented as required strings; the handler sets their values."""
+    return [
+        ResponseHeader(
+            name=name,
+            value="",
+            documentation_only=True,
+            required=True,
+            description=text,
+        )
+        for name, text in descriptions.items()
+    ]
 
 
 def at_least_zero() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from litestar.types import ASGIApp
 
 from server.api.dependencies import ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import documented_errors
-from server.api.openapi import at_least_zero
+from server.api.openapi import always_sent, at_least_zero
 from server.api.schemas import ErrorBody, RunOut, run_out
 from server.api.sse import encoded, sse_response
 from server.engine.replay import follow_run
@@ -79,6 +79,9 @@ def start_position(last_event_id: str | None, after: int | None) -> int:
     summary="Replay a run's events, then follow it live until it ends",
     description="Starts after `Last-Event-ID` (or `?after=`). Leaving never stops the run.",
     responses=ERRORS,
+    response_headers=always_sent(
+        {"X-Run-Id": "The run's id.", "X-Session-Id": "The Claude session id of the run."}
+    ),
 )
 async def run_events(
     run_id: FromPath[str],

@@ -7,7 +7,7 @@ The turn itself (continuity, the reply, the stream loop) is ``chat.py``'s, free 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import msgspec
@@ -15,6 +15,7 @@ from litestar import MediaType, Request
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp
 
+from server.api.openapi import AlsoStreamed
 from server.api.sse import sse_response
 from server.compat.chat import (
     Outcome,
@@ -30,6 +31,15 @@ from server.config import Settings
 from server.engine.manager import RunManager
 from server.engine.runtime import Runtime
 from server.errors import Refused, RunFailed
+
+
+class ChatOperation(AlsoStreamed):
+    """A chat route in /schema: JSON or a stream under 200, with the turn's headers."""
+
+    HEADERS: ClassVar[dict[str, str]] = {
+        SESSION_HEADER: "The Claude session this turn ran in; send it back to continue it.",
+        "X-Run-Id": "The run behind the answer, for /api/runs/{run_id}.",
+    }
 
 
 def json_response(payload: Any, *, status: int = 200, headers: dict[str, str]) -> ASGIResponse:

@@ -15,14 +15,13 @@ from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import BODY_OPT, documented_errors, exception_handlers
-from server.api.openapi import AlsoStreamed
 from server.compat.anthropic import schemas
 from server.compat.chat import (
     Outcome,
     StreamShape,
 )
 from server.compat.openai.schemas import resolve_model
-from server.compat.web import begin_turn, streamed_answer, whole_answer
+from server.compat.web import ChatOperation, begin_turn, streamed_answer, whole_answer
 
 
 class _Events(StreamShape):
@@ -56,7 +55,7 @@ class _Events(StreamShape):
         **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503, 507),
     },
     opt={BODY_OPT: schemas.MessagesRequest},
-    operation_class=AlsoStreamed,
+    operation_class=ChatOperation,
 )
 async def create_message(
     data: JSONBody[schemas.MessagesRequest],

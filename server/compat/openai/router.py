@@ -17,12 +17,11 @@ from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import BODY_OPT, documented_errors, exception_handlers
-from server.api.openapi import AlsoStreamed
 from server.compat.chat import Outcome, StreamShape
 from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER
 from server.compat.openai import schemas
 from server.compat.reply import openai_finish_reason
-from server.compat.web import begin_turn, streamed_answer, whole_answer
+from server.compat.web import ChatOperation, begin_turn, streamed_answer, whole_answer
 from server.errors import ModelNotFound
 
 CHAT_DESCRIPTION = f"""\
@@ -104,7 +103,7 @@ class _Chunks(StreamShape):
         **documented_errors(schemas.ErrorBody, 400, 401, 404, 409, 413, 429, 500, 503, 507),
     },
     opt={BODY_OPT: schemas.ChatCompletionRequest},
-    operation_class=AlsoStreamed,
+    operation_class=ChatOperation,
 )
 async def chat_completions(
     data: JSONBody[schemas.ChatCompletionRequest],

@@ -7,15 +7,16 @@ The turn itself (continuity, the reply, the stream loop) is ``chat.py``'s, free 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import anyio
 import msgspec
 from litestar import MediaType, Request
+from litestar.params import HeaderParameter
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp
 
-from server.api.openapi import AlsoStreamed
+from server.api.openapi import UUID_PATTERN, AlsoStreamed
 from server.api.sse import sse_response
 from server.compat.chat import (
     Outcome,
@@ -51,12 +52,34 @@ def json_response(payload: Any, *, status: int = 200, headers: dict[str, str]) -
     )
 
 
+SessionHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name=SESSION_HEADER,
+        description="Continue exactly this Claude session (any id an answer gave).",
+        # Documented, not enforced by Litestar: continuity.chat_turn refuses anything else.
+        schema_extra={"pattern": UUID_PATTERN},
+    ),
+]
+ConversationHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name=CONVERSATION_HEADER,
+        description="A conversation key of your own (1 to 256 characters).",
+        schema_extra={"min_length": 1, "max_length": 256},
+    ),
+]
+"""The headers a chat request may name its session by, as handler parameters: so that
+/schema documents them (and fuzzers send them) like any other input."""
+
+
 async def begin_turn(
-    request: Request[Any, Any, Any],
     history: ChatHistory,
     cli_model: str | None,
     *,
     effort: str | None = None,
+    session_header: str | None,
+    conversation_header: str | None,
     settings: Settings,
     runtime: Runtime,
     manager: RunManager,
@@ -67,8 +90,8 @@ async def begin_turn(
         history=history,
         cli_model=cli_model,
         effort=effort,
-        session_header=request.headers.get(SESSION_HEADER),
-        conversation_header=request.headers.get(CONVERSATION_HEADER),
+        session_header=session_header,
+        conversation_header=conversation_header,
     )
     return await start_turn(
         turn_request,

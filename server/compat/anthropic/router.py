@@ -21,7 +21,14 @@ from server.compat.chat import (
     StreamShape,
 )
 from server.compat.openai.schemas import resolve_model
-from server.compat.web import ChatOperation, begin_turn, streamed_answer, whole_answer
+from server.compat.web import (
+    ChatOperation,
+    ConversationHeader,
+    SessionHeader,
+    begin_turn,
+    streamed_answer,
+    whole_answer,
+)
 
 
 class _Events(StreamShape):
@@ -64,11 +71,14 @@ async def create_message(
     runtime: RuntimeDep,
     manager: ManagerDep,
     api_key_id: CallerDep,
+    session_header: SessionHeader = None,
+    conversation_header: ConversationHeader = None,
 ) -> ASGIApp:
     turn = await begin_turn(
-        request,
         schemas.parse_messages(data.messages, schemas.parse_system(data.system)),
         resolve_model(data.model, settings.models),
+        session_header=session_header,
+        conversation_header=conversation_header,
         settings=settings,
         runtime=runtime,
         manager=manager,

@@ -21,7 +21,14 @@ from server.compat.chat import Outcome, StreamShape
 from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER
 from server.compat.openai import schemas
 from server.compat.reply import openai_finish_reason
-from server.compat.web import ChatOperation, begin_turn, streamed_answer, whole_answer
+from server.compat.web import (
+    ChatOperation,
+    ConversationHeader,
+    SessionHeader,
+    begin_turn,
+    streamed_answer,
+    whole_answer,
+)
 from server.errors import ModelNotFound
 
 CHAT_DESCRIPTION = f"""\
@@ -112,12 +119,15 @@ async def chat_completions(
     runtime: RuntimeDep,
     manager: ManagerDep,
     api_key_id: CallerDep,
+    session_header: SessionHeader = None,
+    conversation_header: ConversationHeader = None,
 ) -> ASGIApp:
     turn = await begin_turn(
-        request,
         schemas.parse_messages(data.messages),
         schemas.resolve_model(data.model, settings.models),
         effort=schemas.effort_of(data.reasoning_effort),
+        session_header=session_header,
+        conversation_header=conversation_header,
         settings=settings,
         runtime=runtime,
         manager=manager,

@@ -182,6 +182,24 @@ def test_no_hostile_body_gets_a_5xx(client: TestClient[Any], path: str, data: An
         assert _is_documented_error(path, response.content), response.text[:300]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "body"),
+    [
+        ("GET", "/v1/no-such-route", 404, openai_schemas.ErrorBody),
+        ("POST", "/v1/models", 405, openai_schemas.ErrorBody),
+        ("PUT", "/v1/messages", 405, anthropic_schemas.ErrorBody),
+        ("GET", "/api/no-such-route", 404, relay_schemas.ErrorBody),
+    ],
+)
+def test_a_request_no_route_matches_gets_its_apis_error_shape(
+    client: TestClient[Any], method: str, path: str, status: int, body: type[msgspec.Struct]
+) -> None:
+    """Answered before any router is chosen, yet in the shape the client's SDK reads."""
+    response = client.request(method, path)
+    assert response.status_code == status
+    msgspec.json.decode(response.content, type=body)
+
+
 # -- hostile paths, queries and headers on every GET and DELETE route -----------------------
 # A real relay (uvicorn, as in production: it decodes paths and headers, not a test client)
 # with an API key and the scripted fake CLI, and one finished run of three lines whose ids

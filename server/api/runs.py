@@ -16,10 +16,12 @@ from server.api.errors import documented_errors
 from server.api.openapi import always_sent, at_least_zero
 from server.api.schemas import ErrorBody, RunOut, run_out
 from server.api.sse import encoded, sse_response
+from server.engine.manager import RunManager
 from server.engine.replay import follow_run
 from server.engine.run import StopReason
 from server.engine.runtime import Runtime
 from server.errors import Conflict, InvalidRequest, NotFound
+from server.storage.event_store import EventStore
 from server.storage.run_store import RunRecord, RunStatus
 
 ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409, 503, 507)
@@ -73,6 +75,24 @@ def start_position(last_event_id: str | None, after: int | None) -> int:
     return int(text)
 
 
+async def check_reachable(
+    position: int, record: RunRecord, manager: RunManager, events: EventStore
+) -> None:
+    """A position past the run's last event is one no client can have been given: a 400,
+    not a 200 stream that ends at once and reads like "you have seen it all"."""
+    if position == 0:
+        return
+    live = manager.get(record.id)
+    if live is not None:
+        reachable = position <= live.last_seq  # this relay numbers the run's events
+    elif record.status is RunStatus.RUNNING:
+        reachable = True  # run by another relay process: its events reach the database late
+    else:
+        reachable = bool(await events.events(record.id, position - 1, 1))  # event is stored
+    if not reachable:
+        raise InvalidRequest(f"run {record.id} has no event {position} to resume after")
+
+
 @get(
     "/{run_id:str}/events",
     media_type="text/event-stream",
@@ -93,6 +113,7 @@ async def run_events(
 ) -> ASGIApp:
     record = await find_run(runtime, run_id)
     position = start_position(last_event_id, after)
+    await check_reachable(position, record, manager, runtime.events)
     batches = follow_run(
         run_id, position, manager=manager, runs=runtime.runs, events=runtime.events
     )

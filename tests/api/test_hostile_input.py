@@ -38,8 +38,10 @@ from server.compat.openai import schemas as openai_schemas
 from server.config import Settings
 from tests.support import (
     InProcessRelay,
+    cancel,
     fake_claude_bin,
     http_client,
+    open_stream,
     parse_sse,
     scripted,
     serve_relay,
@@ -294,9 +296,9 @@ numbers = st.one_of(
 header_text = st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
     max_size=30,
-)
-"""What a header value may hold (RFC 9110: visible ASCII, spaces, obs-text); uvicorn refuses
-anything else itself, before the relay sees the request."""
+).map(lambda text: text.strip(" \t"))
+"""What a header value may hold (RFC 9110: visible ASCII, inner spaces, obs-text); uvicorn
+refuses anything else itself, before the relay sees the request, and h11 will not send it."""
 
 ROUTES: list[tuple[str, str, dict[str, st.SearchStrategy[Any]]]] = [
     ("GET", "/api/sessions", {"limit": numbers, "cursor": cursors}),
@@ -360,14 +362,15 @@ def test_no_hostile_path_query_or_header_gets_a_5xx_or_a_cut_stream(
     )
     if template.endswith("/events") and data.draw(st.booleans(), label="send Last-Event-ID"):
         headers["Last-Event-ID"] = data.draw(
-            st.one_of(header_text, numbers.filter(HEADER_VALUE.fullmatch)), label="last id"
+            st.one_of(header_text, numbers.filter(HEADER_VALUE.fullmatch).map(str.strip)),
+            label="last id",
         )
     url = path + ("?" + "&".join(f"{k}={_escaped(v)}" for k, v in query.items()) if query else "")
     # Bytes, so every Latin-1 character goes out as one byte (httpx sends str as ASCII).
     raw = {name: value.encode("latin-1") for name, value in headers.items()}
     with http_client(target.relay.url, timeout=30) as client:
         response = client.request(method, url, headers=raw)
-    _check_answer(target, method, template, url, headers, response)
+    _check_answer(target, method, template, url, headers, response, _position(headers, query))
 
 
 def _check_answer(
@@ -377,6 +380,7 @@ def _check_answer(
     url: str,
     headers: dict[str, str],
     response: httpx.Response,
+    position: int | None,
 ) -> None:
     where = (method, url, headers, response.status_code, response.text[:300])
     event(f"status {response.status_code}")  # --hypothesis-show-statistics: what was reached
@@ -389,20 +393,41 @@ def _check_answer(
         msgspec.json.decode(response.content, type=body)
         return
     if template.endswith("/events"):
-        _check_whole_stream(target, response, headers, url, where)
+        _check_whole_stream(target, response, position, where)
 
 
 def _check_whole_stream(
-    target: Target, response: httpx.Response, headers: dict[str, str], url: str, where: Any
+    target: Target, response: httpx.Response, position: int | None, where: Any
 ) -> None:
-    """The events after the client's position, each once, in order, up to the last one."""
+    """The events after the client's position, each once, in order, up to the last one; an
+    empty stream only for a client that already has the last one."""
     assert response.headers["content-type"].startswith("text/event-stream"), where
     events, _ = parse_sse(response.text)
     ids_sent = [event.id for event in events]
-    if not ids_sent:
-        return  # nothing after the position: the client already had the last event
-    assert ids_sent == list(range(ids_sent[0], target.events + 1)), where
-    assert events[-1].json["type"] == "result", where
-    start = headers.get("Last-Event-ID", "").strip(" \t")
-    if start:
-        assert ids_sent[0] == int(start) + 1, where
+    if position is not None:
+        assert position <= target.events, where  # else a 400: no client was given that id
+        assert ids_sent == list(range(position + 1, target.events + 1)), where
+    if ids_sent:
+        assert ids_sent == list(range(ids_sent[0], target.events + 1)), where
+        assert events[-1].json["type"] == "result", where
+
+
+def _position(headers: dict[str, str], query: dict[str, str]) -> int | None:
+    """Where the client said it was (Last-Event-ID, else ?after=, else 0); None when that is
+    not plain digits (then the relay's reading is checked only for being whole)."""
+    text = headers.get("Last-Event-ID", "").strip(" \t") or query.get("after", "0")
+    return int(text) if re.fullmatch(r"[0-9]+", text) else None
+
+
+def test_a_position_past_a_live_runs_last_event_is_a_400(target: Target) -> None:
+    """Not a stream that waits for events no client can have seen (the run numbers them)."""
+    live = open_stream(target.relay, scripted(lines=1, hang=30))
+    try:
+        run_id = live.wait_started()
+        for where in ({"headers": {"Last-Event-ID": "50"}}, {"params": {"after": 50}}):
+            with target.relay.client() as client:
+                response = client.get(f"/api/runs/{run_id}/events", **where)
+            assert response.status_code == 400, where
+            assert "no event 50" in response.json()["error"], where
+    finally:
+        cancel(target.relay, live.run_id)

@@ -45,7 +45,12 @@ class ClaudeRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     """``POST /api/claude``: one turn of a session. Only ``prompt`` is required."""
 
     prompt: Annotated[
-        str, msgspec.Meta(description="Sent to the CLI on stdin, never as an argument.")
+        str,
+        msgspec.Meta(
+            description="Sent to the CLI on stdin, never as an argument.",
+            # Documented only: check_prompt refuses a blank prompt with its own message.
+            extra_json_schema={"extra": {"pattern": r"\S"}},
+        ),
     ]
     session_id: UUIDText | None = None
     conversation: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None

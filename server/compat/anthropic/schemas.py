@@ -34,7 +34,11 @@ Content = str | list[dict[str, Any]]
 
 
 class InputMessage(msgspec.Struct):
-    role: str
+    role: Annotated[
+        str,
+        # Documented only: parse_messages refuses other roles with its own message.
+        msgspec.Meta(extra_json_schema={"extra": {"enum": list(CHAT_ROLES)}}),
+    ]
     content: Content
 
 

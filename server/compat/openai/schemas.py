@@ -47,7 +47,11 @@ CHAT_ROLES = ("user", "assistant")
 class ChatMessage(msgspec.Struct):
     """A message of the conversation; content parts other than text are refused, named."""
 
-    role: str
+    role: Annotated[
+        str,
+        # Documented only: parse_messages refuses other roles, naming why (tool messages).
+        msgspec.Meta(extra_json_schema={"extra": {"enum": [*SYSTEM_ROLES, *CHAT_ROLES]}}),
+    ]
     content: str | list[dict[str, Any]] | None = None
     tool_calls: list[Any] | None = None
     function_call: dict[str, Any] | None = None

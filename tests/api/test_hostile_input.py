@@ -202,7 +202,7 @@ def test_a_request_no_route_matches_gets_its_apis_error_shape(
     msgspec.json.decode(response.content, type=body)
 
 
-# -- hostile paths, queries and headers on every GET and DELETE route -----------------------
+# -- hostile paths, queries and headers on every GET and DELETE route (and cancel) ---------
 # A real relay (uvicorn, as in production: it decodes paths and headers, not a test client)
 # with an API key and the scripted fake CLI, and one finished run of three lines whose ids
 # the strategies mix with hostile ones. Every answer is below 500; a refusal is the JSON
@@ -308,6 +308,7 @@ ROUTES: list[tuple[str, str, dict[str, st.SearchStrategy[Any]]]] = [
     ("DELETE", "/api/sessions/{session_id}", {"purge": hostile_words}),
     ("GET", "/api/runs/{run_id}", {}),
     ("GET", "/api/runs/{run_id}/events", {"after": numbers}),
+    ("POST", "/api/runs/{run_id}/cancel", {}),  # no body: its input is the path alone
     ("GET", "/v1/models", {}),
     ("GET", "/v1/models/{model_id}", {}),
     ("GET", "/health", {}),

@@ -10,6 +10,7 @@ and the workspaces root are checked for being writable and having space left.
 from __future__ import annotations
 
 from litestar import get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response
 
 from server.api.auth import PUBLIC_OPT
@@ -41,7 +42,19 @@ def _workspaces(runtime: Runtime) -> WorkspacesHealth:
     )
 
 
-@get("/health", opt={PUBLIC_OPT: True}, tags=["health"], summary="Relay, CLI and storage state")
+@get(
+    "/health",
+    opt={PUBLIC_OPT: True},
+    tags=["health"],
+    summary="Relay, CLI and storage state",
+    responses={
+        503: ResponseSpec(
+            Health,
+            description="The CLI cannot run, or the database or workspaces cannot be used.",
+            generate_examples=False,
+        )
+    },
+)
 async def health(
     settings: SettingsDep, runtime: RuntimeDep, manager: ManagerDep
 ) -> Response[Health]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import delete, insert, select
@@ -18,6 +19,8 @@ from sqlalchemy.exc import IntegrityError
 
 from server.errors import StorageUnavailable
 from server.storage.database import Database, insert_or_update
+from server.storage.faults import storage_fault
+from server.storage.sqlite_inserter import SQLiteInserter
 from server.storage.tables import RunEventRow, RunRow
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,7 @@ class EventWriter:
 
     def __init__(self, database: Database) -> None:
         self._database = database
+        self._sqlite = SQLiteInserter(database.file) if database.file is not None else None
         self._pending: list[Pending] = []
         self._added = 0
         self._done = 0
@@ -149,6 +153,8 @@ class EventWriter:
                 await self._task
             self._task = None
         await self._write_pending()
+        if self._sqlite is not None:
+            await self._sqlite.close()
 
     async def _loop(self) -> None:
         while True:
@@ -179,7 +185,7 @@ class EventWriter:
         run_id = batch[0].run_id
         try:
             await self._insert(_rows(batch))
-        except IntegrityError:
+        except (IntegrityError, sqlite3.IntegrityError):
             # The run's row is gone (its session was deleted): there is nothing to store into.
             log.warning("dropped the events of run %s: it was deleted", run_id)
             _release(batch)
@@ -199,8 +205,19 @@ class EventWriter:
         self._done += sum(len(entry.events) for entry in dropped)
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        async with self._database.write() as db:
-            await db.execute(insert(RunEventRow), rows)
+        if self._sqlite is None:
+            async with self._database.write() as db:
+                await db.execute(insert(RunEventRow), rows)
+            return
+        fault = self._database.fault(writing=True)
+        if fault is not None:
+            raise fault
+        try:
+            await self._sqlite.insert(rows)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise (storage_fault(exc) or exc) from exc
 
 
 def _by_run(

@@ -1,4 +1,5 @@
-"""Storing events in chunks and reading them back from any position (SQLite, no server).
+"""Storing events in chunks and reading them back from any position (SQLite, no server; a
+real full disk on a tmpfs of the test's own).
 
 Replaying a run, or re-attaching to it, asks for "every event after N": that must give
 exactly those events whatever chunks the writer happened to cut, and retention must drop the
@@ -8,16 +9,17 @@ events of old runs without touching newer runs or the run rows themselves.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from pathlib import Path
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from server.storage.database import Database
 from server.storage.event_store import EventStore, EventWriter, chunk_rows
 from server.storage.run_store import RunOutcome, RunStatus, RunStore
 from server.storage.session_store import SessionStore
 from tests.storage.support import Sink, count, new_run
+from tests.tmpfs import tmpfs
 
 RUNS = ("run-a", "run-b")
 
@@ -131,39 +133,62 @@ async def test_a_run_hears_of_its_events_only_once_they_can_be_read_back(
         assert len(stored) >= upto, (upto, stored)
 
 
-async def test_a_full_database_fails_the_runs_and_the_writer_goes_on_once_space_is_back(
-    database_with_runs: Database,
+WRITER_ON_A_FULL_DISK = """
+import asyncio, json, os, sys
+from pathlib import Path
+from server.storage.event_store import EventStore, EventWriter
+from server.storage.session_store import SessionStore
+from tests.storage.support import Sink, migrated_database, new_run
+
+def fill(folder, leave):
+    # Leave about ``leave`` bytes free: SQLite's own write then runs out of space.
+    with open(folder / "filler", "ab", buffering=0) as f:
+        for size in (1 << 20, 1 << 12, 1):
+            try:
+                while os.statvfs(folder).f_bfree * os.statvfs(folder).f_frsize > leave + size:
+                    f.write(b"\\0" * size)
+            except OSError:
+                pass
+
+async def attempt(writer, run_id, first, events):
+    sink = Sink()
+    writer.add(run_id, first, events, sink)
+    await writer.flush()
+    return {"released": sink.released, "failures": sink.failures}
+
+async def main(folder):
+    folder = Path(folder)
+    async with migrated_database(folder) as database:
+        await SessionStore(database).create_locked("ws-a", "c-a", run=new_run("run-a"))
+        writer = EventWriter(database)
+        outcome = {}
+        fill(folder, leave=64 * 1024)
+        outcome["sqlite_full"] = await attempt(writer, "run-a", 1, [b"x" * 100_000] * 8)
+        fill(folder, leave=0)
+        outcome["no_space"] = await attempt(writer, "run-a", 1, [b"y"])
+        (folder / "filler").unlink()
+        outcome["again"] = await attempt(writer, "run-a", 1, [b"again"])
+        outcome["stored"] = [e.decode() for _, e in await EventStore(database).events("run-a", 0)]
+        await writer.close()
+    print(json.dumps(outcome))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_full_disk_fails_the_runs_and_the_writer_goes_on_once_space_is_back(
+    tmp_path: Path,
 ) -> None:
-    """A real SQLite "database or disk is full": the file may not grow (max_page_count)."""
-    database = database_with_runs
-    async with database.write() as db:
-        pages = (await db.execute(text("PRAGMA page_count"))).scalar_one()
-    limit = {"pages": pages}
-
-    @event.listens_for(database.engine.sync_engine, "checkout")
-    def _cap(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        # The pragma is per connection: every connection the pool hands out gets it.
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA max_page_count = {limit['pages']}")
-        cursor.close()
-
-    first, second = Sink(), Sink()
-    writer = EventWriter(database)
-    writer.add("run-b", 1, [b"b" * 100_000], first)
-    writer.add("run-a", 1, [b"a" * 100_000], second)
-    writer.add("run-b", 2, [b"later"], first)
-    await writer.flush()
-    assert (first.released, second.released) == (0, 0)
-    assert len(first.failures) == 1 and "full" in first.failures[0]
-    assert len(second.failures) == 1
-    store = EventStore(database)
-    assert await store.events("run-b", 0) == []  # "later" was dropped with what it followed
-
-    limit["pages"] = 1073741823
-    again = Sink()
-    writer.add("run-b", 1, [b"again"], again)
-    await writer.flush()
-    assert again.released == 1 and await store.events("run-b", 0) == [(1, b"again")]
+    """On a real tmpfs (tests/tmpfs.py): SQLite's own "database or disk is full" when a write
+    does not fit, the relay's check when not a byte is left; then space is freed."""
+    with tmpfs(tmp_path / "vol", size="4m") as volume:
+        outcome = volume.run_python(WRITER_ON_A_FULL_DISK)
+    for case in ("sqlite_full", "no_space"):
+        assert outcome[case]["released"] == 0, outcome
+        (why,) = outcome[case]["failures"]
+        assert "full" in why, outcome
+    assert outcome["again"] == {"released": 1, "failures": []}
+    assert outcome["stored"] == ["again"]
 
 
 async def test_retention_drops_the_events_of_old_runs_only(database_with_runs: Database) -> None:

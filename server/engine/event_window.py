@@ -11,22 +11,24 @@ a stalled database slows the CLI down instead of filling memory.
 
 from __future__ import annotations
 
-from collections import deque
-from itertools import islice
-
 DEFAULT_BUDGET = 4 * 1024 * 1024
 """Bytes of released events kept per run: enough for every follower that keeps up."""
 
 
 class EventWindow:
+    """A list with a moving start: slicing it costs what is taken, not where it starts (a
+    follower takes the newest events after every commit), and dropped events leave the list
+    in one slice once they are half of it."""
+
     def __init__(self, budget: int = DEFAULT_BUDGET) -> None:
         self.budget = budget
         self.appended = 0
         """The number of the newest event."""
         self.released = 0
         """The number of the newest event followers may see."""
-        self._events: deque[bytes] = deque()
-        self._first = 1  # the number of self._events[0]
+        self._events: list[bytes] = []
+        self._head = 0  # self._events[self._head] is the oldest event still kept
+        self._first = 1  # ... and its number
         self._held_bytes = 0
         self._unreleased_bytes = 0
 
@@ -39,7 +41,7 @@ class EventWindow:
         first = self.appended + 1
         self._events.extend(events)
         self.appended += len(events)
-        size = sum(len(data) for data in events)
+        size = sum(map(len, events))
         self._held_bytes += size
         self._unreleased_bytes += size
         return first
@@ -49,8 +51,8 @@ class EventWindow:
         upto = min(upto, self.appended)
         if upto <= self.released:
             return False
-        newly = islice(self._events, self.released + 1 - self._first, upto + 1 - self._first)
-        self._unreleased_bytes -= sum(len(data) for data in newly)
+        newly = self._events[self._index(self.released + 1) : self._index(upto + 1)]
+        self._unreleased_bytes -= sum(map(len, newly))
         self.released = upto
         self._trim()
         return True
@@ -58,21 +60,29 @@ class EventWindow:
     def discard_unreleased(self) -> None:
         """Forget the events that were never released (they could not be stored): no
         follower saw them, so the next event takes the first of their numbers."""
-        while self.appended > self.released:
-            self._held_bytes -= len(self._events.pop())
-            self.appended -= 1
+        dropped = self._events[self._index(self.released + 1) :]
+        del self._events[self._index(self.released + 1) :]
+        self._held_bytes -= sum(map(len, dropped))
+        self.appended = self.released
         self._unreleased_bytes = 0
 
     def after(self, seen: int) -> list[tuple[int, bytes]] | None:
         """Released events after ``seen``; None when some of them are no longer in memory."""
         if seen + 1 < self._first:
             return None
-        start = seen + 1 - self._first
-        events = islice(self._events, start, self.released + 1 - self._first)
-        return list(enumerate(events, start=seen + 1))
+        taken = self._events[self._index(seen + 1) : self._index(self.released + 1)]
+        return list(enumerate(taken, start=seen + 1))
+
+    def _index(self, seq: int) -> int:
+        return self._head + seq - self._first
 
     def _trim(self) -> None:
         # The newest released event stays, however large: a follower that keeps up needs it.
         while self._held_bytes > self.budget and self._first < self.released:
-            self._held_bytes -= len(self._events.popleft())
+            self._held_bytes -= len(self._events[self._head])
+            self._events[self._head] = b""  # its memory goes now, its slot with the next cut
+            self._head += 1
             self._first += 1
+        if self._head > len(self._events) // 2:
+            del self._events[: self._head]
+            self._head = 0

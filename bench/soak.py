@@ -915,7 +915,15 @@ def compare_follow(
     report: Report,
     label: str,
 ) -> None:
-    """Exactly the reference's events after ``after``, in order, once each."""
+    """Exactly the reference's events after ``after``, in order, once each; a position past
+    the run's last event (no client was given it) is a 400, not a stream that ends at once."""
+    last = max((i for i, _ in reference if i is not None), default=0)
+    if after > last:
+        totals.followers += 1
+        if seen.status != 400:
+            totals.extra += 1
+            report.note(f"{label} after {after} (last {last}): {seen.status}, not 400")
+        return
     want = [(i, d) for i, d in reference if i is not None and i > after]
     got = seen.pairs()
     got_ids = [i for i, _ in got]
@@ -930,6 +938,9 @@ def compare_follow(
     totals.duplicated += duplicated
     totals.changed += changed
     totals.extra += extra
+    if seen.status != 200:
+        totals.lost += len(want) - lost  # what it got is nothing: an error instead
+        lost = len(want)
     if lost or duplicated or changed or extra or got != want or not seen.ended:
         report.note(
             f"{label} after {after}: {len(got)} events of {len(want)}; lost {lost}, "
@@ -994,7 +1005,7 @@ async def followed_run(
     soak: Soak, client: httpx.AsyncClient
 ) -> tuple[str, Seen, list[tuple[int, Seen]]]:
     """One run read to its end by its client, and followers that join while it is live,
-    each at a random id up to a little past what has arrived so far."""
+    each at a random id a client can hold: from 0 to the last that has arrived."""
     body = {"prompt": slow_prompt(new_token(), soak.plan), "include_partial_messages": True}
     primary = Seen()
     reading = asyncio.create_task(read_sse(primary, client, "POST", "/api/claude", json=body))
@@ -1005,7 +1016,7 @@ async def followed_run(
     for _ in range(soak.plan.followers):
         join_at = soak.rng.randint(1, soak.plan.pieces)
         await primary.wait(more_than(join_at - 1))
-        after = soak.rng.randint(0, len(primary.events) + 3)
+        after = soak.rng.randint(0, len(primary.events))
         follows.append(asyncio.create_task(follow_from(soak, client, run_id, after)))
     await reading
     done = list(await asyncio.gather(*follows))

@@ -43,13 +43,19 @@ def test_the_soaks_checks_count_what_they_must() -> None:
     check passes, only this shows they would see a lost, duplicated or changed event."""
     result = '{"type":"result","subtype":"success"}'
     reference = [(1, "a"), (2, "b"), (3, "c"), (4, result)]
-    follower = Seen(events=[Event(3, "c"), Event(3, "c"), Event(4, "x"), Event(5, "e")])
+    follower = Seen(status=200, events=[Event(3, "c"), Event(3, "c"), Event(4, "x"), Event(5, "e")])
     follows, report = FollowTotals(), Report()
     compare_follow(reference, 1, follower, follows, report, "follower")
     assert (follows.lost, follows.duplicated, follows.changed, follows.extra) == (1, 1, 1, 1)
-    exact = Seen(events=[Event(i, d) for i, d in reference[2:]], ended=True)
+    exact = Seen(status=200, events=[Event(i, d) for i, d in reference[2:]], ended=True)
     compare_follow(reference, 2, exact, FollowTotals(), report, "exact")
     assert len(report.notes) == 1
+    # A position no client was given must be refused; a valid one refused loses everything.
+    refused = FollowTotals()
+    compare_follow(reference, 5, Seen(status=400, ended=True), refused, report, "past")
+    compare_follow(reference, 5, Seen(status=200, ended=True), refused, report, "past, 200")
+    compare_follow(reference, 1, Seen(status=400, ended=True), refused, report, "refused")
+    assert (refused.extra, refused.lost) == (1, 3) and len(report.notes) == 3
 
     run = Tracked("session", "tok", detached=True, run_id="run")
     run.clients = [Seen(events=[Event(1, "a"), Event(2, "b"), Event(3, "c")])]

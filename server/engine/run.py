@@ -38,7 +38,7 @@ import msgspec
 
 from server.claude import process
 from server.claude.lines import LineSplitter, LineTooLong, classify
-from server.engine.event_window import DEFAULT_BUDGET, EventWindow
+from server.engine.event_window import EventWindow
 from server.engine.relay_events import relay_error
 from server.errors import Lagged
 from server.storage.run_store import RunStatus
@@ -77,7 +77,6 @@ class Limits:
     terminate_grace: float
     max_line_bytes: int
     stderr_tail_bytes: int
-    window_bytes: int = DEFAULT_BUDGET
 
 
 class RunObserver(Protocol):
@@ -160,16 +159,13 @@ class Run:
     relay's error) is shown before it is stored; the relay stores it when it can."""
     final_event: tuple[int, bytes] | None = None
     """The relay's own last event (number, data), when the run ended with one."""
-    _window: EventWindow = field(init=False)
+    _window: EventWindow = field(default_factory=EventWindow, init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     _child: process.Child | None = None
     _stopper: asyncio.Task[None] | None = None
     _supervisor: asyncio.Task[None] | None = None
     _last_output: float = 0.0
-
-    def __post_init__(self) -> None:
-        self._window = EventWindow(self.limits.window_bytes)
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
             events_stored=runtime.settings.persist_events,
         )
         runtime.event_writer.start()
+        manager.start_upkeep()
         relay.runtime, relay.manager = runtime, manager
         housekeeping = asyncio.create_task(housekeeping_loop(runtime), name="housekeeping")
         log.info(

@@ -193,6 +193,29 @@ class Settings:
     stderr_tail_bytes: int = _setting(
         4096, "How much of the CLI's stderr is kept for error events.", int
     )
+    live_idle_seconds: float = _setting(
+        600.0,
+        "Keep a session's CLI process alive this long after its turn, so the next turn skips "
+        "start-up and --resume (a live session); 0 turns live sessions off.",
+        parse_duration,
+    )
+    max_live: int = _setting(
+        4,
+        "Idle live processes kept at once; past it the least recently used is closed. They "
+        "cost memory, not run slots.",
+        int,
+    )
+    warm_pool: int = _setting(
+        1,
+        "CLI processes started ahead of time (default options, a new workspace each) for new "
+        "sessions; 0 turns the pool off.",
+        int,
+    )
+    approval_timeout: float = _setting(
+        300.0,
+        "Deny a tool permission request (approvals: true) nobody answered in this long.",
+        parse_duration,
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     persist_events: bool = _setting(
         True,
@@ -255,6 +278,10 @@ class Settings:
             "total_timeout": self.total_timeout > 0,
             "ping_interval": self.ping_interval >= 0,
             "interrupt_grace": self.interrupt_grace >= 0,
+            "live_idle_seconds": self.live_idle_seconds >= 0,
+            "max_live": self.max_live >= 0,
+            "warm_pool": self.warm_pool >= 0,
+            "approval_timeout": self.approval_timeout > 0,
             "terminate_grace": self.terminate_grace >= 0,
             "max_line_bytes": self.max_line_bytes >= 1024,
             "stderr_tail_bytes": self.stderr_tail_bytes >= 0,

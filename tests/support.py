@@ -219,6 +219,13 @@ def read_stream(client: httpx.Client, method: str, path: str, **kw: Any) -> Stre
     return stream
 
 
+COLD_RUNS = {"CLAUDE_RELAY_LIVE_IDLE_SECONDS": "0", "CLAUDE_RELAY_WARM_POOL": "0"}
+"""Test relays start a process per run unless a test asks for live sessions or the pool: most
+tests check what a run leaves behind when it ends, and a live session leaves its process by
+design (tests/e2e/test_live_sessions.py covers that)."""
+LIVE_RUNS = {"CLAUDE_RELAY_LIVE_IDLE_SECONDS": "600", "CLAUDE_RELAY_WARM_POOL": "0"}
+
+
 def start_relay(
     tmp: Path,
     *,
@@ -255,6 +262,7 @@ def start_relay(
             "CLAUDE_RELAY_LOG_LEVEL": "info",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_AUTOUPDATER": "1",
+            **COLD_RUNS,
         }
     )
     if api_key:
@@ -418,6 +426,7 @@ def serve_relay(
         "CLAUDE_RELAY_WORKSPACES_DIR": str(workspaces),
         "CLAUDE_RELAY_LOG_LEVEL": "warning",
         **({"CLAUDE_RELAY_API_KEYS": api_key} if api_key else {}),
+        **COLD_RUNS,
         **settings_env,
         "CLAUDE_RELAY_CLAUDE_ENV": ",".join(p for p in (pairs, extra) if p),
     }

@@ -80,6 +80,10 @@ class ClaudeRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     ) = None
     effort: Effort | None = None
     include_partial_messages: bool | None = None
+    approvals: bool | None = None
+    """Ask the client about tools the permission rules do not allow (``relay/permission_request``
+    events, answered at ``POST /api/runs/{run_id}/permissions/{request_id}``), instead of
+    denying them."""
 
     def options(self) -> RunOptions:
         return RunOptions(
@@ -94,6 +98,7 @@ class ClaudeRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
             max_budget_usd=self.max_budget_usd,
             effort=self.effort,
             include_partial_messages=bool(self.include_partial_messages),
+            approvals=bool(self.approvals),
         )
 
 

@@ -2,7 +2,8 @@
 
 Every option is passed as a single ``--flag=value`` argument: the CLI's list flags are variadic
 and would otherwise swallow whatever follows. The prompt is not here at all; it goes to stdin,
-so a prompt such as ``--help`` or one of 200 KB reaches the model as text.
+so a prompt such as ``--help`` or one of 200 KB reaches the model as text: every run reads
+stream-json input (``claude/protocol.py``), one ``user`` line per turn.
 """
 
 from __future__ import annotations
@@ -26,8 +27,15 @@ def build_argv(
     new_session_id: str | None = None,
     fork: bool = False,
 ) -> list[str]:
-    """``claude -p --verbose --output-format=stream-json`` plus the request's options."""
-    argv = [claude_bin, "-p", "--verbose", "--output-format=stream-json"]
+    """``claude -p --verbose --output-format=stream-json --input-format=stream-json`` plus the
+    request's options."""
+    argv = [
+        claude_bin,
+        "-p",
+        "--verbose",
+        "--output-format=stream-json",
+        "--input-format=stream-json",
+    ]
     if resume_id:
         argv.append(f"--resume={resume_id}")
         if fork:
@@ -54,6 +62,10 @@ def build_argv(
         argv.append("--dangerously-skip-permissions")
     if request.include_partial_messages:
         argv.append("--include-partial-messages")
+    if request.approvals:
+        # The CLI asks the relay on stdout (can_use_tool) instead of denying what the
+        # permission rules do not allow; engine/approvals.py forwards the question.
+        argv.append("--permission-prompt-tool=stdio")
     return argv
 
 

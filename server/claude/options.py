@@ -44,6 +44,8 @@ class RunOptions:
     max_budget_usd: float | None = None
     effort: str | None = None
     include_partial_messages: bool = False
+    approvals: bool = False
+    """Ask the client about tools the permission rules do not allow, instead of denying."""
 
     @property
     def is_dangerous(self) -> bool:

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -24,13 +25,15 @@ from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
 from server.claude.privileges import capability_dropper
+from server.engine.live_sessions import LiveProcess, LiveSessions
 from server.engine.planner import ByConversation, Placement, Planner, ResumeLatest, Target
 from server.engine.relay_events import relay_error
-from server.engine.run import Limits, PromptInput, Run, StopReason
+from server.engine.run import Limits, Run, StopReason
 from server.engine.runtime import Runtime
+from server.engine.session_process import SessionProcess
 from server.errors import Conflict, TooLarge, TooManyRuns
 from server.storage.run_store import NewRun, RunOutcome, RunRecord
-from server.storage.session_store import ConversationTaken
+from server.storage.session_store import ConversationTaken, LiveClaim
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,10 @@ STORED_PAGE = 8
 RECORD_RETRY_MAX = 5.0
 """Longest wait between attempts to record a run's end while storage fails."""
 ANONYMOUS = "anonymous"
+LIVE_LEASE_SECONDS = 60.0
+"""How long a claim on a live session lasts unless renewed; renewed every third of it."""
+SPAWN_SLACK = 2.0
+"""A time this much before a spawn is before any process it started (clock ticks are coarse)."""
 
 
 def title_of(prompt: str) -> str:
@@ -66,6 +73,11 @@ async def _attempt(step: Awaitable[object], what: str) -> None:
         await step
     except Exception:
         log.exception("%s failed", what)
+
+
+def _succeeded(answer: dict[str, object] | None) -> bool:
+    """A control request the CLI answered with success."""
+    return answer is not None and answer.get("subtype") == "success"
 
 
 def outcome_of(run: Run) -> RunOutcome:
@@ -139,7 +151,31 @@ class RunManager:
             terminate_grace=settings.terminate_grace,
             max_line_bytes=settings.max_line_bytes,
             stderr_tail_bytes=settings.stderr_tail_bytes,
+            approval_timeout=settings.approval_timeout,
         )
+        self.live = LiveSessions(
+            max_live=settings.max_live,
+            idle_seconds=settings.live_idle_seconds,
+            close=self._drop_live,
+        )
+        self._kept: dict[str, LiveProcess] = {}
+        """Processes of runs that ended cleanly, on their way into :attr:`live`."""
+        self._closing: set[asyncio.Task[None]] = set()
+        self._maintainer: asyncio.Task[None] | None = None
+
+    def start_upkeep(self) -> None:
+        """Begin the upkeep of live sessions (expiry, and renewing this relay's claims)."""
+        if self._maintainer is None:
+            self._maintainer = asyncio.create_task(self._maintain(), name="live-sessions")
+
+    async def _maintain(self) -> None:
+        interval = min(LIVE_LEASE_SECONDS / 3, max(self.live.idle_seconds / 4, 0.25))
+        while True:
+            await asyncio.sleep(interval)
+            self.live.expire()
+            if len(self.live) or self._kept or self.runs:
+                with contextlib.suppress(Exception):
+                    await self.store.renew_live(self.owner, time.time() + LIVE_LEASE_SECONDS)
 
     @property
     def active_count(self) -> int:
@@ -153,8 +189,10 @@ class RunManager:
         """``record`` with what this relay knows and storage may not have yet: the end of a
         run whose outcome could not be recorded (storage failing) is still the end."""
         run = self.runs.get(record.id)
-        if run is None or not run.done:
+        if run is None:
             return record
+        if not run.done:
+            return dataclasses.replace(record, pid=run.pid)
         return dataclasses.replace(
             record,
             status=run.status,
@@ -180,35 +218,71 @@ class RunManager:
             raise
 
     async def _start(self, request: RunRequest) -> Run:
-        """Place, then spawn the CLI while its session is claimed in the database.
+        """Place the turn; run it on the session's live process if it has one that fits,
+        else on a new process (:meth:`_start_cold`)."""
+        run_id = str(uuid.uuid4())
+        target = await self.planner.place(
+            request.target, request.prompt, api_key_id=request.api_key_id
+        )
+        self._check_size(target)
+        if target.resume and not target.fork:
+            live = self.live.take(target.workspace_id)
+            if live is not None:
+                run = await self._start_live(request, target, run_id, live)
+                if run is not None:
+                    return run
+        return await self._start_cold(request, target, run_id)
+
+    async def _start_live(
+        self, request: RunRequest, target: Placement, run_id: str, live: LiveProcess
+    ) -> Run | None:
+        """The turn on the session's live process; None (the process closed) if it cannot
+        take this turn's options, so that the turn resumes cold."""
+        if not await self._fit(live, request.options):
+            await self._close_live(live)
+            return None
+        new_run = self._new_run(request, target, run_id, process_kind="live")
+        try:
+            await self._claim(request, target, new_run)
+        except BaseException:
+            self.live.put(live)
+            raise
+        return self._launch(request, target, run_id, live.process, "live")
+
+    async def _fit(self, live: LiveProcess, options: RunOptions) -> bool:
+        """Make ``live`` run with ``options``: model and permission mode switch in place."""
+        if not live.fits(options):
+            return False
+        proc = live.process
+        switches = (
+            ("set_model", "model", options.model, live.options.model),
+            ("set_permission_mode", "mode", options.permission_mode, live.options.permission_mode),
+        )
+        for subtype, name, wanted, current in switches:
+            if wanted is None or wanted == current:
+                continue
+            if not _succeeded(await proc.request(subtype, **{name: wanted})):
+                return False
+        live.options = options
+        return True
+
+    async def _start_cold(self, request: RunRequest, target: Placement, run_id: str) -> Run:
+        """Spawn the CLI while its session is claimed in the database.
 
         The CLI does nothing until its prompt arrives on stdin, and the prompt is only sent
         once the claim (the session lock, or the new session's rows) has succeeded; if the
         claim fails the idle process is killed. Overlapping the two saves the database round
         trips from every run's time to first byte.
         """
-        run_id = str(uuid.uuid4())
-        target = await self.planner.place(
-            request.target, request.prompt, api_key_id=request.api_key_id
-        )
-        self._check_size(target)
         cwd = self.workspaces.prepare(target.workspace_id)
+        spawned_after = time.time() - SPAWN_SLACK
         try:
             spawning = await self._spawn(request, target, run_id, cwd)
         except BaseException:
             self._revoke(run_id)
             self._drop_new_workspace(target)
             raise
-        new_run = NewRun(
-            id=run_id,
-            claude_session_id=target.claude_session_id,
-            owner=self.owner,
-            detached=request.detach,
-            api_key_id=request.api_key_id,
-            prompt=target.prompt,
-            placement=target.how,
-            resumed_from=target.resume_from,
-        )
+        new_run = self._new_run(request, target, run_id, process_kind="cold")
         try:
             await self._claim(request, target, new_run)
         except BaseException:
@@ -224,6 +298,40 @@ class RunManager:
             self._revoke(run_id)
             await self._abandon(target, run_id, str(exc))
             raise
+        proc = SessionProcess(
+            child,
+            marker=run_id,
+            spawned_after=spawned_after,
+            stderr_tail_bytes=self.settings.stderr_tail_bytes,
+            max_line_bytes=self.settings.max_line_bytes,
+        )
+        # Its key pass-through token lives as long as the process, whichever turn it serves.
+        proc.on_exit(lambda p: self._revoke(p.marker))
+        return self._launch(request, target, run_id, proc, "cold")
+
+    def _new_run(
+        self, request: RunRequest, target: Placement, run_id: str, *, process_kind: str
+    ) -> NewRun:
+        return NewRun(
+            id=run_id,
+            claude_session_id=target.claude_session_id,
+            owner=self.owner,
+            detached=request.detach,
+            api_key_id=request.api_key_id,
+            prompt=target.prompt,
+            placement=target.how,
+            resumed_from=target.resume_from,
+            process=process_kind,
+        )
+
+    def _launch(
+        self,
+        request: RunRequest,
+        target: Placement,
+        run_id: str,
+        proc: SessionProcess,
+        kind: str,
+    ) -> Run:
         run = Run(
             id=run_id,
             workspace_id=target.workspace_id,
@@ -233,15 +341,18 @@ class RunManager:
             detached=request.detach,
             placed_by=target.how,
             forked_from=target.resume_from if target.fork else None,
+            process_kind=kind,
+            options=request.options,
         )
         self.runs[run_id] = run
-        run.start(child, PromptInput(target.prompt))
+        run.start(proc, target.prompt)
         log.info(
-            "run %s started: session %s (%s), pid %s",
+            "run %s started: session %s (%s), %s process %s",
             run_id,
             target.claude_session_id,
             target.how,
-            child.pid,
+            kind,
+            proc.pid,
         )
         return run
 
@@ -362,6 +473,13 @@ class RunManager:
             return []
         return await self.runtime.events.events(run.id, after, STORED_PAGE)
 
+    def keep_process(self, run: Run, proc: SessionProcess) -> bool:
+        """Keep the process for the session's next turn, if live sessions are on."""
+        if not self.live.enabled or self.runs.get(run.id) is not run:
+            return False
+        self._kept[run.id] = LiveProcess(run.workspace_id, run.claude_session_id, proc, run.options)
+        return True
+
     async def finished(self, run: Run) -> None:
         """Record the outcome, then free the session; the live run is dropped last, so a
         reader finds it either in memory or, complete, in the database.
@@ -372,7 +490,6 @@ class RunManager:
         """
         created = run.id in self._new_sessions
         self._new_sessions.discard(run.id)
-        self._revoke(run.id)
         log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
         self._slots -= 1
         self._unrecorded[run.id] = created
@@ -388,26 +505,38 @@ class RunManager:
         created = self._unrecorded.get(run.id)
         if created is None:
             return True  # recorded meanwhile, by another attempt
+        kept = self._kept.pop(run.id, None)
         try:
-            await self._record_end(run, created)
+            await self._record_end(run, created, kept)
         except Exception as exc:
             log.warning("run %s: its end is not recorded yet (%s)", run.id, exc)
+            if kept is not None:
+                self._close_live(kept)  # not claimed in the database: not to be kept
             return False
         self._unrecorded.pop(run.id, None)
         self.runs.pop(run.id, None)
+        if kept is not None:
+            self.live.put(kept)
         return True
 
-    async def _record_end(self, run: Run, created: bool) -> None:
+    async def _record_end(self, run: Run, created: bool, kept: LiveProcess | None) -> None:
         # Its events first: a deleted run's late events would only fail their foreign key.
         await self.runtime.event_writer.flush()
         if created and not run.session_reported:
             # The CLI never reported the session, so there is no transcript to resume.
+            if kept is not None:
+                await self._close_live(kept)
             await self.store.delete(run.workspace_id, only_if_idle=False)
             self.workspaces.remove(run.workspace_id)
             return
         # A final event shown while storage was failing is stored with the outcome.
         final = run.final_event if run.storage_error is not None else None
-        await self.store.finish_run(run.workspace_id, run.id, outcome_of(run), final_event=final)
+        claim = None
+        if kept is not None:
+            claim = LiveClaim(self.owner, time.time() + LIVE_LEASE_SECONDS, kept.process.marker)
+        await self.store.finish_run(
+            run.workspace_id, run.id, outcome_of(run), final_event=final, live=claim
+        )
 
     async def _record_end_later(self, run: Run) -> None:
         delay = 0.25
@@ -424,6 +553,30 @@ class RunManager:
             if run.id in self._unrecorded:
                 recorded = await self._try_record_end(run) or recorded
         return recorded
+
+    # -- live processes --------------------------------------------------------------------
+
+    def _drop_live(self, live: LiveProcess) -> None:
+        self._close_live(live)
+
+    def _close_live(self, live: LiveProcess) -> asyncio.Task[None]:
+        """Close a live process (stdin ended, it exits) and end this relay's claim on it."""
+        task = asyncio.create_task(self._closed(live), name=f"close-live-{live.workspace_id}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return task
+
+    async def _closed(self, live: LiveProcess) -> None:
+        limits = self.limits
+        await live.process.close(
+            grace=limits.interrupt_grace,
+            interrupt_grace=limits.interrupt_grace,
+            terminate_grace=limits.terminate_grace,
+        )
+        await _attempt(
+            self.store.end_live(live.workspace_id, owner=self.owner),
+            f"ending the live claim on session {live.workspace_id}",
+        )
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -444,3 +597,10 @@ class RunManager:
         for run in [r for r in self.runs.values() if r.id in self._unrecorded]:
             # A last try; what storage still refuses is left to the next start's recovery.
             await self._try_record_end(run)
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+        for live in [*self.live.drain(), *self._kept.values()]:
+            self._close_live(live)
+        self._kept.clear()
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)

@@ -1,9 +1,9 @@
 """Start-up recovery after a relay died without cleaning up (SIGKILL, power loss).
 
-Its runs are still ``running`` in the database, their sessions still locked, and the CLI
-processes may still be alive, orphaned. Only what a dead relay *on this host* left is
-touched: a relay on another machine sharing the database is not ours to judge, and a live
-relay on this host (a second process) keeps its runs. A relay names itself
+Its runs are still ``running`` in the database, their sessions still locked (or claimed as
+live), and the CLI processes may still be alive, orphaned. Only what a dead relay *on this
+host* left is touched: a relay on another machine sharing the database is not ours to judge,
+and a live relay on this host (a second process) keeps its runs. A relay names itself
 ``host:pid:instance``, the instance being new at every start.
 """
 
@@ -89,4 +89,21 @@ async def recover(
         if session.active_owner and owner_is_dead(session.active_owner, session.last_used_at, me):
             await store.release(session.workspace_id, run_id=session.active_run_id or "")
             log.warning("freed session %s locked by a dead relay", session.workspace_id)
+    await _end_dead_live_claims(store, me)
     return recovered
+
+
+async def _end_dead_live_claims(store: SessionStore, me: str) -> None:
+    """A dead relay's live processes are orphans like any other: stopped, their claims ended
+    (a relay on another host loses its claims when it stops renewing them)."""
+    for session in await store.live_elsewhere():
+        owner = session.live_owner or ""
+        if not owner_is_dead(owner, session.last_used_at, me):
+            continue
+        killed = 0
+        if session.live_run_id:
+            killed = await asyncio.to_thread(process.kill_orphans, session.live_run_id)
+        await store.end_live(session.workspace_id, owner=owner)
+        log.warning(
+            "session %s was live in a dead relay; %d orphan(s) killed", session.workspace_id, killed
+        )

@@ -1,25 +1,22 @@
-"""A run: one CLI process, its events, and everyone following them.
+"""A run: one turn of a session, from its prompt to its ``result``, and everyone following it.
 
-A :class:`Run` owns its process for the process's whole life; HTTP streams only *follow* it.
-That split is what makes a run outlive its client when asked to (detached runs), lets a second
-client re-attach, and makes stopping one place: :meth:`Run.request_stop`.
+A :class:`Run` owns its turn; HTTP streams only *follow* it. That split is what makes a run
+outlive its client when asked to (detached runs), lets a second client re-attach, and makes
+stopping one place: :meth:`Run.request_stop`. The CLI process it runs on
+(:class:`~server.engine.session_process.SessionProcess`) may have served the session's turns
+before and may serve its next ones (a live session): the run writes its prompt as a ``user``
+line, takes the lines the process hands it until the ``result``, and then either hands the
+process back to the relay (:meth:`RunObserver.keep_process`) or closes it.
 
-The supervisor task reads stdout in large chunks, splits and classifies lines, and appends
-them to the run's :class:`~server.engine.event_window.EventWindow`. The observer stores them
-and *releases* them (:meth:`Run.release`) once stored: followers see an event only then, so
-a client never holds an event that a replay would lack, and they wake once per release to take
-every new event in one batch. Memory is bounded: only the newest events stay in the window,
-and a follower that falls behind reads the older ones from storage.
+Lines are appended to the run's :class:`~server.engine.event_window.EventWindow`. The observer
+stores them and *releases* them (:meth:`Run.release`) once stored: followers see an event only
+then, so a client never holds an event that a replay would lack, and they wake once per release
+to take every new event in one batch. Memory is bounded: only the newest events stay in the
+window, and a follower that falls behind reads the older ones from storage.
 
-stderr is drained concurrently into a bounded tail; a watchdog enforces the idle and total
-timeouts. When the process is gone, leftovers are swept and the outcome is settled,
-including a final ``relay/error`` event whenever the run did not end with a clean result.
-
-Input is a strategy (:class:`PromptInput`): today it writes the prompt to stdin and ends it
-with ``write_eof()`` (stdin is a socket of its own, so this half-close is the end of file the
-CLI waits for; the socket itself is closed with the others when the run is over). A later
-``--input-format stream-json`` mode keeps stdin open and answers ``control_request`` lines
-(see :meth:`Run._on_line`) through the same object.
+A watchdog enforces the idle and total timeouts. When the turn is over, the outcome is settled,
+including a final ``relay/error`` event whenever the run did not end with a clean result. Tool
+approvals (``approvals: true``) are questions the CLI asks mid-turn; see ``engine/approvals.py``.
 """
 
 from __future__ import annotations
@@ -36,10 +33,20 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
-from server.claude import process
-from server.claude.lines import LineSplitter, LineTooLong, classify
+from server.claude import process, protocol
+from server.claude.lines import Line
+from server.claude.options import RunOptions
+from server.engine.approvals import (
+    TIMEOUT_MESSAGE,
+    Answer,
+    Approvals,
+    Behavior,
+    Permission,
+    State,
+)
 from server.engine.event_window import EventWindow
-from server.engine.relay_events import relay_error
+from server.engine.relay_events import permission_request, permission_resolved, relay_error
+from server.engine.session_process import SessionProcess
 from server.errors import Lagged
 from server.storage.run_store import RunStatus
 
@@ -77,6 +84,7 @@ class Limits:
     terminate_grace: float
     max_line_bytes: int
     stderr_tail_bytes: int
+    approval_timeout: float = 300.0
 
 
 class RunObserver(Protocol):
@@ -94,47 +102,17 @@ class RunObserver(Protocol):
         """Stored events after ``after`` (a page), for a follower the window left behind;
         empty when events are not stored."""
 
+    def keep_process(self, run: Run, proc: SessionProcess) -> bool:
+        """The turn ended cleanly: True if the relay keeps ``proc`` for the session's next
+        turn (a live session), False to have the run close it."""
+
     async def finished(self, run: Run) -> None:
         """Called once, after the last event, before followers see the run as done."""
 
 
-class StderrTail:
-    """The last ``limit`` bytes of stderr; older output is dropped as it comes."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._buffer = bytearray()
-        self.total = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        self._buffer += chunk
-        if len(self._buffer) > self._limit:
-            del self._buffer[: len(self._buffer) - self._limit]
-
-    def text(self) -> str:
-        return self._buffer.decode("utf-8", "replace")
-
-
-class PromptInput:
-    """Headless ``-p`` input: the prompt on stdin, then end of file."""
-
-    def __init__(self, prompt: str) -> None:
-        self._data = prompt.encode()
-
-    async def run(self, stdin: asyncio.StreamWriter) -> None:
-        try:
-            stdin.write(self._data)
-            await stdin.drain()
-            stdin.write_eof()
-        except ConnectionError:
-            # drain() raises it (asyncio and uvloop alike) once the CLI's end is gone.
-            log.debug("the CLI closed stdin before reading the whole prompt")
-
-
 @dataclass
 class Run:
-    """One CLI process and the ordered, numbered events it produced."""
+    """One turn of a session: its process's lines from its prompt to its ``result``, numbered."""
 
     id: str
     workspace_id: str
@@ -145,6 +123,11 @@ class Run:
     placed_by: str = "new"
     """How the planner found its session (``new``, ``resume``, ``fingerprint``, ...)."""
     forked_from: str | None = None
+    options: RunOptions = field(default_factory=RunOptions)
+    """The CLI options it was asked to run with (a live process keeps them for the next)."""
+    process_kind: str = "cold"
+    """Where its process came from: ``cold`` (started for it), ``live`` (kept from the
+    session's previous turn) or ``pool`` (started ahead of time for a new session)."""
     status: RunStatus = RunStatus.RUNNING
     stop_reason: StopReason | None = None
     exit_code: int | None = None
@@ -159,28 +142,31 @@ class Run:
     relay's error) is shown before it is stored; the relay stores it when it can."""
     final_event: tuple[int, bytes] | None = None
     """The relay's own last event (number, data), when the run ended with one."""
+    approvals: Approvals = field(default_factory=Approvals)
     _window: EventWindow = field(default_factory=EventWindow, init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _done: asyncio.Event = field(default_factory=asyncio.Event)
-    _child: process.Child | None = None
+    _over: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at the turn's ``result``, or when its process's output ended without one."""
+    _process: SessionProcess | None = None
     _stopper: asyncio.Task[None] | None = None
     _supervisor: asyncio.Task[None] | None = None
+    _timers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _last_output: float = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self, child: process.Child, stdin: PromptInput) -> None:
-        self._child = child
-        self._supervisor = asyncio.create_task(self._supervise(stdin), name=f"run-{self.id}")
-
-    @property
-    def _spawned_after(self) -> float:
-        """A time before any process of this run started (clock ticks are coarse)."""
-        return self.started_at - 2.0
+    def start(self, proc: SessionProcess, prompt: str) -> None:
+        """Serve this turn on ``proc``: its prompt goes to stdin as a ``user`` line."""
+        self._process = proc
+        proc.attach(self)
+        self._supervisor = asyncio.create_task(
+            self._supervise(proc, protocol.user_turn(prompt)), name=f"run-{self.id}"
+        )
 
     @property
     def pid(self) -> int | None:
-        return self._child.pid if self._child else None
+        return self._process.pid if self._process else None
 
     @property
     def done(self) -> bool:
@@ -194,22 +180,32 @@ class Run:
         await self._done.wait()
 
     def request_stop(self, reason: StopReason) -> bool:
-        """Begin stopping the run (SIGINT → SIGTERM → SIGKILL). False if already stopping."""
-        if self.done or self._stopper is not None or self._child is None:
+        """Begin stopping the turn: an ``interrupt`` first (the turn ends with its ``result``
+        and a live process stays usable), then SIGINT → SIGTERM → SIGKILL if the CLI does not
+        end the turn within the grace period. False if already stopping."""
+        if self.done or self._stopper is not None or self._process is None:
             return False
         self.stop_reason = reason
         log.info("run %s: stopping (%s)", self.id, reason)
-        self._stopper = asyncio.create_task(
-            process.stop(
-                self._child,
-                self.id,
-                interrupt_grace=self.limits.interrupt_grace,
-                terminate_grace=self.limits.terminate_grace,
-                since=self._spawned_after,
-            ),
-            name=f"stop-{self.id}",
-        )
+        self._stopper = asyncio.create_task(self._stop(self._process), name=f"stop-{self.id}")
         return True
+
+    async def _stop(self, proc: SessionProcess) -> None:
+        limits = self.limits
+        if proc.alive and not proc.broken and not self._over.is_set():
+            await proc.request("interrupt")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._over.wait(), limits.interrupt_grace)
+        if self._over.is_set() and self.result is not None:
+            return
+        log.info("run %s: the CLI did not end the turn after an interrupt; signalling", self.id)
+        await process.stop(
+            proc.child,
+            proc.marker,
+            interrupt_grace=limits.interrupt_grace,
+            terminate_grace=limits.terminate_grace,
+            since=proc.spawned_after,
+        )
 
     async def stop_on(self, shutdown: anyio.Event) -> None:
         """Stop the run once ``shutdown`` is set: every stream that follows a run to its end
@@ -279,66 +275,148 @@ class Run:
         self._wakeup.set()
         self._wakeup.clear()
 
+    # -- approvals -----------------------------------------------------------------------
+
+    async def answer(self, request_id: str, answer: Answer) -> Permission:
+        """Answer one of the CLI's permission requests (404 unknown, 409 no longer pending)."""
+        permission = self.approvals.take(request_id, self.id)
+        await self._resolve(permission, answer)
+        return permission
+
+    async def _resolve(self, permission: Permission, answer: Answer) -> None:
+        state = State.ALLOWED if answer.behavior is Behavior.ALLOW else State.DENIED
+        self.approvals.resolve(permission, state, answer.by)
+        timer = self._timers.pop(permission.request_id, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+        if self._process is not None:
+            await self._process.send(answer.control_response(permission))
+        self._last_output = time.monotonic()
+        await self._emit(permission_resolved(permission.request_id, str(state), answer.by))
+
+    async def _time_out(self, permission: Permission) -> None:
+        timeout = self.limits.approval_timeout
+        await asyncio.sleep(timeout)
+        if permission.state is State.PENDING:
+            message = TIMEOUT_MESSAGE.format(timeout=timeout)
+            await self._resolve(permission, Answer(Behavior.DENY, message, by="timeout"))
+
+    async def _emit(self, event: bytes) -> None:
+        """An event of the relay's own, numbered among the CLI's lines."""
+        if self.storage_error is not None or self.ended_at is not None:
+            return
+        seq = self._window.append([event])
+        await self.observer.events_appended(self, seq, [event])
+
+    def _cancel_pending(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for permission in self.approvals.pending():
+            self.approvals.resolve(permission, State.CANCELLED, "relay")
+
+    # -- Turn: what the process hands over -----------------------------------------------
+
+    async def accept(self, lines: list[Line]) -> None:
+        if self.storage_error is not None or self._over.is_set():
+            return  # stopping, or the turn is over: what comes now is not this turn's
+        self._last_output = time.monotonic()
+        appended: list[bytes] = []
+        result_seen = False
+        for line in lines:
+            # The relay chose this run's id (--session-id, or --resume keeping it): the CLI
+            # naming it confirms the session; a line naming any other id (a tool can print
+            # one) is relayed as it is and changes nothing.
+            if not self.session_reported and line.session_id == self.claude_session_id:
+                await self._on_session_confirmed()
+            appended.append(line.data)
+            if line.type == "result":
+                self._on_result(line.data)
+                result_seen = True
+                break  # a turn ends at its result
+        first_seq = self._window.append(appended)
+        await self.observer.events_appended(self, first_seq, appended)
+        if result_seen:
+            self._over.set()
+        else:
+            await self._wait_for_storage()
+
+    def output_ended(self) -> None:
+        self._over.set()
+
+    def line_too_long(self, message: str) -> None:
+        self.error_message = message
+        self.request_stop(StopReason.LINE_TOO_LONG)
+
+    async def permission_requested(self, request_id: str, request: dict[str, Any]) -> None:
+        permission = Permission.of(request_id, request)
+        self.approvals.add(permission)
+        await self._emit(permission_request(request_id, request))
+        self._timers[request_id] = asyncio.create_task(
+            self._time_out(permission), name=f"approval-{request_id}"
+        )
+
+    async def request_cancelled(self, request_id: str) -> None:
+        permission = self.approvals.get(request_id)
+        if permission is None or permission.state is not State.PENDING:
+            return
+        self.approvals.resolve(permission, State.CANCELLED, "cli")
+        timer = self._timers.pop(request_id, None)
+        if timer is not None:
+            timer.cancel()
+        await self._emit(permission_resolved(request_id, str(State.CANCELLED), "cli"))
+
     # -- supervision ---------------------------------------------------------------------
 
-    async def _supervise(self, stdin: PromptInput) -> None:
-        child = self._child
-        assert child is not None
+    async def _supervise(self, proc: SessionProcess, message: bytes) -> None:
         self._last_output = time.monotonic()
-        stderr = StderrTail(self.limits.stderr_tail_bytes)
-        helpers = [
-            asyncio.create_task(stdin.run(child.stdin)),
-            asyncio.create_task(self._drain(child.stderr, stderr)),
-            asyncio.create_task(self._watchdog()),
-        ]
-        reader = asyncio.create_task(self._read(child.stdout))
+        watchdog = asyncio.create_task(self._watchdog())
+        keep = False
         try:
-            await child.exited
-            self.exit_code = child.returncode
-            # Whatever the CLI left running must go before its pipes can reach end of file.
-            await process.sweep(
-                self.id, grace=self.limits.terminate_grace, since=self._spawned_after
-            )
-            await self._finish_task(reader, "stdout")
-            await self._finish_task(helpers[1], "stderr")
+            if await proc.send(message):
+                await self._until_over(proc)
+            keep = self._may_keep(proc) and self.observer.keep_process(self, proc)
         except BaseException:
             # The relay itself is going down hard: do not leave the process behind.
-            self.request_stop(StopReason.SHUTDOWN)
+            proc.kill()
             raise
         finally:
-            for task in helpers:
-                task.cancel()
-            if self._stopper is not None:
+            watchdog.cancel()
+            self._cancel_pending()
+            proc.detach(self)
+            if self._stopper is not None and not keep:
                 with contextlib.suppress(Exception):
                     await self._stopper
-            child.close()
-            await child.wait_closed()
-            await self._settle(stderr)
+            if not keep:
+                await self._close(proc)
+            await self._settle(proc)
 
-    async def _finish_task(self, task: asyncio.Task[None], name: str) -> None:
+    async def _until_over(self, proc: SessionProcess) -> None:
+        """Until the turn's result, or its process's end (then its output is read to the end
+        first: the sweep lets go of stdout if a tool process held it)."""
+        over = asyncio.create_task(self._over.wait())
         try:
-            await asyncio.wait_for(task, timeout=5)
-        except TimeoutError:
-            log.warning("run %s: %s did not reach end of file after the CLI exited", self.id, name)
+            await asyncio.wait([over, proc.exited], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        finally:
+            over.cancel()
 
-    async def _read(self, stdout: asyncio.StreamReader) -> None:
-        splitter = LineSplitter(self.limits.max_line_bytes)
-        read = stdout.read
-        try:
-            while chunk := await read(process.READ_CHUNK):
-                self._last_output = time.monotonic()
-                lines = splitter.feed(chunk)
-                if lines:
-                    await self._accept(lines)
-                    await self._wait_for_storage()
-            last = splitter.finish()
-            if last is not None:
-                await self._accept([last])
-        except LineTooLong as exc:
-            self.error_message = str(exc)
-            self.request_stop(StopReason.LINE_TOO_LONG)
-            while await read(process.READ_CHUNK):
-                pass
+    def _may_keep(self, proc: SessionProcess) -> bool:
+        """The turn ended cleanly enough for its process to take the session's next one."""
+        return (
+            self.result is not None
+            and proc.usable
+            and self.storage_error is None
+            and self.stop_reason in (None, StopReason.CANCELLED, StopReason.CLIENT_DISCONNECTED)
+        )
+
+    async def _close(self, proc: SessionProcess) -> None:
+        limits = self.limits
+        await proc.close(
+            grace=limits.interrupt_grace,
+            interrupt_grace=limits.interrupt_grace,
+            terminate_grace=limits.terminate_grace,
+        )
+        self.exit_code = proc.returncode
 
     async def _wait_for_storage(self) -> None:
         """Stop reading while too much waits to be stored: the CLI blocks on its stdout
@@ -346,23 +424,6 @@ class Run:
         window = self._window
         while window.unreleased_bytes > window.budget and self.storage_error is None:
             await self._wakeup.wait()
-
-    async def _accept(self, raw_lines: list[bytes]) -> None:
-        if self.storage_error is not None:
-            return  # the run is stopping; what it writes now could not be stored either
-        appended: list[bytes] = []
-        for raw in raw_lines:
-            line = classify(raw)
-            # The relay chose this run's id (--session-id, or --resume keeping it): the CLI
-            # naming it confirms the session; a line naming any other id (a tool can print
-            # one) is relayed as it is and changes nothing.
-            if not self.session_reported and line.session_id == self.claude_session_id:
-                await self._on_session_confirmed()
-            if line.type == "result":
-                self._on_result(line.data)
-            appended.append(line.data)
-        first_seq = self._window.append(appended)
-        await self.observer.events_appended(self, first_seq, appended)
 
     async def _on_session_confirmed(self) -> None:
         self.session_reported = True
@@ -379,14 +440,12 @@ class Run:
         if isinstance(decoded, dict):
             self.result = decoded
 
-    async def _drain(self, stream: asyncio.StreamReader, tail: StderrTail) -> None:
-        while chunk := await stream.read(65536):
-            tail.add(chunk)
-
     async def _watchdog(self) -> None:
         started = time.monotonic()
         while True:
             now = time.monotonic()
+            if self.approvals.waiting:
+                self._last_output = now  # waiting for a person is not the CLI being idle
             idle_deadline = self._last_output + self.limits.idle_timeout
             total_deadline = started + self.limits.total_timeout
             if now >= total_deadline:
@@ -395,14 +454,14 @@ class Run:
             if now >= idle_deadline:
                 self.request_stop(StopReason.IDLE_TIMEOUT)
                 return
-            await asyncio.sleep(min(idle_deadline, total_deadline) - now + 0.05)
+            await asyncio.sleep(min(idle_deadline, total_deadline, now + 1.0) - now + 0.05)
 
-    async def _settle(self, stderr: StderrTail) -> None:
+    async def _settle(self, proc: SessionProcess) -> None:
         """Decide the outcome, add the final error event if one is due, and tell everyone."""
         self.ended_at = time.time()
         self.status, message = self._outcome()
         if message is not None:
-            seq, event = self._add_final_event(message, stderr.text())
+            seq, event = self._add_final_event(message, proc.stderr.text())
             if self.storage_error is None:
                 with contextlib.suppress(Exception):
                     await self.observer.events_appended(self, seq, [event])
@@ -420,7 +479,7 @@ class Run:
             return _STOP_STATUS[self.stop_reason], self._stop_message(self.stop_reason)
         if self.result is None:
             return RunStatus.FAILED, f"the CLI ended without a result (exit code {code})"
-        if code != 0:
+        if code not in (0, None):
             return RunStatus.FAILED, f"the CLI exited with code {code}"
         if self.result.get("is_error"):
             return RunStatus.FAILED, None

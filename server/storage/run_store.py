@@ -56,6 +56,8 @@ class RunRecord:
     last_seq: int
     placement: str | None
     resumed_from: str | None
+    process: str | None = None
+    """Where its CLI process came from: ``cold``, ``live`` or ``pool`` (NULL before 0004)."""
 
 
 def run_record(row: RunRow) -> RunRecord:
@@ -82,6 +84,7 @@ def run_record(row: RunRow) -> RunRecord:
         last_seq=row.last_seq,
         placement=row.placement,
         resumed_from=row.resumed_from,
+        process=row.process,
     )
 
 
@@ -97,6 +100,7 @@ class NewRun:
     prompt: str
     placement: str = "new"
     resumed_from: str | None = None
+    process: str = "cold"
 
 
 def insert_statement(run: NewRun, workspace_id: str) -> Any:
@@ -115,6 +119,7 @@ def insert_statement(run: NewRun, workspace_id: str) -> Any:
         last_seq=0,
         placement=run.placement,
         resumed_from=run.resumed_from,
+        process=run.process,
     )
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from server.storage import claude_id_store, conversation_store, event_store, run_store
@@ -33,6 +33,16 @@ class SessionRecord:
     last_used_at: float
     active_run_id: str | None
     active_owner: str | None
+    live_owner: str | None = None
+    """The relay that keeps this session's CLI process alive between turns, if any..."""
+    live_until: float | None = None
+    """...until then, unless it renews its claim."""
+    live_run_id: str | None = None
+    """The run that started that process (its processes carry this id)."""
+
+    @property
+    def live(self) -> bool:
+        return self.live_owner is not None and (self.live_until or 0) > time.time()
 
 
 SESSION_COLUMNS = (
@@ -42,6 +52,9 @@ SESSION_COLUMNS = (
     SessionRow.last_used_at,
     SessionRow.active_run_id,
     SessionRow.active_owner,
+    SessionRow.live_owner,
+    SessionRow.live_until,
+    SessionRow.live_run_id,
 )
 
 
@@ -53,7 +66,28 @@ def session_record(row: Any) -> SessionRecord:
         row.last_used_at,
         row.active_run_id,
         row.active_owner,
+        row.live_owner,
+        row.live_until,
+        row.live_run_id,
     )
+
+
+@dataclass(frozen=True)
+class LiveClaim:
+    """A relay keeps a session's process alive: who, until when, which run started it."""
+
+    owner: str
+    until: float
+    run_id: str
+
+
+def _live_statement(workspace_id: str, live: LiveClaim | None) -> Any:
+    values = (
+        {"live_owner": live.owner, "live_until": live.until, "live_run_id": live.run_id}
+        if live is not None
+        else {"live_owner": None, "live_until": None, "live_run_id": None}
+    )
+    return update(SessionRow).where(SessionRow.workspace_id == workspace_id).values(**values)
 
 
 def _release(workspace_id: str, run_id: str) -> Any:
@@ -138,12 +172,22 @@ class SessionStore:
         )
 
     async def acquire(self, workspace_id: str, *, run: NewRun) -> bool:
-        """Take the session's run lock and record the run; False if another run holds it."""
+        """Take the session's run lock and record the run; False if another run holds it, or
+        another relay keeps the session live (its process would run the session twice)."""
+        now = time.time()
         async with self._database.write() as db:
             result = await db.execute(
                 update(SessionRow)
-                .where(SessionRow.workspace_id == workspace_id, SessionRow.active_run_id.is_(None))
-                .values(active_run_id=run.id, active_owner=run.owner, last_used_at=time.time())
+                .where(
+                    SessionRow.workspace_id == workspace_id,
+                    SessionRow.active_run_id.is_(None),
+                    or_(
+                        SessionRow.live_owner.is_(None),
+                        SessionRow.live_owner == run.owner,
+                        SessionRow.live_until < now,
+                    ),
+                )
+                .values(active_run_id=run.id, active_owner=run.owner, last_used_at=now)
             )
             if getattr(result, "rowcount", 0) != 1:
                 return False
@@ -161,10 +205,12 @@ class SessionStore:
         outcome: RunOutcome,
         *,
         final_event: tuple[int, bytes] | None = None,
+        live: LiveClaim | None = None,
     ) -> None:
         """Record the run's outcome and give back the lock it held, in one transaction;
         with ``final_event`` (a last event that was shown before it could be stored), store
-        it too, unless an earlier attempt did."""
+        it too, unless an earlier attempt did. With ``live``, the session's process stays
+        alive and this relay claims it (:meth:`renew_live`); without, any claim ends."""
         async with self._database.write() as db:
             if final_event is not None:
                 await db.execute(
@@ -172,6 +218,31 @@ class SessionStore:
                 )
             await db.execute(run_store.finish_statement(run_id, outcome))
             await db.execute(_release(workspace_id, run_id))
+            await db.execute(_live_statement(workspace_id, live))
+
+    async def end_live(self, workspace_id: str, *, owner: str) -> None:
+        """This relay no longer keeps the session's process (it closed, died or was evicted)."""
+        async with self._database.write() as db:
+            await db.execute(
+                update(SessionRow)
+                .where(SessionRow.workspace_id == workspace_id, SessionRow.live_owner == owner)
+                .values(live_owner=None, live_until=None, live_run_id=None)
+            )
+
+    async def renew_live(self, owner: str, until: float) -> None:
+        """Extend every claim of this relay's; a relay that stops renewing loses them."""
+        async with self._database.write() as db:
+            await db.execute(
+                update(SessionRow).where(SessionRow.live_owner == owner).values(live_until=until)
+            )
+
+    async def live_elsewhere(self) -> list[SessionRecord]:
+        """Sessions some relay keeps live (for start-up recovery to judge)."""
+        async with self._database.read() as db:
+            rows = await db.execute(
+                select(*SESSION_COLUMNS).where(SessionRow.live_owner.is_not(None))
+            )
+            return [session_record(row) for row in rows]
 
     async def add_claude_session_id(self, workspace_id: str, claude_session_id: str) -> None:
         """Map a newly reported id to the session; it becomes the one to resume."""

@@ -54,6 +54,9 @@ class SessionRow(Base):
     last_used_at: Mapped[float] = mapped_column(Float, index=True)
     active_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     active_owner: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    live_owner: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    live_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    live_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     title: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
@@ -102,6 +105,7 @@ class RunRow(Base):
     placement: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """How the planner found the run's session: new, resume, conversation, fingerprint, …"""
     resumed_from: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    process: Mapped[str | None] = mapped_column(String(8), nullable=True)
     """The Claude session id whose transcript the run continued (a fork's branch point)."""
 
 

@@ -93,6 +93,7 @@ def test_options_maps_every_field() -> None:
             "max_budget_usd": 0.5,
             "effort": "high",
             "include_partial_messages": True,
+            "approvals": True,
         }
     )
     options = body.options()
@@ -108,6 +109,7 @@ def test_options_maps_every_field() -> None:
         max_budget_usd=0.5,
         effort="high",
         include_partial_messages=True,
+        approvals=True,
     )
     # Every option was set from the body: none of them is out of a client's reach.
     unset = [

@@ -14,7 +14,13 @@ from server.api.schemas import ClaudeRequest
 from server.claude.command import RUN_MARKER_ENV, build_argv, build_env
 from server.claude.options import RunOptions
 
-HEAD = ["claude", "-p", "--verbose", "--output-format=stream-json"]
+HEAD = [
+    "claude",
+    "-p",
+    "--verbose",
+    "--output-format=stream-json",
+    "--input-format=stream-json",
+]
 
 
 def test_every_option_becomes_one_flag_equals_value_argument() -> None:
@@ -30,10 +36,11 @@ def test_every_option_becomes_one_flag_equals_value_argument() -> None:
         max_budget_usd=0.5,
         effort="high",
         include_partial_messages=True,
+        approvals=True,
     )
     argv = build_argv("claude", options, resume_id="abc")
-    assert argv[:4] == HEAD
-    assert sorted(argv[4:]) == sorted(
+    assert argv[:5] == HEAD
+    assert sorted(argv[5:]) == sorted(
         [
             "--resume=abc",
             "--model=sonnet",
@@ -47,6 +54,7 @@ def test_every_option_becomes_one_flag_equals_value_argument() -> None:
             "--disallowedTools=Write,Edit",
             "--dangerously-skip-permissions",
             "--include-partial-messages",
+            "--permission-prompt-tool=stdio",
         ]
     )
 
@@ -56,18 +64,18 @@ def test_options_left_unset_add_nothing() -> None:
 
 
 def test_a_new_session_gets_the_relays_id_and_a_resume_may_fork() -> None:
-    assert build_argv("claude", RunOptions(), new_session_id="n1")[4:] == ["--session-id=n1"]
-    assert build_argv("claude", RunOptions(), resume_id="r1", fork=True)[4:] == [
+    assert build_argv("claude", RunOptions(), new_session_id="n1")[5:] == ["--session-id=n1"]
+    assert build_argv("claude", RunOptions(), resume_id="r1", fork=True)[5:] == [
         "--resume=r1",
         "--fork-session",
     ]
     # Resuming continues an id the CLI already has; a new id would contradict it.
-    assert build_argv("claude", RunOptions(), resume_id="r1", new_session_id="n1")[4:] == [
+    assert build_argv("claude", RunOptions(), resume_id="r1", new_session_id="n1")[5:] == [
         "--resume=r1"
     ]
     # A fork gets the relay's id too, so the relay never learns an id from the CLI's output.
     assert build_argv("claude", RunOptions(), resume_id="r1", new_session_id="n2", fork=True)[
-        4:
+        5:
     ] == ["--resume=r1", "--fork-session", "--session-id=n2"]
 
 

@@ -24,7 +24,6 @@ import uvloop
 
 from server.claude import process
 from server.claude.command import RUN_MARKER_ENV
-from server.engine.run import PromptInput
 from tests.support import fake_claude_bin
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -45,6 +44,14 @@ def run(request: pytest.FixtureRequest) -> Runner:
 @pytest.fixture
 def fake(tmp_path: Path) -> Path:
     return fake_claude_bin(tmp_path)
+
+
+async def _send_prompt(child: process.Child, prompt: str) -> None:
+    """The whole prompt, then end of file: the fake CLI reads plain stdin when it is not
+    started with --input-format=stream-json."""
+    child.stdin.write(prompt.encode())
+    await child.stdin.drain()
+    child.stdin.write_eof()
 
 
 def _env(marker: str) -> dict[str, str]:
@@ -79,7 +86,7 @@ def test_prompt_in_lines_out_and_the_exit_code(
 
     async def scenario() -> tuple[list[dict[str, Any]], int | None]:
         child = await _spawn([str(fake), "-p", "--session-id=s1"], tmp_path, uuid.uuid4().hex)
-        await PromptInput(prompt).run(child.stdin)
+        await _send_prompt(child, prompt)
         lines = _lines(await _finish(child))
         return lines, child.returncode
 
@@ -93,7 +100,7 @@ def test_prompt_in_lines_out_and_the_exit_code(
 def test_scripted_lines_and_a_nonzero_exit_code(run: Runner, fake: Path, tmp_path: Path) -> None:
     async def scenario() -> tuple[list[dict[str, Any]], int | None]:
         child = await _spawn([str(fake), "-p"], tmp_path, uuid.uuid4().hex)
-        await PromptInput(json.dumps({"lines": 3, "exit": 4})).run(child.stdin)
+        await _send_prompt(child, json.dumps({"lines": 3, "exit": 4}))
         lines = _lines(await _finish(child))
         return lines, child.returncode
 
@@ -119,7 +126,7 @@ def test_stop_escalates_until_the_cli_is_gone(
 
     async def scenario() -> tuple[int | None, list[psutil.Process]]:
         child = await _spawn([str(fake), "-p"], tmp_path, marker)
-        await PromptInput(json.dumps(script)).run(child.stdin)
+        await _send_prompt(child, json.dumps(script))
         # The init line comes after the fake set up its signal handling.
         assert json.loads(await child.stdout.readline())["type"] == "system"
         await process.stop(child, marker, interrupt_grace=0.3, terminate_grace=0.3)
@@ -138,7 +145,7 @@ def test_sweep_stops_a_setsid_child_the_run_left_behind(
 
     async def scenario() -> tuple[process.Child, list[int], int, list[psutil.Process]]:
         child = await _spawn([str(fake), "-p"], tmp_path, marker)
-        await PromptInput(json.dumps({"child": "sleep 300"})).run(child.stdin)
+        await _send_prompt(child, json.dumps({"child": "sleep 300"}))
         await _finish(child)
         sessions = [os.getsid(p.pid) for p in process.marked_processes(marker)]
         swept = await process.sweep(marker, grace=2)
@@ -186,7 +193,7 @@ def test_stdin_stdout_stderr_are_sockets_that_cannot_be_reopened(
                 refusals.append(0)
             except OSError as exc:
                 refusals.append(exc.errno or 0)
-        await PromptInput("hi").run(child.stdin)
+        await _send_prompt(child, "hi")
         return kinds, refusals, await _finish(child)
 
     kinds, refusals, out = run(scenario())
@@ -222,7 +229,7 @@ def test_twenty_spawns_leak_no_fd_and_leave_no_zombie(
 ) -> None:
     async def one_run() -> None:
         child = await _spawn([str(fake), "-p"], tmp_path, uuid.uuid4().hex)
-        await PromptInput("hi").run(child.stdin)
+        await _send_prompt(child, "hi")
         assert _lines(await _finish(child))[-1]["type"] == "result"
 
     async def scenario() -> tuple[dict[int, str], dict[int, str]]:

@@ -2,7 +2,10 @@
 to show on demand: crashes mid-stream, garbage and huge lines, stderr floods, hangs, stray
 child processes, signal handling, and exact line counts for benchmarks.
 
-The prompt arrives on stdin, as from the relay. If it is a JSON object, it is the script::
+The prompt arrives on stdin, as from the relay: with ``--input-format=stream-json`` (as the
+relay starts it) one ``user`` line per turn, each turn's content its script, and the process
+ends when stdin does; without, the whole of stdin. If a prompt is a JSON object, it is the
+script::
 
     {"lines": 3, "size": 100}        N assistant lines padded to about SIZE bytes each
     {"raw": ["not json", ...]}       print these lines verbatim before anything else
@@ -11,7 +14,7 @@ The prompt arrives on stdin, as from the relay. If it is a JSON object, it is th
     {"interval": 0.5}                sleep between lines
     {"stamp": true}                  put time.time() in each line ("t")
     {"crash_after": 2}               exit 3 after this many lines, without a result
-    {"exit": 1}                      exit code after the result
+    {"exit": 1}                      exit code after the result (at the end of stdin)
     {"no_result": true}              end without a result line
     {"hang": 30}                     after the lines, print nothing for this long
     {"child": "sleep 300"}           start this shell command in its own session first
@@ -75,14 +78,9 @@ def _sigint(_signum: int, _frame: object) -> None:
 SESSION = ""
 
 
-def main() -> int:
+def _turn(argv: list[str], prompt: str) -> int | None:
+    """One turn of the script in ``prompt``: its exit code if the process must end now."""
     global SESSION
-    argv = sys.argv[1:]
-    if "--version" in argv:
-        print("9.9.9 (Fake Claude Code)")
-        return 0
-    prompt = sys.stdin.read()
-    _record(argv, prompt)
     try:
         script = json.loads(prompt)
         if not isinstance(script, dict):
@@ -158,8 +156,66 @@ def main() -> int:
     )
     sys.stdout.write(result + ("" if script.get("no_newline") else "\n"))
     sys.stdout.flush()
+    if script.get("no_newline"):
+        return int(script.get("exit", 0))  # a last line without newline is one at exit
     time.sleep(float(script.get("linger", 0)))
-    return int(script.get("exit", 0))
+    global EXIT_CODE
+    EXIT_CODE = int(script.get("exit", 0))
+    return None
+
+
+EXIT_CODE = 0
+
+
+def _text_of(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+def _stream_json(argv: list[str]) -> int:
+    """``--input-format=stream-json``: a turn per ``user`` line until stdin ends; control
+    requests are answered with success (the fake cannot be interrupted mid-turn: that is
+    the fault it shows)."""
+    first = True
+    for raw in sys.stdin:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            return 1  # as the real CLI: a malformed line ends it
+        if message.get("type") == "control_request":
+            response = {
+                "subtype": "success",
+                "request_id": message.get("request_id"),
+                "response": {},
+            }
+            _out({"type": "control_response", "response": response})
+            continue
+        if message.get("type") != "user":
+            continue
+        prompt = _text_of(message.get("message", {}).get("content"))
+        if first:
+            _record(argv, prompt)
+            first = False
+        code = _turn(argv, prompt)
+        if code is not None:
+            return code
+    return EXIT_CODE
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    if "--version" in argv:
+        print("9.9.9 (Fake Claude Code)")
+        return 0
+    if "--input-format=stream-json" in argv:
+        return _stream_json(argv)
+    prompt = sys.stdin.read()
+    _record(argv, prompt)
+    code = _turn(argv, prompt)
+    return EXIT_CODE if code is None else code
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from server.storage.run_store import RunStatus, RunStore
 from server.storage.session_store import SessionStore
 from server.storage.tables import Base
 
+HEAD = "0004"
+"""The newest revision: the rows must survive every migration after 0002, not just 0003."""
 WS, OTHER = "0f1e2d3c-0000-4000-8000-000000000001", "0f1e2d3c-0000-4000-8000-000000000002"
 
 # The rows of two sessions, in the column names of revision 0002.
@@ -97,7 +99,7 @@ async def upgrade(engine: AsyncEngine) -> None:
 async def test_upgrade_keeps_every_row_under_the_new_names(engine_at_0002: AsyncEngine) -> None:
     engine = engine_at_0002
     await upgrade(engine)
-    assert await current_revision(engine) == "0003"
+    assert await current_revision(engine) == HEAD
     assert await sql(
         engine, "SELECT workspace_id, latest_claude_session_id, title FROM sessions ORDER BY 1"
     ) == [
@@ -109,6 +111,8 @@ async def test_upgrade_keeps_every_row_under_the_new_names(engine_at_0002: Async
         rows = await sql(engine, f"SELECT count(*) FROM {table} WHERE workspace_id = :ws", ws=WS)
         assert rows == [(2 if table == "claude_session_ids" else 1,)]
     assert "placement" in await columns(engine, "runs")
+    assert "process" in await columns(engine, "runs")
+    assert "live_owner" in await columns(engine, "sessions")
     assert await sql(engine, "PRAGMA foreign_key_check") == []
 
     # The stores read what the old relay wrote.
@@ -119,6 +123,7 @@ async def test_upgrade_keeps_every_row_under_the_new_names(engine_at_0002: Async
     run = await RunStore(database).get(WS + "-r1")
     assert run is not None
     assert (run.workspace_id, run.status, run.placement) == (WS, RunStatus.SUCCEEDED, None)
+    assert run.process is None  # runs from before 0004 do not say where their process came from
     assert await EventStore(database).events(WS + "-r1", 0) == [(1, b'{"n":1}'), (2, b'{"n":2}')]
     match = await FingerprintStore(database).find("k1", WS + "-fp")
     assert match is not None and match.workspace_id == WS
@@ -184,5 +189,5 @@ async def test_downgrade_gives_the_old_names_back_with_the_rows(
     await sql(engine, "DELETE FROM sessions WHERE id = :ws", ws=WS)
     assert await sql(engine, "SELECT count(*) FROM runs WHERE session_id = :ws", ws=WS) == [(0,)]
     await upgrade(engine)
-    assert await current_revision(engine) == "0003"
+    assert await current_revision(engine) == HEAD
     assert await sql(engine, "SELECT workspace_id FROM sessions") == [(OTHER,)]

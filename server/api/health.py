@@ -70,6 +70,12 @@ async def health(
         cli=CLIHealth(path=cli.path, version=cli.version, error=cli.error),
         database=database,
         workspaces=workspaces,
-        runs=RunsHealth(active=manager.active_count, max=settings.max_concurrent_runs),
+        runs=RunsHealth(
+            active=manager.active_count,
+            max=settings.max_concurrent_runs,
+            live=len(manager.live),
+            live_max=settings.max_live if manager.live.enabled else 0,
+            pooled=manager.pooled_count,
+        ),
     )
     return Response(body, status_code=200 if healthy else 503)

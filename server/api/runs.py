@@ -8,17 +8,26 @@ import re
 from typing import Annotated
 
 from litestar import Router, get, post
-from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import ASGIApp
 
-from server.api.dependencies import ManagerDep, RuntimeDep, SettingsDep
+from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import documented_errors
 from server.api.openapi import always_sent, at_least_zero
-from server.api.schemas import ErrorBody, RunOut, run_out
+from server.api.schemas import (
+    ErrorBody,
+    PermissionAnswer,
+    PermissionList,
+    PermissionOut,
+    RunOut,
+    iso,
+    run_out,
+)
 from server.api.sse import encoded, sse_response
+from server.engine.approvals import Answer, Behavior, Permission
 from server.engine.manager import RunManager
 from server.engine.replay import follow_run
-from server.engine.run import StopReason
+from server.engine.run import Run, StopReason
 from server.engine.runtime import Runtime
 from server.errors import Conflict, InvalidRequest, NotFound
 from server.storage.event_store import EventStore
@@ -142,4 +151,65 @@ async def cancel_run(run_id: FromPath[str], runtime: RuntimeDep, manager: Manage
     return run_out(await find_run(runtime, run_id))
 
 
-router = Router("/api/runs", route_handlers=[get_run, run_events, cancel_run], tags=["runs"])
+def permission_out(permission: Permission) -> PermissionOut:
+    return PermissionOut(
+        request_id=permission.request_id,
+        tool_name=permission.tool_name,
+        input=permission.input,
+        suggestions=permission.suggestions,
+        requested_at=iso(permission.requested_at),
+        state=permission.state.value,
+        by=permission.by,
+    )
+
+
+async def asking_run(run_id: str, runtime: Runtime, manager: RunManager, api_key_id: str) -> Run:
+    """The run whose questions the caller may see and answer: one this relay is running,
+    started with the caller's key (another key's run is as unknown as a missing one)."""
+    run = manager.get(run_id)
+    if run is None or run.api_key_id != api_key_id:
+        await find_run(runtime, run_id)  # 404 if it never existed
+        raise NotFound(f"run {run_id} is not running here, so it has no permission requests")
+    return run
+
+
+@get(
+    "/{run_id:str}/permissions",
+    summary="The run's pending tool permission requests",
+    description="Only runs started with `approvals: true` ask; each request is also a "
+    "`relay/permission_request` event of the run.",
+    responses=ERRORS,
+)
+async def list_permissions(
+    run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep, api_key_id: CallerDep
+) -> PermissionList:
+    run = await asking_run(run_id, runtime, manager, api_key_id)
+    return PermissionList([permission_out(p) for p in run.approvals.pending()])
+
+
+@post(
+    "/{run_id:str}/permissions/{request_id:str}",
+    status_code=200,
+    summary="Allow or deny one tool permission request",
+    description="404 for an unknown request, 409 for one already answered, denied by the "
+    "timeout, or withdrawn by the CLI.",
+    responses=ERRORS,
+)
+async def answer_permission(
+    run_id: FromPath[str],
+    request_id: FromPath[str],
+    data: JSONBody[PermissionAnswer],
+    runtime: RuntimeDep,
+    manager: ManagerDep,
+    api_key_id: CallerDep,
+) -> PermissionOut:
+    run = await asking_run(run_id, runtime, manager, api_key_id)
+    answer = Answer(Behavior(data.behavior), data.message, data.updated_input, by="client")
+    return permission_out(await run.answer(request_id, answer))
+
+
+router = Router(
+    "/api/runs",
+    route_handlers=[get_run, run_events, cancel_run, list_permissions, answer_permission],
+    tags=["runs"],
+)

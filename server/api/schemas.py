@@ -139,6 +139,8 @@ class SessionOut(msgspec.Struct):
     broken: str | None = None
     """Why the session cannot run (its workspace is no longer a plain directory), or null.
     A broken session can still be shown, deleted and purged."""
+    live: bool = False
+    """A relay keeps the session's CLI process alive: its next turn starts at once."""
 
 
 def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
@@ -155,12 +157,21 @@ def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
         total_cost_usd=round(summary.total_cost_usd, 6),
         state="running" if record.active_run_id else "idle",
         active_run_id=record.active_run_id,
+        live=record.live,
     )
 
 
 class SessionPage(msgspec.Struct):
     sessions: list[SessionOut]
     next_cursor: str | None
+
+
+ProcessKind = Literal["cold", "live", "pool"]
+_PROCESS_KINDS: dict[str | None, ProcessKind] = {"cold": "cold", "live": "live", "pool": "pool"}
+
+
+def _process_kind(stored: str | None) -> ProcessKind | None:
+    return _PROCESS_KINDS.get(stored)
 
 
 class RunOut(msgspec.Struct):
@@ -188,6 +199,11 @@ class RunOut(msgspec.Struct):
     resumed_from: str | None
     """The Claude session id whose transcript the run continued; a forked chat turn's
     ``session_id`` is new and this is its branch point. Null for a new session."""
+    pid: int | None = None
+    """The CLI process that ran it (a live session's turns share one)."""
+    process: ProcessKind | None = None
+    """Where that process came from: started for this run, kept from the session's previous
+    turn, or started ahead of time for a new session. Null for runs from before."""
 
 
 def run_out(record: RunRecord, *, events: int | None = None) -> RunOut:
@@ -211,6 +227,8 @@ def run_out(record: RunRecord, *, events: int | None = None) -> RunOut:
         events=record.last_seq if events is None else events,
         placement=record.placement,
         resumed_from=record.resumed_from,
+        pid=record.pid,
+        process=_process_kind(record.process),
     )
 
 
@@ -267,6 +285,11 @@ class WorkspacesHealth(msgspec.Struct, omit_defaults=True):
 class RunsHealth(msgspec.Struct):
     active: int
     max: int
+    live: int = 0
+    """Idle live processes: sessions whose next turn needs no start-up."""
+    live_max: int = 0
+    pooled: int = 0
+    """Processes started ahead of time for new sessions."""
 
 
 class Health(msgspec.Struct):
@@ -276,6 +299,33 @@ class Health(msgspec.Struct):
     database: DatabaseHealth
     workspaces: WorkspacesHealth
     runs: RunsHealth
+
+
+class PermissionOut(msgspec.Struct):
+    """A tool the CLI asks to use, waiting for an answer."""
+
+    request_id: str
+    tool_name: str | None
+    input: dict[str, Any]
+    suggestions: Any
+    """The CLI's ``permission_suggestions`` (rules that would allow it from now on)."""
+    requested_at: str | None
+    state: Literal["pending", "allow", "deny", "cancelled"]
+    by: str | None
+
+
+class PermissionList(msgspec.Struct):
+    permissions: list[PermissionOut]
+
+
+class PermissionAnswer(msgspec.Struct, forbid_unknown_fields=True):
+    """A client's decision about one permission request."""
+
+    behavior: Literal["allow", "deny"]
+    message: Annotated[str, msgspec.Meta(max_length=10_000)] | None = None
+    """For a deny: what the model is told (it reads it as the tool's error)."""
+    updated_input: dict[str, Any] | None = None
+    """For an allow: run the tool with this input instead of the one it asked for."""
 
 
 class ErrorBody(msgspec.Struct):

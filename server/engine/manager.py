@@ -181,6 +181,10 @@ class RunManager:
     def active_count(self) -> int:
         return self._slots
 
+    @property
+    def pooled_count(self) -> int:
+        return 0
+
     def get(self, run_id: str) -> Run | None:
         """The run with this id if this relay is running it."""
         return self.runs.get(run_id)
@@ -343,6 +347,7 @@ class RunManager:
             forked_from=target.resume_from if target.fork else None,
             process_kind=kind,
             options=request.options,
+            api_key_id=request.api_key_id,
         )
         self.runs[run_id] = run
         run.start(proc, target.prompt)
@@ -367,8 +372,7 @@ class RunManager:
         """Lock the session for this run (recording the run), or create it locked."""
         if target.resume:
             if not await self._acquire(target.workspace_id, new_run):
-                name = _name_of(request.target, target)
-                raise Conflict(f"session {name} is already running; wait for its run to end")
+                raise await self._busy(_name_of(request.target, target), target.workspace_id)
             return
         key = target.conversation_key
         try:
@@ -384,6 +388,17 @@ class RunManager:
                 f"conversation {key!r} is already running; wait for its run to end"
             ) from None
         self._new_sessions.add(new_run.id)
+
+    async def _busy(self, name: str, workspace_id: str) -> Conflict:
+        """Why the session cannot be taken: a run holds it, or another relay keeps it live."""
+        record = await self.store.get(workspace_id)
+        if record is not None and record.active_run_id is None and record.live:
+            return Conflict(
+                f"session {name} is live in another relay ({record.live_owner}), which keeps "
+                "its CLI process between turns; send the turn to that relay, or retry once it "
+                "closes the process (idle timeout, or its shutdown)"
+            )
+        return Conflict(f"session {name} is already running; wait for its run to end")
 
     async def _acquire(self, workspace_id: str, new_run: NewRun) -> bool:
         if await self.store.acquire(workspace_id, run=new_run):

@@ -123,6 +123,8 @@ class Run:
     placed_by: str = "new"
     """How the planner found its session (``new``, ``resume``, ``fingerprint``, ...)."""
     forked_from: str | None = None
+    api_key_id: str = "anonymous"
+    """Who started it (a hash of their key): only they may answer its permission requests."""
     options: RunOptions = field(default_factory=RunOptions)
     """The CLI options it was asked to run with (a live process keeps them for the next)."""
     process_kind: str = "cold"
@@ -404,7 +406,7 @@ class Run:
         """The turn ended cleanly enough for its process to take the session's next one."""
         return (
             self.result is not None
-            and proc.usable
+            and proc.reusable
             and self.storage_error is None
             and self.stop_reason in (None, StopReason.CANCELLED, StopReason.CLIENT_DISCONNECTED)
         )

@@ -122,9 +122,14 @@ class SessionProcess:
         return not self.child.exited.done()
 
     @property
+    def reusable(self) -> bool:
+        """It could take another turn once free: running, whole, not being closed."""
+        return self.alive and not self.broken and self._closing is None
+
+    @property
     def usable(self) -> bool:
-        """It can take another turn: running, whole, not being closed, serving nobody."""
-        return self.alive and not self.broken and self._closing is None and self._turn is None
+        """It can take another turn now: reusable and serving nobody."""
+        return self.reusable and self._turn is None
 
     def on_exit(self, callback: Callable[[SessionProcess], None]) -> None:
         """Call ``callback`` once the process has exited (at once if it has)."""

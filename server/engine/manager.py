@@ -26,11 +26,19 @@ from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
 from server.claude.privileges import capability_dropper
 from server.engine.live_sessions import LiveProcess, LiveSessions
-from server.engine.planner import ByConversation, Placement, Planner, ResumeLatest, Target
+from server.engine.planner import (
+    ByConversation,
+    Placement,
+    Planner,
+    ResumeLatest,
+    Target,
+    new_placement,
+)
 from server.engine.relay_events import relay_error
 from server.engine.run import Limits, Run, StopReason
 from server.engine.runtime import Runtime
 from server.engine.session_process import SessionProcess
+from server.engine.warm_pool import WarmPool
 from server.errors import Conflict, TooLarge, TooManyRuns
 from server.storage.run_store import NewRun, RunOutcome, RunRecord
 from server.storage.session_store import ConversationTaken, LiveClaim
@@ -45,6 +53,8 @@ RECORD_RETRY_MAX = 5.0
 ANONYMOUS = "anonymous"
 LIVE_LEASE_SECONDS = 60.0
 """How long a claim on a live session lasts unless renewed; renewed every third of it."""
+POOL_OPTIONS = RunOptions()
+"""The launch options of pool processes: a new session asking for anything else starts cold."""
 SPAWN_SLACK = 2.0
 """A time this much before a spawn is before any process it started (clock ticks are coarse)."""
 
@@ -162,11 +172,15 @@ class RunManager:
         """Processes of runs that ended cleanly, on their way into :attr:`live`."""
         self._closing: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
+        self.pool = WarmPool(
+            settings.warm_pool, start=self._start_pooled, discard=self._discard_pooled
+        )
 
     def start_upkeep(self) -> None:
         """Begin the upkeep of live sessions (expiry, and renewing this relay's claims)."""
         if self._maintainer is None:
             self._maintainer = asyncio.create_task(self._maintain(), name="live-sessions")
+        self.pool.begin()
 
     async def _maintain(self) -> None:
         interval = min(LIVE_LEASE_SECONDS / 3, max(self.live.idle_seconds / 4, 0.25))
@@ -183,7 +197,7 @@ class RunManager:
 
     @property
     def pooled_count(self) -> int:
-        return 0
+        return len(self.pool)
 
     def get(self, run_id: str) -> Run | None:
         """The run with this id if this relay is running it."""
@@ -235,7 +249,56 @@ class RunManager:
                 run = await self._start_live(request, target, run_id, live)
                 if run is not None:
                     return run
+        elif not target.resume and request.options == POOL_OPTIONS:
+            pooled = self.pool.take()
+            if pooled is not None:
+                return await self._start_pooled_run(request, target, run_id, pooled)
         return await self._start_cold(request, target, run_id)
+
+    async def _start_pooled_run(
+        self, request: RunRequest, planned: Placement, run_id: str, pooled: LiveProcess
+    ) -> Run:
+        """A new session on a process started ahead of time: its workspace and id are the
+        session's."""
+        target = dataclasses.replace(
+            planned,
+            workspace_id=pooled.workspace_id,
+            claude_session_id=pooled.claude_session_id,
+        )
+        new_run = self._new_run(request, target, run_id, process_kind="pool")
+        try:
+            await self._claim(request, target, new_run)
+        except BaseException:
+            await self._discard_pooled(pooled)
+            raise
+        self.pool.used()
+        return self._launch(request, target, run_id, pooled.process, "pool")
+
+    async def _start_pooled(self) -> LiveProcess:
+        """A pool process: a new workspace and session id, the default options, no prompt."""
+        target = new_placement("")
+        marker = str(uuid.uuid4())
+        cwd = self.workspaces.prepare(target.workspace_id)
+        spawned_after = time.time() - SPAWN_SLACK
+        try:
+            spawning = await self._spawn(RunRequest(prompt=""), target, marker, cwd)
+            child = await spawning
+        except BaseException:
+            self._revoke(marker)
+            self.workspaces.remove(target.workspace_id)
+            raise
+        proc = self._process_of(child, marker, spawned_after)
+        return LiveProcess(target.workspace_id, target.claude_session_id, proc, POOL_OPTIONS)
+
+    async def _discard_pooled(self, pooled: LiveProcess) -> None:
+        """Close a pool process nobody will use, and remove what it was given."""
+        limits = self.limits
+        await pooled.process.close(
+            grace=limits.interrupt_grace,
+            interrupt_grace=limits.interrupt_grace,
+            terminate_grace=limits.terminate_grace,
+        )
+        self.workspaces.remove(pooled.workspace_id)
 
     async def _start_live(
         self, request: RunRequest, target: Placement, run_id: str, live: LiveProcess
@@ -302,16 +365,22 @@ class RunManager:
             self._revoke(run_id)
             await self._abandon(target, run_id, str(exc))
             raise
+        proc = self._process_of(child, run_id, spawned_after)
+        return self._launch(request, target, run_id, proc, "cold")
+
+    def _process_of(
+        self, child: process.Child, marker: str, spawned_after: float
+    ) -> SessionProcess:
         proc = SessionProcess(
             child,
-            marker=run_id,
+            marker=marker,
             spawned_after=spawned_after,
             stderr_tail_bytes=self.settings.stderr_tail_bytes,
             max_line_bytes=self.settings.max_line_bytes,
         )
         # Its key pass-through token lives as long as the process, whichever turn it serves.
         proc.on_exit(lambda p: self._revoke(p.marker))
-        return self._launch(request, target, run_id, proc, "cold")
+        return proc
 
     def _new_run(
         self, request: RunRequest, target: Placement, run_id: str, *, process_kind: str
@@ -614,6 +683,7 @@ class RunManager:
             await self._try_record_end(run)
         if self._maintainer is not None:
             self._maintainer.cancel()
+        await self.pool.stop()
         for live in [*self.live.drain(), *self._kept.values()]:
             self._close_live(live)
         self._kept.clear()

@@ -125,7 +125,8 @@ def test_past_the_cap_the_least_recently_used_live_process_is_closed(
     a_pid = _run_of(relay, a)["pid"]
     b = _ok(relay.run({"prompt": "cap b"}))
     assert wait_until(lambda: _gone(a_pid))
-    assert _session(relay, a.headers["x-session-id"])["live"] is False
+    # Its claim ends once it is closed (a state: the session says so).
+    assert wait_until(lambda: _session(relay, a.headers["x-session-id"])["live"] is False)
     assert _session(relay, b.headers["x-session-id"])["live"] is True
     # A resumes cold, and in turn takes the only live place.
     again = _ok(relay.run({"prompt": "cap a again", "session_id": a.headers["x-session-id"]}))
@@ -175,3 +176,72 @@ def test_a_second_relay_on_the_database_never_runs_a_live_session_beside_it(
     resumed = _ok(second.run({"prompt": "shared three: kiwi", "session_id": sid}))
     assert _run_of(second, resumed)["process"] == "cold"
     assert _history_seen(fake_api, "shared one: lime", "shared three: kiwi")
+
+
+def _pooled(relay: Relay) -> int:
+    with relay.client() as client:
+        return int(client.get("/health").json()["runs"]["pooled"])
+
+
+def test_the_warm_pool_serves_a_new_session_and_refills(
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI
+) -> None:
+    env = {**real_cli_env(fake_api), **LIVE_RUNS, "CLAUDE_RELAY_WARM_POOL": "1"}
+    relay = relay_factory(claude_bin=real_cli, env=env)
+    assert wait_until(lambda: _pooled(relay) == 1, 30)
+    first = _ok(relay.run({"prompt": "pooled one: mango"}))
+    run = _run_of(relay, first)
+    assert run["process"] == "pool"
+    assert any("pooled one: mango" in str(r["messages"]) for r in fake_api.message_requests())
+    assert wait_until(lambda: _pooled(relay) == 1, 30)  # refilled in the background
+    # The session goes on live on the pool's process.
+    sid = first.headers["x-session-id"]
+    second = _ok(relay.run({"prompt": "pooled two: lychee", "session_id": sid}))
+    assert (_run_of(relay, second)["process"], _run_of(relay, second)["pid"]) == (
+        "live",
+        run["pid"],
+    )
+    assert _history_seen(fake_api, "pooled one: mango", "pooled two: lychee")
+    # Other options never take a pool process: its command line would be wrong.
+    other = _ok(relay.run({"prompt": "pooled three", "allowedTools": ["Read"]}))
+    assert _run_of(relay, other)["process"] == "cold"
+    assert _pooled(relay) == 1
+
+
+def test_the_pool_leaves_nothing_behind_when_the_relay_stops(
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI
+) -> None:
+    env = {**real_cli_env(fake_api), **LIVE_RUNS, "CLAUDE_RELAY_WARM_POOL": "2"}
+    relay = relay_factory(claude_bin=real_cli, env=env)
+    assert wait_until(lambda: _pooled(relay) == 2, 30)
+    session = _ok(relay.run({"prompt": "pool stop"})).headers["x-session-id"]
+    assert wait_until(lambda: _pooled(relay) == 2, 30)
+    with relay.client() as client:
+        workspace = Path(client.get(f"/api/sessions/{session}").json()["workspace"])
+    processes = relay.children()
+    assert len(processes) >= 3  # two waiting, one live
+    relay.stop()
+    assert all(_gone(p.pid) for p in processes)
+    left = sorted(p.name for p in relay.workspaces.iterdir() if not p.name.startswith("."))
+    assert left == [workspace.name]  # the session's own workspace, nothing of the pool's
+    configs = [p.name for p in (relay.workspaces / ".claude-config").iterdir()]
+    assert configs == [workspace.name]
+
+
+def test_a_relay_killed_while_a_session_is_live_frees_it_at_the_next_start(
+    relay_process_factory: Any, real_cli: Path, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    """A relay subprocess (SIGKILL needs one), then another on the same database."""
+    shared = {"database": tmp_path / "k.db", "workspaces": tmp_path / "ws", "home": tmp_path / "h"}
+    env = {**real_cli_env(fake_api), **LIVE_RUNS}
+    relay = relay_process_factory(claude_bin=real_cli, env=env, **shared)
+    turn = _ok(relay.run({"prompt": "crash one: guava"}))
+    sid, pid = turn.headers["x-session-id"], _run_of(relay, turn)["pid"]
+    assert _session(relay, sid)["live"] is True
+    relay.stop(signal.SIGKILL)
+    assert wait_until(lambda: _gone(pid), 30)  # its stdin ended with the relay
+    again = relay_process_factory(claude_bin=real_cli, env=env, **shared)
+    assert _session(again, sid)["live"] is False  # the dead relay's claim is over
+    resumed = _ok(again.run({"prompt": "crash two: papaya", "session_id": sid}))
+    assert _run_of(again, resumed)["process"] == "cold"
+    assert _history_seen(fake_api, "crash one: guava", "crash two: papaya")

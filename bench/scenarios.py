@@ -60,6 +60,7 @@ class Plan:
     persist_lines: int
     persist_reps: int
     key_proxy_reps: int
+    live_reps: int
 
 
 QUICK = Plan(
@@ -79,6 +80,7 @@ QUICK = Plan(
     persist_lines=5_000,
     persist_reps=2,
     key_proxy_reps=60,
+    live_reps=3,
 )
 
 FULL = Plan(
@@ -98,6 +100,7 @@ FULL = Plan(
     persist_lines=50_000,
     persist_reps=5,
     key_proxy_reps=400,
+    live_reps=10,
 )
 
 PLANS = {"quick": QUICK, "full": FULL}
@@ -801,6 +804,133 @@ async def key_proxy(plan: Plan, folder: Path) -> dict[str, Any]:
     }
 
 
+# -- 9. live sessions and the warm pool --------------------------------------------------------
+
+
+async def _timed_turn(client: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """One turn: time to its first event and to its ``result``, and its session id."""
+    started = time.perf_counter()
+    first = result = None
+    seen = b""
+    async with client.stream("POST", "/api/claude", json=body) as response:
+        session_id = response.headers.get("x-session-id")
+        async for chunk in response.aiter_raw():
+            now = time.perf_counter()
+            if first is None:
+                first = now
+            seen += chunk
+            if result is None and b'"type":"result"' in seen:
+                result = now
+    ended = time.perf_counter()
+    ok = response.status_code == 200 and result is not None
+    return {
+        "first": ((first or ended) - started) * 1000,
+        "result": ((result or ended) - started) * 1000,
+        "session_id": session_id,
+        "ok": ok,
+    }
+
+
+async def _pool_ready(client: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await client.get("/health")).json()["runs"]["pooled"] >= 1:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the warm pool did not refill")
+
+
+async def live_sessions(plan: Plan, folder: Path) -> dict[str, Any]:
+    """Real CLI, one relay with live sessions and a pool of one: (a) a cold new session (its
+    options keep it off the pool), (b) that session's next turn on its live process, (c) a new
+    session with default options from the pool (refilled before each). Same run, alternating."""
+    cli = real_cli_path()
+    if cli is None:
+        return {
+            "figures": {},
+            "errors": 0,
+            "skipped": "the real CLI is not installed (./dev bench installs it)",
+            "targets": [],
+            "notes": [],
+        }
+    api, url = _start_fake_api()
+    cli_env = {
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_API_KEY": "sk-test",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_RELAY_LIVE_IDLE_SECONDS": "600",
+        "CLAUDE_RELAY_MAX_LIVE": str(plan.live_reps + 2),
+        "CLAUDE_RELAY_WARM_POOL": "1",
+    }
+    prompt = "[[say:The answer is 42.]] What is six times seven?"
+    cold_body = {"prompt": prompt, "allowedTools": ["Read"]}
+    rows: dict[str, list[float]] = {
+        f"{kind}_{what}": [] for kind in ("cold", "live", "pool") for what in ("first", "result")
+    }
+    failures = 0
+    try:
+        with relay_process(folder / "relay", cli, env=cli_env) as relay:
+            async with async_client(relay) as client:
+                await _pool_ready(client)
+                for rep in range(-1, plan.live_reps):  # rep -1 warms the machine up
+                    outs: dict[str, dict[str, Any]] = {}
+
+                    async def cold_then_live(outs: dict[str, dict[str, Any]] = outs) -> None:
+                        outs["cold"] = await _timed_turn(client, cold_body)
+                        follow = {**cold_body, "session_id": outs["cold"]["session_id"]}
+                        outs["live"] = await _timed_turn(client, follow)
+
+                    async def pooled(outs: dict[str, dict[str, Any]] = outs) -> None:
+                        await _pool_ready(client)
+                        outs["pool"] = await _timed_turn(client, {"prompt": prompt})
+
+                    steps = (cold_then_live, pooled) if rep % 2 == 0 else (pooled, cold_then_live)
+                    for step in steps:
+                        await step()
+                    if rep < 0:
+                        continue
+                    for kind, out in outs.items():
+                        failures += not out["ok"]
+                        rows[f"{kind}_first"].append(out["first"])
+                        rows[f"{kind}_result"].append(out["result"])
+    finally:
+        api.terminate()
+        api.wait()
+    live_ratio = ratios(rows["live_first"], rows["cold_first"])
+    pool_ratio = ratios(rows["pool_first"], rows["cold_first"])
+    figures = {
+        f"{kind} turn: {label}": summary(rows[f"{kind}_{what}"], "ms")
+        for kind in ("cold", "live", "pool")
+        for what, label in (("first", "time to first event"), ("result", "time to result"))
+    }
+    figures["live / cold, time to first event (paired)"] = summary(live_ratio, "x")
+    figures["pool / cold, time to first event (paired)"] = summary(pool_ratio, "x")
+    return {
+        "figures": figures,
+        "errors": failures,
+        "notes": [],
+        "targets": [
+            target(
+                "live follow-up first event / cold",
+                statistics.median(live_ratio),
+                0.1,
+                "x",
+                at_most=True,
+            ),
+            target(
+                "pool new session first event / cold",
+                statistics.median(pool_ratio),
+                0.3,
+                "x",
+                at_most=True,
+            ),
+            target("turns without a result", failures, 0, "", at_most=True),
+        ],
+    }
+
+
 SCENARIOS = {
     "throughput": throughput,
     "latency": latency,
@@ -810,6 +940,7 @@ SCENARIOS = {
     "sessions": session_lookup,
     "persistence": persistence,
     "key_proxy": key_proxy,
+    "live": live_sessions,
 }
 
 TITLES = {
@@ -821,6 +952,7 @@ TITLES = {
     "sessions": "6. Session table lookup",
     "persistence": "7. Event persistence on vs off",
     "key_proxy": "8. The key pass-through: added time to first byte",
+    "live": "9. Live sessions and the warm pool vs a cold start (real CLI)",
 }
 
 

@@ -12,6 +12,7 @@ required_open_webui_version: 0.6.0
 # Open WebUI shares across all users and requests. Everything is async: a blocking call here
 # would freeze the whole Open WebUI server.
 
+import asyncio
 import contextlib
 import hashlib
 import html
@@ -31,8 +32,19 @@ PERMISSION_MODES = Literal["default", "acceptEdits", "plan", "auto", "dontAsk", 
 MAX_CONVERSATION_CHARS = 256
 CONNECT_TIMEOUT = 15.0
 ERROR_MESSAGE_CHARS = 600
+APPROVAL_PREVIEW_CHARS = 600  # most of a tool's input shown in the confirmation dialog
+ANSWER_TIMEOUT = 30.0  # seconds to send the relay one answer to a permission request
+
+# What the model reads as the tool's result when the pipe denies a permission request.
+DECLINED = "The user declined this tool use in Open WebUI's confirmation dialog."
+NO_DIALOG = (
+    "Open WebUI could not ask the user (no confirmation dialog for this request), so the "
+    "tool use was denied."
+)
+DIALOG_FAILED = "Open WebUI's confirmation dialog failed ({error}), so the tool use was denied."
 
 Emitter = Callable[[dict[str, Any]], Awaitable[Any]] | None
+EventCall = Callable[[dict[str, Any]], Awaitable[Any]] | None
 
 
 class Pipe:
@@ -82,6 +94,12 @@ class Pipe:
         APPEND_SYSTEM_PROMPT: str = Field(
             default="", description="Extra instructions appended to Claude Code's system prompt."
         )
+        APPROVALS: bool = Field(
+            default=False,
+            description="Ask the user (a confirmation dialog) before Claude Code uses a tool "
+            "that PERMISSION_MODE and ALLOWED_TOOLS do not allow; off: such tools are denied "
+            "without asking.",
+        )
 
     class UserValves(BaseModel):
         MODEL: str = Field(
@@ -104,6 +122,7 @@ class Pipe:
         __user__: dict[str, Any] | None = None,
         __metadata__: dict[str, Any] | None = None,
         __event_emitter__: Emitter = None,
+        __event_call__: EventCall = None,
         __task__: Any = None,
         __task_body__: dict[str, Any] | None = None,
         __chat_id__: str | None = None,
@@ -115,7 +134,9 @@ class Pipe:
         valves = self.Valves(**self.valves.model_dump())
         metadata = __metadata__ or {}
         chat_id = metadata.get("chat_id") or __chat_id__ or body.get("chat_id")
-        return Reply(valves, body, __user__ or {}, chat_id, __event_emitter__).stream()
+        return Reply(
+            valves, body, __user__ or {}, chat_id, __event_emitter__, __event_call__
+        ).stream()
 
 
 # -- models, valves, conversation keys, prompts ------------------------------------------------
@@ -318,6 +339,49 @@ def tool_status(name: str, args: Any) -> str:
     return f"Using {name}"
 
 
+def code(text: str) -> str:
+    """Inline code, whatever backticks the text holds (plain text reads the same)."""
+    text = " ".join(text.split())
+    if len(text) > APPROVAL_PREVIEW_CHARS:
+        more = len(text) - APPROVAL_PREVIEW_CHARS
+        text = text[:APPROVAL_PREVIEW_CHARS] + f"… ({more} more characters)"
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def approval_dialog(name: str, args: Any) -> dict[str, Any]:
+    """Open WebUI's confirmation dialog for one permission request: the tool in the title,
+    the input that matters in the message ("the command", "the file"), compactly."""
+    args = args if isinstance(args, dict) else {}
+    path = str(args.get("file_path") or args.get("notebook_path") or args.get("path") or "")
+    if name == "Bash":
+        what = "run this command: " + code(str(args.get("command") or ""))
+        if args.get("description"):
+            what += f" ({_short(args.get('description'), 120)})"
+    elif name in ("Edit", "MultiEdit", "NotebookEdit") and path:
+        what = "edit " + code(path)
+    elif name == "Write" and path:
+        what = "write " + code(path) + ": " + code(str(args.get("content") or ""))
+    elif name == "Read" and path:
+        what = "read " + code(path)
+    elif name == "WebFetch" and args.get("url"):
+        what = "fetch " + code(str(args["url"]))
+    elif name == "WebSearch" and args.get("query"):
+        what = "search the web for " + code(str(args["query"]))
+    else:
+        what = f"use {name} with " + code(json.dumps(args, ensure_ascii=False))
+    return {
+        "type": "confirmation",
+        "data": {
+            "title": f"Allow Claude Code to use {name}?",
+            "message": f"Claude Code wants to {what}. It runs on the relay's machine, in this "
+            "chat's workspace.",
+        },
+    }
+
+
 def error_text(message: str) -> str:
     text = _short(message, ERROR_MESSAGE_CHARS)
     return f"> ⚠️ **Claude Code:** {html.escape(text, quote=False)}\n"
@@ -373,6 +437,7 @@ class Reply:
         user: dict[str, Any],
         chat_id: str | None,
         emitter: Emitter,
+        event_call: EventCall = None,
     ) -> None:
         self.valves = valves
         self.body = body
@@ -393,6 +458,15 @@ class Reply:
         self.failed = False
         self.status_closed = False  # a status with done: true was sent
         self._pending_statuses: list[tuple[str, bool]] = []
+        # Tool approvals (the APPROVALS valve): the relay's permission requests, each asked
+        # in a task of its own so that the stream is read on while the user decides.
+        self.event_call = event_call
+        self.approvals = bool(valves.APPROVALS)
+        self.requests: dict[str, tuple[str, Any]] = {}  # request id -> (tool name, input)
+        self._to_ask: list[str] = []  # request ids not yet handed to a task
+        self._asking: dict[str, asyncio.Task[None]] = {}
+        self._dialog = asyncio.Lock()  # Open WebUI's page shows one dialog at a time
+        self.declined: set[str] = set()  # tools denied through a permission request
 
     # -- output helpers ----------------------------------------------------------------------
 
@@ -468,6 +542,8 @@ class Reply:
             payload["max_turns"] = int(self.valves.MAX_TURNS)
         if self.valves.APPEND_SYSTEM_PROMPT.strip():
             payload["append_system_prompt"] = self.valves.APPEND_SYSTEM_PROMPT
+        if self.approvals:
+            payload["approvals"] = True
         return payload
 
     async def stream(self) -> AsyncIterator[str]:
@@ -501,9 +577,8 @@ class Reply:
         url = self.valves.RELAY_URL.rstrip("/") + "/api/claude"
         total = max(1, int(self.valves.REQUEST_TIMEOUT or 1))
         deadline = time.monotonic() + total
-        headers = {"Accept": "text/event-stream"}
-        if self.valves.RELAY_API_KEY:
-            headers["Authorization"] = f"Bearer {self.valves.RELAY_API_KEY}"
+        auth = {"Authorization": f"Bearer {self.valves.RELAY_API_KEY}"}
+        headers = {"Accept": "text/event-stream", **(auth if self.valves.RELAY_API_KEY else {})}
         timeout = httpx.Timeout(total, connect=CONNECT_TIMEOUT)
         out: list[str] = []
         try:
@@ -515,21 +590,35 @@ class Reply:
                     self.error(out, await self._http_error(response, url))
                     yield "".join(out)
                     return
-                async with contextlib.aclosing(sse_events(response)) as events:
-                    async for event in events:
-                        self._on_event(event, out)
-                        for description, done in self._pending_statuses:
-                            await self.status(description, done=done)
-                        self._pending_statuses.clear()
-                        if out:
-                            yield "".join(out)
-                            out = []
-                        # Read on after the result: the relay closes the stream once the run has
-                        # ended, and closing it earlier would count as cancelling the run.
-                        if time.monotonic() > deadline and not self.finished:
-                            self.error(out, f"the answer took over {total} s (REQUEST_TIMEOUT).")
-                            yield "".join(out)
-                            return
+                answers = (
+                    self.valves.RELAY_URL.rstrip("/")
+                    + f"/api/runs/{response.headers.get('x-run-id', '')}/permissions/"
+                )
+                try:
+                    async with contextlib.aclosing(sse_events(response)) as events:
+                        async for event in events:
+                            self._on_event(event, out)
+                            for request_id in self._to_ask:
+                                self._asking[request_id] = asyncio.create_task(
+                                    self._ask(client, answers + request_id, auth, request_id)
+                                )
+                            self._to_ask.clear()
+                            for description, done in self._pending_statuses:
+                                await self.status(description, done=done)
+                            self._pending_statuses.clear()
+                            if out:
+                                yield "".join(out)
+                                out = []
+                            # Read on after the result: the relay closes the stream once the run
+                            # has ended, and closing it earlier would count as cancelling it.
+                            if time.monotonic() > deadline and not self.finished:
+                                self.error(
+                                    out, f"the answer took over {total} s (REQUEST_TIMEOUT)."
+                                )
+                                yield "".join(out)
+                                return
+                finally:
+                    await self._stop_asking()
         except httpx.ConnectError:
             out = []
             self.error(
@@ -561,6 +650,92 @@ class Reply:
             message = raw.decode("utf-8", "replace").strip() or response.reason_phrase
         return http_error_message(response.status_code, message, url)
 
+    # -- tool approvals ------------------------------------------------------------------------
+
+    async def _ask(
+        self, client: httpx.AsyncClient, url: str, auth: dict[str, str], request_id: str
+    ) -> None:
+        """Ask the user about one permission request, then give the relay the answer.
+
+        A task of its own: the stream reader never waits for the user (the relay keeps the
+        stream open meanwhile and the CLI waits for the answer). Cancelled when the request is
+        resolved otherwise (the relay's timeout, the CLI withdrawing it) or the reply ends.
+        """
+        name, args = self.requests[request_id]
+        async with self._dialog:  # one dialog at a time, in the order the CLI asked
+            behavior, message = await self._confirm(name, args)
+        body: dict[str, Any] = {"behavior": behavior}
+        if message:
+            body["message"] = message
+        headers = auth if self.valves.RELAY_API_KEY else {}
+        try:
+            response = await client.post(url, json=body, headers=headers, timeout=ANSWER_TIMEOUT)
+        except Exception as exc:  # the relay's approval timeout denies it in the end
+            log.warning("claude_code pipe: could not answer a permission request: %r", exc)
+            return
+        if response.status_code in (404, 409):  # the timeout (or the run's end) came first
+            log.info("claude_code pipe: permission request %s: %s", request_id, response.text)
+        elif response.status_code != 200:
+            log.warning(
+                "claude_code pipe: the relay refused the answer to %s: HTTP %s %s",
+                request_id,
+                response.status_code,
+                response.text,
+            )
+
+    async def _confirm(self, name: str, args: Any) -> tuple[str, str | None]:
+        """``allow`` only if the user confirmed Open WebUI's dialog; any other outcome denies."""
+        if self.event_call is None:
+            return "deny", NO_DIALOG
+        try:
+            confirmed = await self.event_call(approval_dialog(name, args))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("claude_code pipe: the confirmation dialog failed", exc_info=True)
+            return "deny", DIALOG_FAILED.format(error=type(exc).__name__)
+        # Open WebUI answers True for Confirm and False for Cancel.
+        return ("allow", None) if confirmed is True else ("deny", DECLINED)
+
+    async def _stop_asking(self) -> None:
+        tasks = [task for task in self._asking.values() if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._asking.clear()
+
+    def _on_permission_request(self, line: dict[str, Any]) -> None:
+        request_id = str(line.get("request_id") or "")
+        if not self.approvals or not request_id or request_id in self.requests:
+            return
+        name = str(line.get("tool_name") or "a tool")
+        self.requests[request_id] = (name, line.get("input"))
+        self._to_ask.append(request_id)
+        self._queue_status(f"Waiting for your approval to use {name}…")
+
+    def _on_permission_resolved(self, line: dict[str, Any], out: list[str]) -> None:
+        request_id = str(line.get("request_id") or "")
+        name, args = self.requests.get(request_id, ("a tool", None))
+        behavior, by = line.get("behavior"), line.get("by")
+        task = self._asking.get(request_id)
+        if task is not None and by != "client":
+            task.cancel()  # nobody needs the user's answer any more
+        if behavior == "allow":
+            self._queue_status(tool_status(name, args))
+        elif behavior == "deny":
+            self.declined.add(name)
+            if by == "timeout":
+                self.block(
+                    out,
+                    ("\n" if self.tail else "")
+                    + f"_Claude Code was not allowed to use {name}: nobody answered its "
+                    "approval request in time, so the relay denied it._\n",
+                )
+                self._queue_status(f"No answer in time: {name} was denied")
+            else:
+                self._queue_status(f"Declined: {name}")
+
     # -- relay events --------------------------------------------------------------------------
 
     def _queue_status(self, description: str, done: bool = False) -> None:
@@ -579,6 +754,10 @@ class Reply:
             self._on_system(line)
         elif kind == "result":
             self._on_result(line, out)
+        elif kind == "relay" and line.get("subtype") == "permission_request":
+            self._on_permission_request(line)
+        elif kind == "relay" and line.get("subtype") == "permission_resolved":
+            self._on_permission_resolved(line, out)
         elif kind == "relay" and line.get("subtype") == "error":
             if not self.failed:
                 self.error(out, str(line.get("message") or "the run failed"))
@@ -681,6 +860,7 @@ class Reply:
                 for d in result.get("permission_denials") or []
                 if isinstance(d, dict) and d.get("tool_name")
             }
+            - self.declined  # asked about: the user (or the approval timeout) said no
         )
         if denied:
             self.block(

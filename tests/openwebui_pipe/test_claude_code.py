@@ -105,6 +105,7 @@ class OpenWebUI:
         user_valves: dict[str, Any] | None = None,
         task: str | None = None,
         task_body: dict[str, Any] | None = None,
+        event_call: Any = None,
         call: Call,
     ) -> dict[str, Any]:
         body = {"stream": True, "model": f"{FUNCTION_ID}.{model}", "messages": messages}
@@ -130,8 +131,10 @@ class OpenWebUI:
                 "valves": self.module.Pipe.UserValves(**(user_valves or {})),
             },
             "__metadata__": metadata,
-            # Open WebUI gives an emitter only to requests with chat, message and session ids.
+            # Open WebUI gives an emitter and an event caller only to requests with chat,
+            # message and session ids.
             "__event_emitter__": emitter if chat_id else None,
+            "__event_call__": event_call if chat_id else None,
             "__task__": task,
             "__task_body__": task_body,
             "__chat_id__": chat_id,
@@ -475,6 +478,213 @@ async def test_stopping_the_consumer_stops_the_run_on_the_relay(
     # The chat is usable again at once: the session lock was released.
     again = await ui.run("[[say:still here]]", chat_id=chat_id)
     assert again.content == "still here"
+
+
+# -- tool approvals -----------------------------------------------------------------------------
+
+WRITE = '[[tool:Bash:{"command":"echo approved > out.txt"}]]'
+# acceptEdits (the pipe's default) lets the CLI run this command without asking; in the
+# default mode its rules do not allow it, so the CLI asks (APPROVALS) or denies.
+ASKING = {"PERMISSION_MODE": "default"}
+
+
+class Dialogs:
+    """Open WebUI's ``__event_call__``: records each call and answers it as told.
+
+    ``answer`` is what the browser would send back (True: Confirm, False: Cancel), an exception
+    to raise, or ``HOLD``: the dialog stays open (nobody clicks) until the pipe gives up on it.
+    """
+
+    HOLD = object()
+
+    def __init__(self, answer: Any, relay: Relay | None = None) -> None:
+        self.answer = answer
+        self.relay = relay
+        self.calls: list[dict[str, Any]] = []
+        self.pending_at_the_relay: list[list[dict[str, Any]]] = []
+        self.opened = asyncio.Event()
+        self.abandoned = asyncio.Event()  # the pipe cancelled a dialog that was still open
+
+    async def __call__(self, event: dict[str, Any]) -> Any:
+        self.calls.append(event)
+        if self.relay is not None:
+            # While the dialog is open, the CLI is waiting for this answer at the relay.
+            self.pending_at_the_relay.append(await asyncio.to_thread(pending, self.relay))
+        self.opened.set()
+        if self.answer is self.HOLD:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.abandoned.set()
+                raise
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def pending(relay: Relay) -> list[dict[str, Any]]:
+    """The relay's pending permission requests of its one running run."""
+    running = [run for run in relay_runs(relay) if run["status"] == "running"]
+    if len(running) != 1:
+        return []
+    with relay.client() as client:
+        answer = client.get(f"/api/runs/{running[0]['run_id']}/permissions")
+    return list(answer.json()["permissions"]) if answer.status_code == 200 else []
+
+
+def workspace(relay: Relay) -> Path:
+    """The workspace of the one session this test's relay has."""
+    with relay.client() as client:
+        (session,) = client.get("/api/sessions").json()["sessions"]
+    return Path(session["workspace"])
+
+
+def tool_results(call: Call) -> list[str]:
+    return [
+        json.loads(html.unescape(dict(re.findall(r' (\w+)="([^"]*)"', block))["result"]))
+        for block in TOOL_BLOCK.findall(call.content)
+    ]
+
+
+async def test_approvals_ask_the_user_and_an_approved_tool_runs(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI
+) -> None:
+    """Real CLI: the question is the CLI's own can_use_tool request, relayed; Bash really runs."""
+    dialogs = Dialogs(True, real_relay)
+    ui = OpenWebUI(owui, real_relay.url, APPROVALS=True, **ASKING)
+    call = await ui.run(WRITE + " save it", chat_id=chat(), event_call=dialogs)
+
+    (asked,) = dialogs.calls
+    assert asked["type"] == "confirmation"
+    assert asked["data"]["title"] == "Allow Claude Code to use Bash?"
+    assert "`echo approved > out.txt`" in asked["data"]["message"]
+    # The dialog was open while the CLI waited for the answer (the stream was read on meanwhile).
+    ((request,),) = dialogs.pending_at_the_relay
+    assert request["tool_name"] == "Bash" and request["state"] == "pending"
+    assert request["input"]["command"] == "echo approved > out.txt"
+
+    assert (workspace(real_relay) / "out.txt").read_text() == "approved\n"
+    assert tool_results(call) == ["(Bash completed with no output)"]  # the CLI's, no error
+    assert "tool result:" in call.content
+    assert "not allowed" not in call.content
+    descriptions = [s["description"] for s in call.statuses]
+    waiting = descriptions.index("Waiting for your approval to use Bash…")
+    assert "Running Bash: echo approved > out.txt" in descriptions[waiting + 1 :]
+    assert descriptions[-1].startswith("Done · 2 turns")
+    call.assert_status_closed()
+    assert real_relay.wait_run_ended(only_run(real_relay))["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("answer", "chat_id", "told"),
+    [
+        (False, "chat", "The user declined this tool use in Open WebUI's confirmation dialog."),
+        (
+            TimeoutError("the browser went away"),
+            "chat",
+            "Open WebUI's confirmation dialog failed (TimeoutError), so the tool use was denied.",
+        ),
+        # No chat (Open WebUI's API used directly): Open WebUI gives no __event_call__.
+        (True, None, "Open WebUI could not ask the user (no confirmation dialog"),
+    ],
+    ids=["declined", "dialog-failed", "no-dialog"],
+)
+async def test_a_tool_the_user_did_not_approve_does_not_run(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI, answer, chat_id, told
+) -> None:
+    """Real CLI: the deny reaches the CLI, which tells the model; Bash never runs."""
+    dialogs = Dialogs(answer)
+    ui = OpenWebUI(owui, real_relay.url, APPROVALS=True, **ASKING)
+    call = await ui.run(WRITE + " save it", chat_id=chat() if chat_id else None, event_call=dialogs)
+
+    assert len(dialogs.calls) == (1 if chat_id else 0)
+    assert not (workspace(real_relay) / "out.txt").exists()
+    # The model read the pipe's message as the tool's result.
+    assert any(told in json.dumps(r["messages"]) for r in fake_api.message_requests())
+    assert "tool result:" in call.content and told in call.content
+    if chat_id:
+        (result,) = tool_results(call)
+        assert result.startswith("Error: ") and told in result
+        assert {"description": "Declined: Bash", "done": False} in call.statuses
+        call.assert_status_closed()
+    # Asked and refused: not the admin's "change PERMISSION_MODE" hint.
+    assert "An admin can change" not in call.content
+    assert real_relay.wait_run_ended(only_run(real_relay))["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("valves", "denied"),
+    [
+        ({}, "_Claude Code was not allowed to use Bash."),
+        # Even with APPROVALS on, a disallowed tool is not the user's to allow: the CLI
+        # does not offer it to the model at all.
+        ({"APPROVALS": True, "DISALLOWED_TOOLS": "Bash"}, "No such tool available: Bash."),
+    ],
+    ids=["valve-off", "disallowed-tool"],
+)
+async def test_without_the_approvals_valve_nobody_is_asked(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI, valves, denied
+) -> None:
+    """Real CLI: the CLI's permission rules deny Bash on their own, without asking."""
+    dialogs = Dialogs(True)
+    ui = OpenWebUI(owui, real_relay.url, **ASKING, **valves)
+    call = await ui.run(WRITE + " save it", chat_id=chat(), event_call=dialogs)
+    assert dialogs.calls == []
+    assert not (workspace(real_relay) / "out.txt").exists()
+    assert denied in call.content
+    assert not any("approval" in s["description"] for s in call.statuses)
+    assert real_relay.wait_run_ended(only_run(real_relay))["status"] == "succeeded"
+    # What the pipe asks the relay for: approvals only with the valve on.
+    body = {"model": f"{FUNCTION_ID}.sonnet", "messages": [{"role": "user", "content": "hi"}]}
+    for on in (False, True):
+        valves = owui.Pipe.Valves(APPROVALS=on)
+        payload = owui.Reply(valves, body, {}, "chat", None, dialogs).payload()
+        assert payload.get("approvals") is (True if on else None)
+
+
+async def test_an_unanswered_dialog_is_denied_by_the_relay_and_said_so(
+    owui, relay_factory, real_cli: Path, fake_api: FakeAnthropicAPI
+) -> None:
+    """Real CLI: the relay's approval timeout (1 s here) denies; the CLI goes on without Bash."""
+    env = {**real_cli_env(fake_api), "CLAUDE_RELAY_APPROVAL_TIMEOUT": "1"}
+    relay = relay_factory(claude_bin=real_cli, env=env)
+    dialogs = Dialogs(Dialogs.HOLD)
+    ui = OpenWebUI(owui, relay.url, APPROVALS=True, **ASKING)
+    call = await ui.run(WRITE + " save it", chat_id=chat(), event_call=dialogs)
+
+    assert len(dialogs.calls) == 1
+    assert dialogs.abandoned.is_set()  # the pipe stopped waiting for a dialog nobody needs
+    assert not (workspace(relay) / "out.txt").exists()
+    assert "nobody answered its approval request in time, so the relay denied it" in call.content
+    assert {"description": "No answer in time: Bash was denied", "done": False} in call.statuses
+    (result,) = tool_results(call)
+    assert "nobody answered this permission request within 1s" in result
+    call.assert_status_closed()
+    assert relay.wait_run_ended(only_run(relay))["status"] == "succeeded"
+
+
+async def test_stopping_while_a_dialog_is_open_stops_the_run(owui, real_relay: Relay) -> None:
+    """Real CLI: the CLI waiting for an answer is a real process that must go away."""
+    dialogs = Dialogs(Dialogs.HOLD)
+    ui = OpenWebUI(owui, real_relay.url, APPROVALS=True, **ASKING)
+    call, stream = await ui.start(WRITE + " save it", chat_id=chat(), event_call=dialogs)
+
+    async def consume() -> None:
+        async for chunk in stream:
+            call.timeline.append(("chunk", chunk))
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(dialogs.opened.wait(), 120)
+    run_id = only_run(real_relay)
+    task.cancel()  # Open WebUI's Stop button
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert dialogs.abandoned.is_set()
+    ended = await asyncio.to_thread(real_relay.wait_run_ended, run_id, 30)
+    assert ended["status"] == "cancelled"
+    assert await asyncio.to_thread(no_processes_left, run_id)
+    assert not (workspace(real_relay) / "out.txt").exists()
+    assert call.statuses[-1] == {"description": "Stopped", "done": True}
 
 
 # -- errors -------------------------------------------------------------------------------------

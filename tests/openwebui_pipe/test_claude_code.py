@@ -235,7 +235,9 @@ def test_the_file_is_a_self_contained_open_webui_function(owui: types.ModuleType
         "SHOW_THINKING",
         "SHOW_TOOL_CALLS",
         "REQUEST_TIMEOUT",
+        "APPROVALS",
     } <= valves
+    assert owui.Pipe.Valves().APPROVALS is False  # today's behaviour unless an admin opts in
     assert {"MODEL", "SHOW_THINKING", "SHOW_TOOL_CALLS"} <= set(owui.Pipe.UserValves.model_fields)
     # No per-request state on the shared instance.
     assert set(vars(pipe)) == {"valves"}
@@ -544,6 +546,30 @@ def tool_results(call: Call) -> list[str]:
         json.loads(html.unescape(dict(re.findall(r' (\w+)="([^"]*)"', block))["result"]))
         for block in TOOL_BLOCK.findall(call.content)
     ]
+
+
+def test_the_approval_dialog_shows_what_the_tool_would_do(owui) -> None:
+    """No CLI: the dialog's text for the inputs of the common tools."""
+
+    def dialog(name: str, args: Any) -> dict[str, str]:
+        event = owui.approval_dialog(name, args)
+        assert event["type"] == "confirmation"
+        assert event["data"]["title"] == f"Allow Claude Code to use {name}?"
+        return dict(event["data"])
+
+    bash = dialog("Bash", {"command": "npm test", "description": "Run the tests"})
+    assert bash["message"].startswith("Claude Code wants to run this command: `npm test` (Run")
+    assert "`/w/app.py`" in dialog("Edit", {"file_path": "/w/app.py", "old_string": "x"})["message"]
+    write = dialog("Write", {"file_path": "notes.txt", "content": "line 1\nline 2"})["message"]
+    assert "write `notes.txt`: `line 1 line 2`" in write  # one line, however many it has
+    assert "`https://example.com`" in dialog("WebFetch", {"url": "https://example.com"})["message"]
+    other = dialog("mcp__db__query", {"sql": "select 1"})["message"]
+    assert 'use mcp__db__query with `{"sql": "select 1"}`' in other
+    # Backticks in the input cannot end the code span early; long inputs are cut.
+    tricky = dialog("Bash", {"command": "echo `date` ``x``"})["message"]
+    assert "``` echo `date` ``x`` ```" in tricky
+    long = dialog("Bash", {"command": "x" * 5000})["message"]
+    assert len(long) < 800 and "(4400 more characters)" in long
 
 
 async def test_approvals_ask_the_user_and_an_approved_tool_runs(

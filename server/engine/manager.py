@@ -170,6 +170,9 @@ class RunManager:
         )
         self._kept: dict[str, LiveProcess] = {}
         """Processes of runs that ended cleanly, on their way into :attr:`live`."""
+        self._handovers: dict[str, asyncio.Future[None]] = {}
+        """By workspace id: resolved once that session's kept process is in :attr:`live` (or
+        closed)."""
         self._closing: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self.pool = WarmPool(
@@ -243,12 +246,20 @@ class RunManager:
             request.target, request.prompt, api_key_id=request.api_key_id
         )
         self._check_size(target)
-        if target.resume and not target.fork:
+        if target.resume:
+            handover = self._handovers.get(target.workspace_id)
+            if handover is not None:
+                # The session's last turn just ended and its process is on its way into
+                # the registry: wait for it, or this turn would start a second process.
+                await asyncio.shield(handover)
             live = self.live.take(target.workspace_id)
             if live is not None:
-                run = await self._start_live(request, target, run_id, live)
-                if run is not None:
-                    return run
+                if not target.fork and live.claude_session_id == target.claude_session_id:
+                    run = await self._start_live(request, target, run_id, live)
+                    if run is not None:
+                        return run
+                else:
+                    await self._close_live(live)  # a fork runs beside no other process
         elif not target.resume and request.options == POOL_OPTIONS:
             pooled = self.pool.take()
             if pooled is not None:
@@ -562,7 +573,13 @@ class RunManager:
         if not self.live.enabled or self.runs.get(run.id) is not run:
             return False
         self._kept[run.id] = LiveProcess(run.workspace_id, run.claude_session_id, proc, run.options)
+        self._handovers[run.workspace_id] = asyncio.get_running_loop().create_future()
         return True
+
+    def _handed_over(self, workspace_id: str) -> None:
+        handover = self._handovers.pop(workspace_id, None)
+        if handover is not None and not handover.done():
+            handover.set_result(None)
 
     async def finished(self, run: Run) -> None:
         """Record the outcome, then free the session; the live run is dropped last, so a
@@ -591,19 +608,24 @@ class RunManager:
             return True  # recorded meanwhile, by another attempt
         kept = self._kept.pop(run.id, None)
         try:
-            await self._record_end(run, created, kept)
+            kept = await self._record_end(run, created, kept)
         except Exception as exc:
             log.warning("run %s: its end is not recorded yet (%s)", run.id, exc)
             if kept is not None:
                 self._close_live(kept)  # not claimed in the database: not to be kept
+                self._handed_over(run.workspace_id)
             return False
         self._unrecorded.pop(run.id, None)
         self.runs.pop(run.id, None)
         if kept is not None:
             self.live.put(kept)
+        self._handed_over(run.workspace_id)
         return True
 
-    async def _record_end(self, run: Run, created: bool, kept: LiveProcess | None) -> None:
+    async def _record_end(
+        self, run: Run, created: bool, kept: LiveProcess | None
+    ) -> LiveProcess | None:
+        """Record it; the process to keep live, if any (a session forgotten keeps none)."""
         # Its events first: a deleted run's late events would only fail their foreign key.
         await self.runtime.event_writer.flush()
         if created and not run.session_reported:
@@ -612,7 +634,7 @@ class RunManager:
                 await self._close_live(kept)
             await self.store.delete(run.workspace_id, only_if_idle=False)
             self.workspaces.remove(run.workspace_id)
-            return
+            return None
         # A final event shown while storage was failing is stored with the outcome.
         final = run.final_event if run.storage_error is not None else None
         claim = None
@@ -621,6 +643,7 @@ class RunManager:
         await self.store.finish_run(
             run.workspace_id, run.id, outcome_of(run), final_event=final, live=claim
         )
+        return kept
 
     async def _record_end_later(self, run: Run) -> None:
         delay = 0.25
@@ -687,5 +710,7 @@ class RunManager:
         for live in [*self.live.drain(), *self._kept.values()]:
             self._close_live(live)
         self._kept.clear()
+        for workspace_id in list(self._handovers):
+            self._handed_over(workspace_id)
         if self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)

@@ -160,6 +160,19 @@ def test_leaving_right_after_the_result_does_not_cancel_the_run(fake_relay: Rela
     assert run["status"] == "succeeded" and run["stop_reason"] is None
 
 
+def test_a_cli_that_never_exits_after_its_result_still_ends_the_run(fake_relay: Relay) -> None:
+    """Scripted fake CLI: after its result it sleeps 300 s without reading stdin (the real CLI
+    is known to hang there). The turn ends at its result: the relay ends stdin, gives it the
+    grace, then stops it; the stream ends long before the CLI would have."""
+    stream = open_stream(fake_relay, scripted(lines=1, linger=300))
+    run_id = stream.wait_started()
+    ended = stream.result(timeout=60)
+    assert ended.payloads[-1]["type"] == "result"
+    run = fake_relay.wait_run_ended(run_id)
+    assert run["status"] == "succeeded" and run["stop_reason"] is None
+    assert wait_until(lambda: not processes_with_marker(run_id))
+
+
 def test_a_refused_resume_leaves_no_process_behind(fake_relay: Relay) -> None:
     """The CLI is spawned while the session lock is taken; when the lock is refused, the
     process (which never got its prompt) must be gone by the time the 409 arrives."""

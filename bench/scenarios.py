@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 
 from bench.core import (
     CLI_ARGS,
@@ -831,11 +832,30 @@ async def _timed_turn(client: Any, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _pool_ready(client: Any, timeout: float = 60) -> None:
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def _pool_ready(client: Any, relay_pid: int, timeout: float = 60) -> None:
+    """Until the pool holds a process and every CLI of the relay has gone quiet (used no CPU
+    for 0.3 s): a pool process is warm once it has started up, as one waiting for a while in
+    real use is; the CLI prints nothing to say so."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (await client.get("/health")).json()["runs"]["pooled"] >= 1:
-            return
+            children = [p.pid for p in psutil.Process(relay_pid).children(recursive=True)]
+            before = _cpu_seconds(children)
+            await asyncio.sleep(0.3)
+            if _cpu_seconds(children) - before < 0.01:
+                return
+            continue
         await asyncio.sleep(0.05)
     raise RuntimeError("the warm pool did not refill")
 
@@ -873,7 +893,7 @@ async def live_sessions(plan: Plan, folder: Path) -> dict[str, Any]:
     try:
         with relay_process(folder / "relay", cli, env=cli_env) as relay:
             async with async_client(relay) as client:
-                await _pool_ready(client)
+                await _pool_ready(client, relay.pid)
                 for rep in range(-1, plan.live_reps):  # rep -1 warms the machine up
                     outs: dict[str, dict[str, Any]] = {}
 
@@ -883,7 +903,7 @@ async def live_sessions(plan: Plan, folder: Path) -> dict[str, Any]:
                         outs["live"] = await _timed_turn(client, follow)
 
                     async def pooled(outs: dict[str, dict[str, Any]] = outs) -> None:
-                        await _pool_ready(client)
+                        await _pool_ready(client, relay.pid)
                         outs["pool"] = await _timed_turn(client, {"prompt": prompt})
 
                     steps = (cold_then_live, pooled) if rep % 2 == 0 else (pooled, cold_then_live)

@@ -282,7 +282,6 @@ class RunManager:
         except BaseException:
             await self._discard_pooled(pooled)
             raise
-        self.pool.used()
         return self._launch(request, target, run_id, pooled.process, "pool")
 
     async def _start_pooled(self) -> LiveProcess:
@@ -299,6 +298,8 @@ class RunManager:
             self.workspaces.remove(target.workspace_id)
             raise
         proc = self._process_of(child, marker, spawned_after)
+        # Not `initialize` to wait for its start-up: the pinned CLI answers it only after
+        # 5-30 s (measured), while a user line gets its first event within ~0.1 s of start.
         return LiveProcess(target.workspace_id, target.claude_session_id, proc, POOL_OPTIONS)
 
     async def _discard_pooled(self, pooled: LiveProcess) -> None:
@@ -339,7 +340,7 @@ class RunManager:
         for subtype, name, wanted, current in switches:
             if wanted is None or wanted == current:
                 continue
-            if not _succeeded(await proc.request(subtype, **{name: wanted})):
+            if not _succeeded(await proc.request(subtype, {name: wanted})):
                 return False
         live.options = options
         return True
@@ -591,6 +592,8 @@ class RunManager:
         """
         created = run.id in self._new_sessions
         self._new_sessions.discard(run.id)
+        if run.process_kind == "pool":
+            self.pool.served()
         log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
         self._slots -= 1
         self._unrecorded[run.id] = created

@@ -169,17 +169,23 @@ class SessionProcess:
             return False
         return True
 
-    async def request(self, subtype: str, **fields: Any) -> dict[str, Any] | None:
+    async def request(
+        self,
+        subtype: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        timeout: float = CONTROL_TIMEOUT,
+    ) -> dict[str, Any] | None:
         """Send a control request of the relay's and wait for its answer (None: no answer)."""
         request_id = protocol.new_request_id()
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._answers[request_id] = answer
         try:
-            if not await self.send(protocol.control_request(request_id, subtype, **fields)):
+            if not await self.send(protocol.control_request(request_id, subtype, **(fields or {}))):
                 return None
             done, _ = await asyncio.wait(
                 [answer, self.child.exited],  # type: ignore[type-var]
-                timeout=CONTROL_TIMEOUT,
+                timeout=timeout,
             )
             return answer.result() if answer in done else None
         finally:

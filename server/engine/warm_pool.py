@@ -23,6 +23,10 @@ from server.engine.live_sessions import LiveProcess
 
 log = logging.getLogger(__name__)
 
+REFILL_DELAY = 5.0
+"""How long a taken process's replacement waits to start, unless the turn it serves ends first:
+a CLI starting beside the pooled turn's first answer takes the same cores (it doubled the
+pooled turn's time to first event on two cores)."""
 MAX_PAUSE = 60.0
 """Longest pause between attempts to start a pool process while they keep failing."""
 
@@ -59,10 +63,11 @@ class WarmPool:
         """A waiting process, now the caller's; the pool refills behind it."""
         while self._ready:
             pooled = self._ready.pop(0)
-            self._wanted.set()
             if pooled.process.usable:
+                asyncio.get_running_loop().call_later(REFILL_DELAY, self._wanted.set)
                 return pooled
             self._forget(pooled)
+            self._wanted.set()
         return None
 
     async def _fill(self) -> None:
@@ -111,9 +116,11 @@ class WarmPool:
         task = asyncio.ensure_future(self._discard(pooled))
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    def used(self) -> None:
-        """A pooled process served its first turn: the CLI starts fine, pauses can reset."""
+    def served(self) -> None:
+        """A pooled process's first turn ended: the CLI works (pauses reset), and its
+        replacement may start now."""
         self._failures = 0
+        self._wanted.set()
 
     async def stop(self) -> None:
         """Close every waiting process and remove what it was given."""

@@ -66,28 +66,56 @@ def insert_once(dialect: str, run_id: str, seq: int, data: bytes) -> Any:
 
 
 def chunk_rows(pending: list[tuple[str, int, list[bytes]]]) -> list[dict[str, Any]]:
-    """Rows for the pending batches: consecutive events of a run joined into chunks."""
-    rows: list[dict[str, Any]] = []
-    open_rows: dict[str, dict[str, Any]] = {}
+    """Rows for the pending batches: consecutive events of a run joined into chunks.
+
+    A batch is taken whole when it fits in its run's open chunk (the usual case: what one
+    read of the CLI's stdout held), so the cost is a step per batch, not per event; only a
+    batch that crosses the chunk size is cut event by event.
+    """
+    rows: list[_Chunk] = []
+    open_rows: dict[str, _Chunk] = {}
     for run_id, first_seq, events in pending:
+        if not events:
+            continue
+        row = open_rows.get(run_id)
+        size = sum(map(len, events)) + len(events)  # each with its separator
+        follows = row is not None and row.last_seq == first_seq - 1
+        if row is not None and follows and row.size + size - 1 <= CHUNK_BYTES:
+            row.parts += events
+            row.last_seq += len(events)
+            row.size += size
+            continue
+        if not follows and size - 1 <= CHUNK_BYTES:
+            row = open_rows[run_id] = _Chunk(run_id, first_seq, first_seq + len(events) - 1)
+            row.parts += events
+            row.size = size
+            rows.append(row)
+            continue
         for seq, data in enumerate(events, start=first_seq):
             row = open_rows.get(run_id)
-            if row is None or row["last_seq"] != seq - 1 or row["size"] + len(data) > CHUNK_BYTES:
-                row = {"run_id": run_id, "seq": seq, "last_seq": seq, "parts": [], "size": 0}
+            if row is None or row.last_seq != seq - 1 or row.size + len(data) > CHUNK_BYTES:
+                row = open_rows[run_id] = _Chunk(run_id, seq, seq)
                 rows.append(row)
-                open_rows[run_id] = row
-            row["parts"].append(data)
-            row["last_seq"] = seq
-            row["size"] += len(data) + 1
+            row.parts.append(data)
+            row.last_seq = seq
+            row.size += len(data) + 1
     return [
-        {
-            "run_id": r["run_id"],
-            "seq": r["seq"],
-            "last_seq": r["last_seq"],
-            "data": b"\n".join(r["parts"]),
-        }
+        {"run_id": r.run_id, "seq": r.seq, "last_seq": r.last_seq, "data": b"\n".join(r.parts)}
         for r in rows
     ]
+
+
+class _Chunk:
+    """One row being built: a run's consecutive events from ``seq`` to ``last_seq``."""
+
+    __slots__ = ("last_seq", "parts", "run_id", "seq", "size")
+
+    def __init__(self, run_id: str, seq: int, last_seq: int) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        self.last_seq = last_seq
+        self.parts: list[bytes] = []
+        self.size = 0
 
 
 class EventSink(Protocol):
@@ -126,7 +154,7 @@ class EventWriter:
         self._added = 0
         self._done = 0
         self._wakeup = asyncio.Event()
-        self._progress = asyncio.Condition()
+        self._flushes: list[tuple[int, asyncio.Future[None]]] = []  # (target, waiter)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -143,8 +171,11 @@ class EventWriter:
         if self._task is None or self._task.done():
             await self._write_pending()
             return
-        async with self._progress:
-            await self._progress.wait_for(lambda: self._done >= target)
+        if self._done >= target:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._flushes.append((target, waiter))
+        await waiter
 
     async def close(self) -> None:
         if self._task is not None:
@@ -166,9 +197,21 @@ class EventWriter:
         while self._pending:
             batch, self._pending = self._pending, []
             await self._write(batch)
-            async with self._progress:
-                self._done += sum(len(entry.events) for entry in batch)
-                self._progress.notify_all()
+            self._done += sum(len(entry.events) for entry in batch)
+            self._wake_flushes()
+
+    def _wake_flushes(self) -> None:
+        """Wake the flushes whose events are all written (a check per commit, not a
+        condition to acquire and notify: most commits have nobody waiting)."""
+        if not self._flushes:
+            return
+        waiting = []
+        for target, waiter in self._flushes:
+            if self._done < target:
+                waiting.append((target, waiter))
+            elif not waiter.done():
+                waiter.set_result(None)
+        self._flushes = waiting
 
     async def _write(self, batch: list[Pending]) -> None:
         """One transaction for the whole batch; if it fails, one per run, so that one run's
@@ -234,5 +277,12 @@ def _rows(batch: list[Pending]) -> list[dict[str, Any]]:
 
 
 def _release(batch: list[Pending]) -> None:
+    """Tell each run once, up to its newest event in the batch: its followers wake once per
+    commit, however many reads of the CLI's output the commit held."""
+    newest: dict[str, tuple[int, EventSink]] = {}
     for entry in batch:
-        entry.sink.release(entry.first_seq + len(entry.events) - 1)
+        upto = entry.first_seq + len(entry.events) - 1
+        if entry.run_id not in newest or newest[entry.run_id][0] < upto:
+            newest[entry.run_id] = (upto, entry.sink)
+    for upto, sink in newest.values():
+        sink.release(upto)

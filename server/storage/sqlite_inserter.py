@@ -1,13 +1,20 @@
-"""The event writer's own SQLite connection, on a thread of its own.
+"""The event writer's own SQLite connections: one on the event loop, one on a thread.
 
 Storing events is on every event's path to its clients (an event is shown only once stored),
-so a transaction's fixed cost is added latency. Through SQLAlchemy's async engine and
-aiosqlite each statement is a round trip to the driver's thread and back to the event loop
-(check-out, ``BEGIN IMMEDIATE``, the insert, ``COMMIT``, the reset on check-in): about 1.3 ms
-for one small batch on this machine. Here the whole transaction is one call on one thread,
-with one plain ``sqlite3`` connection configured like every other: about a quarter of that
-(``bench/README.md``, "Durable before visible"). Other databases (PostgreSQL) keep the async
-engine: their commit is a network round trip whatever the client library.
+so a transaction's fixed cost is added latency, and during a burst it is paid once per commit.
+Through SQLAlchemy's async engine and aiosqlite each statement is a round trip to the
+driver's thread and back to the event loop (about 1.3 ms for one small batch on this
+machine). A plain ``sqlite3`` connection doing the whole transaction in one call on a thread
+of its own costs a quarter of that, but still a hand-off to that thread and back for every
+commit (about 26 µs of CPU idle, more under load, and on a busy loop the thread waits for the
+GIL to hand its result back). With WAL and ``synchronous=NORMAL`` a commit does not fsync (the
+checkpoints, on their own thread, do): it is a write into the page cache, 20-40 µs for a
+small batch, less than the hand-off. So the loop commits itself, with a connection that
+never waits for a lock (``busy_timeout=0``); when another connection holds the write lock
+(the relay's other writes: sessions, runs), the batch goes to the thread, whose connection
+waits as every other does, and the loop goes on meanwhile (``bench/README.md``, "Durable
+before visible"). Other databases (PostgreSQL) keep the async engine: their commit is a
+network round trip whatever the client library.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class SQLiteInserter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-writer")
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._connection: sqlite3.Connection | None = None
+        self._here: sqlite3.Connection | None = None  # the event loop's own connection
         self._checkpoint_connection: sqlite3.Connection | None = None
         self._unchecked = 0
         self._checkpointing: asyncio.Future[None] | None = None
@@ -50,7 +58,9 @@ class SQLiteInserter:
     async def insert(self, rows: list[dict[str, Any]]) -> None:
         """Insert the rows in one transaction (sqlite3's errors, as SQLite raised them)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._insert, rows)
+        values = [(r["run_id"], r["seq"], r["last_seq"], r["data"]) for r in rows]
+        if not self._insert_here(values):
+            await loop.run_in_executor(self._thread, self._insert, values)
         self._unchecked += sum(len(row["data"]) for row in rows)
         if self._unchecked >= CHECKPOINT_BYTES and self._idle_checkpointer():
             self._unchecked = 0
@@ -64,6 +74,9 @@ class SQLiteInserter:
                 await self._checkpointing
         await loop.run_in_executor(self._checkpointer, self._close_checkpointer)
         await loop.run_in_executor(self._thread, self._close)
+        if self._here is not None:
+            self._here.close()
+            self._here = None
         self._checkpointer.shutdown()
         self._thread.shutdown()
 
@@ -80,17 +93,26 @@ class SQLiteInserter:
             self._checkpoint_connection.close()
             self._checkpoint_connection = None
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
-        connection = self._connect()
-        values = [(r["run_id"], r["seq"], r["last_seq"], r["data"]) for r in rows]
-        connection.execute("BEGIN IMMEDIATE")
+    def _insert_here(self, values: list[tuple[str, int, int, bytes]]) -> bool:
+        """Store the rows on the calling thread (the event loop's) unless another connection
+        holds the write lock: False then, without waiting, and the rows are untouched."""
+        if self._here is None:
+            self._here = _connect(self._path)
+            self._here.execute("PRAGMA wal_autocheckpoint=0")
+            self._here.execute("PRAGMA busy_timeout=0")
         try:
-            connection.executemany(INSERT, values)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
+            self._here.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return False
             raise
+        _write(self._here, values)
+        return True
+
+    def _insert(self, values: list[tuple[str, int, int, bytes]]) -> None:
+        connection = self._connect()
+        connection.execute("BEGIN IMMEDIATE")
+        _write(connection, values)
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -102,6 +124,17 @@ class SQLiteInserter:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _write(connection: sqlite3.Connection, values: list[tuple[str, int, int, bytes]]) -> None:
+    """Insert and commit, in the transaction the caller began; rolled back on any error."""
+    try:
+        connection.executemany(INSERT, values)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
 
 
 def _connect(path: Path) -> sqlite3.Connection:

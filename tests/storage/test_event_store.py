@@ -9,6 +9,7 @@ events of old runs without touching newer runs or the run rows themselves.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,32 @@ async def test_a_run_hears_of_its_events_only_once_they_can_be_read_back(
     for upto, index in readable:
         stored = await pending_reads[index]
         assert len(stored) >= upto, (upto, stored)
+
+
+async def test_while_another_connection_writes_the_events_wait_for_it_off_the_loop(
+    database_with_runs: Database,
+) -> None:
+    """The writer stores on the event loop only when no other connection holds the write
+    lock; otherwise its thread waits for the lock, and the loop goes on meanwhile."""
+    database = database_with_runs
+    assert database.file is not None
+    writer = EventWriter(database)
+    writer.start()
+    writer.add("run-a", 1, [b"1"], SINK)
+    await writer.flush()  # the loop's own connection exists now
+    other = sqlite3.connect(database.file, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    sink = Sink()
+    writer.add("run-a", 2, [b"2", b"3"], sink)
+    for _ in range(20):
+        await asyncio.sleep(0.01)  # the loop is not blocked, and nothing is released yet
+    assert sink.released == 0
+    other.execute("COMMIT")
+    other.close()
+    await writer.flush()
+    await writer.close()
+    assert sink.released == 3
+    assert await EventStore(database).events("run-a", 0) == [(1, b"1"), (2, b"2"), (3, b"3")]
 
 
 WRITER_ON_A_FULL_DISK = """

@@ -10,6 +10,12 @@ pass-through accepts only tokens of runs that are still going, puts the real cre
 their place, and streams the upstream answer back as it comes, byte for byte (the body is not
 decoded, buffered or rewritten). A token a tool copies out is worthless once its run ends.
 
+Upstream, it speaks HTTP/1.1 itself over kept-alive connections, with httptools (uvicorn's C
+parser) reading the answer: the request goes out as one write, and each piece of the answer
+is sent on as soon as it is read. An HTTP client library (httpx, whose parser is pure Python)
+cost about a millisecond more to the first byte of every answer on this machine
+(``bench/README.md``, "The key pass-through").
+
 It runs uvicorn on a thread of its own with its own event loop, so relaying upstream traffic
 never competes with the relay's streams for a loop, and so that uvicorn's signal handling stays
 the main server's. Where the CLI logs in with a credentials file instead (``claude login``),
@@ -22,13 +28,15 @@ import asyncio
 import logging
 import secrets
 import socket
+import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httptools
 import msgspec
 import uvicorn
 
@@ -55,6 +63,97 @@ _NOT_FORWARDED = {
 }
 _NOT_RETURNED = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"trailer"}
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
+CONNECT_TIMEOUT = 30.0
+WRITE_TIMEOUT = 60.0
+READ_BYTES = 256 * 1024
+MAX_IDLE_CONNECTIONS = 32
+
+
+class UpstreamError(Exception):
+    """The upstream API could not be reached, or answered with something that is not HTTP."""
+
+
+class _Answer:
+    """httptools' callbacks for one upstream answer: its head, then its body as it comes."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.body: list[bytes] = []
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+@dataclass
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    def usable(self) -> bool:
+        """Still open at both ends (an idle connection the server closed has seen EOF)."""
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Upstream:
+    """The API's address, and the connections to it kept alive between requests.
+
+    Used from the pass-through's own event loop only.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"ANTHROPIC_BASE_URL is not an http(s) URL: {url!r}")
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._tls else 80)
+        self.authority = parts.netloc.rpartition("@")[2].encode("idna")
+        self.base_path = parts.path.rstrip("/")
+        self._idle: list[_Connection] = []
+
+    async def connection(self) -> tuple[_Connection, bool]:
+        """A kept-alive connection if one is left open (True), else a new one (False)."""
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.usable():
+                return connection, True
+            connection.close()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(
+                    self._host, self._port, ssl=self._tls, limit=READ_BYTES
+                )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(str(exc) or type(exc).__name__) from exc
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Connection(reader, writer), False
+
+    def keep(self, connection: _Connection) -> None:
+        if connection.usable() and len(self._idle) < MAX_IDLE_CONNECTIONS:
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
 
 
 @dataclass(frozen=True)
@@ -100,7 +199,10 @@ class KeyProxy:
         self.upstream = upstream.rstrip("/")
         self.credential = credential
         self._tokens: dict[str, str] = {}  # token -> run id; read by the proxy's thread
-        self._client: httpx.AsyncClient | None = None
+        self._upstream = Upstream(self.upstream)
+        self._credential_header = credential.header()
+        if any(c in self._credential_header[1] for c in (b"\r", b"\n", b"\0")):
+            raise ConfigError(f"{credential.variable} holds a line break or NUL character")
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -167,12 +269,9 @@ class KeyProxy:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                timeout = httpx.Timeout(connect=30, read=None, write=60, pool=60)
-                self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._client is not None:
-                    await self._client.aclose()
+                self._upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -186,42 +285,119 @@ class KeyProxy:
         if body is None:
             await self._answer(send, *_error(413, "request_too_large", "request too large"))
             return
-        forwarded = [(k, v) for k, v in headers if k.lower() not in _NOT_FORWARDED]
-        forwarded.append(self.credential.header())
-        url = self.upstream + scope["path"]
-        if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
-        assert self._client is not None
-        request = self._client.build_request(scope["method"], url, headers=forwarded, content=body)
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            await self._answer(send, *_error(502, "api_error", f"upstream unreachable: {exc}"))
-            return
+        head = self._request_head(scope, headers, len(body))
         # The CLI going away (its run was stopped) ends the upstream request too.
-        streaming = asyncio.create_task(self._stream_back(response, send))
+        streaming = asyncio.create_task(self._exchange(head, body, scope["method"], send))
         watcher = asyncio.create_task(self._until_disconnect(receive))
         watcher.add_done_callback(lambda _: streaming.cancel())
         try:
             await streaming
+        except UpstreamError as exc:
+            await self._answer(send, *_error(502, "api_error", f"upstream unreachable: {exc}"))
         except asyncio.CancelledError:
             if not watcher.done():
                 raise  # the proxy itself is shutting down
         finally:
             watcher.cancel()
-            await response.aclose()
 
-    @staticmethod
-    async def _stream_back(response: httpx.Response, send: Any) -> None:
-        returned = [(k, v) for k, v in response.headers.raw if k.lower() not in _NOT_RETURNED]
-        start = {"type": "http.response.start", "status": response.status_code}
-        await send({**start, "headers": returned})
+    def _request_head(self, scope: Any, headers: list[tuple[bytes, bytes]], length: int) -> bytes:
+        """The request line and headers as they go upstream: the CLI's own, less the hop's
+        and its token, plus the real credential (headers are bytes as uvicorn parsed them,
+        with no CR or LF in them)."""
+        target = self._upstream.base_path.encode() + (scope.get("raw_path") or b"/")
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        parts = [scope["method"].encode(), b" ", target, b" HTTP/1.1\r\nhost: "]
+        parts.append(self._upstream.authority)
+        parts.append(b"\r\n")
+        for name, value in headers:
+            if name.lower() not in _NOT_FORWARDED:
+                parts += (name, b": ", value, b"\r\n")
+        name, value = self._credential_header
+        parts += (name, b": ", value, b"\r\ncontent-length: ", str(length).encode(), b"\r\n\r\n")
+        return b"".join(parts)
+
+    async def _exchange(self, head: bytes, body: bytes, method: str, send: Any) -> None:
+        """Send the request upstream and its answer back, piece by piece as it is read.
+
+        Raises :class:`UpstreamError` while nothing was sent back (the caller answers 502);
+        once the answer has begun, a cut ends it where it stopped.
+        """
+        upstream = self._upstream
+        connection, data = await self._send_request(head, body)
+        answer = _Answer()
+        parser = httptools.HttpResponseParser(answer)
+        started = kept = False
         try:
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as exc:
-            log.warning("upstream answer cut: %s", exc)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            while True:
+                if not data:
+                    if not started:
+                        raise UpstreamError("the API closed the connection without an answer")
+                    if _delimited(answer.headers):
+                        log.warning("upstream answer cut: the API closed the connection")
+                    break  # else the body ends with the connection (HTTP/1.0 style)
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserError as exc:
+                    if not started:
+                        raise UpstreamError(f"the API's answer is not HTTP: {exc}") from exc
+                    log.warning("upstream answer cut: %s", exc)
+                    break
+                if answer.head_done and not started:
+                    started = True
+                    returned = [(k, v) for k, v in answer.headers if k.lower() not in _NOT_RETURNED]
+                    status = parser.get_status_code()
+                    await send(
+                        {"type": "http.response.start", "status": status, "headers": returned}
+                    )
+                    if method == "HEAD":
+                        break
+                if answer.body:
+                    chunk = answer.body[0] if len(answer.body) == 1 else b"".join(answer.body)
+                    answer.body.clear()
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if answer.complete:
+                    kept = parser.should_keep_alive()
+                    break
+                try:
+                    data = await connection.reader.read(READ_BYTES)
+                except OSError as exc:
+                    if not started:
+                        raise UpstreamError(str(exc) or type(exc).__name__) from exc
+                    log.warning("upstream answer cut: %s", exc)
+                    break
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if kept:
+                upstream.keep(connection)
+            else:
+                connection.close()
+
+    async def _send_request(self, head: bytes, body: bytes) -> tuple[_Connection, bytes]:
+        """Write the request on a connection and wait for the answer's first bytes. A kept-
+        alive connection that the API had closed meanwhile gets no answer: the request is
+        sent once more on a new connection."""
+        while True:
+            connection, reused = await self._upstream.connection()
+            try:
+                if len(body) <= 65536:
+                    connection.writer.write(head + body)
+                else:
+                    connection.writer.writelines((head, body))
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await connection.writer.drain()
+                data = await connection.reader.read(READ_BYTES)
+            except (OSError, TimeoutError) as exc:
+                connection.close()
+                if reused:
+                    continue
+                raise UpstreamError(str(exc) or type(exc).__name__) from exc
+            except BaseException:
+                connection.close()
+                raise
+            if data or not reused:
+                return connection, data
+            connection.close()
 
     @staticmethod
     async def _until_disconnect(receive: Any) -> None:
@@ -252,6 +428,18 @@ class KeyProxy:
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _delimited(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the answer says where its body ends (a length, or chunks) rather than ending
+    with the connection."""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length" or (
+            lowered == b"transfer-encoding" and b"chunked" in value.lower()
+        ):
+            return True
+    return False
 
 
 def key_proxy_for(mode: str, env: Mapping[str, str]) -> KeyProxy | None:

@@ -8,13 +8,16 @@ real ``Bash`` tool calls that print their environment.
 from __future__ import annotations
 
 import json
+import socket
+import socketserver
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server.engine.key_proxy import KeyProxy, credential_in, key_proxy_for
+from server.engine.key_proxy import Credential, KeyProxy, credential_in, key_proxy_for
 from server.errors import ConfigError
 from tests.conftest import FAKE_API_KEY, RelayFactory, real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
@@ -96,6 +99,107 @@ def test_a_gateway_token_is_passed_on_as_a_bearer_token(fake_api: FakeAnthropicA
         )
         assert answer.status_code == 200
         assert fake_api.requests[-1]["headers"]["authorization"] == f"Bearer {FAKE_API_KEY}"
+    finally:
+        proxy.stop()
+
+
+class _RawAPI:
+    """An API that answers each request with ``answer`` and then closes the connection
+    although the answer says nothing of it (as an API closing an idle kept-alive connection
+    does), recording each request as it came."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.requests: list[bytes] = []
+        received = self.requests
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += self.request.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += self.request.recv(65536)
+                received.append(head + b"\r\n\r\n" + body)
+                self.request.sendall(answer)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/base"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _raw_proxy(api_url: str) -> KeyProxy:
+    proxy = KeyProxy(api_url, Credential("ANTHROPIC_API_KEY", "real-key"))
+    proxy.start()
+    return proxy
+
+
+def test_the_request_goes_upstream_as_sent_and_a_closed_kept_alive_connection_is_redialled() -> (
+    None
+):
+    api = _RawAPI(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-upstream: yes\r\n\r\nok")
+    proxy = _raw_proxy(api.url)
+    try:
+        token = proxy.issue("run-raw")
+        with httpx.Client(timeout=30) as client:
+            for n in range(3):  # the 2nd and 3rd find their kept-alive connection closed
+                answer = client.post(
+                    proxy.url + "/v1/messages%2Fx?beta=true&n=" + str(n),
+                    content=b'{"n": %d}' % n,
+                    headers={"x-api-key": token, "anthropic-version": "2023-06-01"},
+                )
+                assert (answer.status_code, answer.text) == (200, "ok")
+                assert answer.headers["x-upstream"] == "yes"
+    finally:
+        proxy.stop()
+        api.close()
+    assert len(api.requests) == 3
+    head, _, body = api.requests[2].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /base/v1/messages%2Fx?beta=true&n=2 HTTP/1.1"
+    fields = [tuple(line.split(b": ", 1)) for line in lines[1:]]
+    assert (b"x-api-key", b"real-key") in fields and (b"anthropic-version", b"2023-06-01") in fields
+    assert token.encode() not in head and body == b'{"n": 2}'
+
+
+def test_an_answer_cut_midway_ends_where_it_stopped() -> None:
+    api = _RawAPI(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
+    proxy = _raw_proxy(api.url)
+    try:
+        token = proxy.issue("run-cut")
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream(
+                "POST", proxy.url + "/v1/messages", content=b"{}", headers={"x-api-key": token}
+            ) as answer,
+        ):
+            got = b""
+            with pytest.raises(httpx.HTTPError):
+                for chunk in answer.iter_raw():
+                    got += chunk
+        assert got == b"only this"
+    finally:
+        proxy.stop()
+        api.close()
+
+
+def test_an_unreachable_api_is_a_502() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    proxy = _raw_proxy(f"http://127.0.0.1:{port}")
+    try:
+        token = proxy.issue("run-502")
+        answer = httpx.post(
+            proxy.url + "/v1/messages", content=b"{}", headers={"x-api-key": token}, timeout=30
+        )
+        assert answer.status_code == 502
+        assert answer.json()["error"]["type"] == "api_error"
     finally:
         proxy.stop()
 

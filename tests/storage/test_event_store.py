@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from server.storage import event_store
 from server.storage.database import Database
 from server.storage.event_store import EventStore, EventWriter, chunk_rows
 from server.storage.run_store import RunOutcome, RunStatus, RunStore
@@ -158,6 +159,43 @@ async def test_while_another_connection_writes_the_events_wait_for_it_off_the_lo
     await writer.close()
     assert sink.released == 3
     assert await EventStore(database).events("run-a", 0) == [(1, b"1"), (2, b"2"), (3, b"3")]
+
+
+async def test_after_a_large_commit_the_next_gathers_until_enough_or_a_flush(
+    database_with_runs: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast run's commits carry more than a read each; a flush (a run's end) or enough
+    bytes end the gathering, and a run that writes little is not held back at all."""
+    monkeypatch.setattr(event_store, "GATHER_SECONDS", 60.0)  # only the other ways end it
+    writer = EventWriter(database_with_runs)
+    writer.start()
+    small = Sink()
+    writer.add("run-b", 1, [b"lone"], small)
+    await writer.flush()
+    writer.add("run-b", 2, [b"lone again"], small)
+    while small.released < 2:
+        await asyncio.sleep(0)  # committed at once: the commit before it was small
+    big = Sink()
+    writer.add("run-a", 1, [b"x" * event_store.BIG_COMMIT_BYTES], big)
+    await writer.flush()
+    writer.add("run-a", 2, [b"2"], big)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert big.released == 1  # gathering
+    await writer.flush()
+    assert big.released == 2
+    writer.add("run-a", 3, [b"x" * event_store.BIG_COMMIT_BYTES], big)
+    await writer.flush()
+    writer.add("run-a", 4, [b"4"], big)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert big.released == 3  # gathering again
+    writer.add("run-a", 5, [b"y" * event_store.GATHER_BYTES], big)
+    while big.released < 5:
+        await asyncio.sleep(0)  # enough bytes end the gathering without a flush
+    await writer.close()
+    stored = await EventStore(database_with_runs).events("run-a", 0)
+    assert [seq for seq, _ in stored] == [1, 2, 3, 4, 5]
 
 
 WRITER_ON_A_FULL_DISK = """

@@ -1,4 +1,4 @@
-"""The event writer's own SQLite connections: one on the event loop, one on a thread.
+"""The event writer's own SQLite connection, on the event loop.
 
 Storing events is on every event's path to its clients (an event is shown only once stored),
 so a transaction's fixed cost is added latency, and during a burst it is paid once per commit.
@@ -6,15 +6,17 @@ Through SQLAlchemy's async engine and aiosqlite each statement is a round trip t
 driver's thread and back to the event loop (about 1.3 ms for one small batch on this
 machine). A plain ``sqlite3`` connection doing the whole transaction in one call on a thread
 of its own costs a quarter of that, but still a hand-off to that thread and back for every
-commit (about 26 µs of CPU idle, more under load, and on a busy loop the thread waits for the
-GIL to hand its result back). With WAL and ``synchronous=NORMAL`` a commit does not fsync (the
-checkpoints, on their own thread, do): it is a write into the page cache, 20-40 µs for a
-small batch, less than the hand-off. So the loop commits itself, with a connection that
-never waits for a lock (``busy_timeout=0``); when another connection holds the write lock
-(the relay's other writes: sessions, runs), the batch goes to the thread, whose connection
-waits as every other does, and the loop goes on meanwhile (``bench/README.md``, "Durable
-before visible"). Other databases (PostgreSQL) keep the async engine: their commit is a
-network round trip whatever the client library.
+commit (about 26 µs of CPU on an idle machine, more under load, where the thread also waits
+for the GIL to hand its result back). With WAL and ``synchronous=NORMAL`` a commit does not
+fsync (the checkpoints, on their own thread, do): it is a write into the page cache, 20-40 µs
+for a small batch, less than the hand-off. So the loop commits itself, with a connection that
+never waits inside SQLite for a lock (``busy_timeout=0``): when another connection holds the
+write lock (the relay's other writes: sessions, runs), the writer looks again every
+millisecond, on the loop's timer, and the loop goes on meanwhile (``bench/README.md``,
+"Durable before visible"). The cost of this choice: a file system that stalls a write (a hung
+network mount) stalls the loop for that write, where a thread would have stalled only the
+events, which wait for storage anyway. Other databases (PostgreSQL) keep the async engine:
+their commit is a network round trip whatever the client library.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ log = logging.getLogger(__name__)
 INSERT = "INSERT INTO run_events (run_id, seq, last_seq, data) VALUES (?, ?, ?, ?)"
 
 
+BUSY_TIMEOUT = 30.0
+"""How long a commit waits for another connection's write lock, as every connection does."""
+BUSY_POLL = 0.001
+BUSY_POLL_FAST_FOR = 0.1
+BUSY_POLL_SLOW = 0.01
+"""How often it looks: every millisecond at first (SQLite's own busy handler sleeps 1, 2, 5,
+10... up to 100 ms between tries, a tail of tens of milliseconds on events waiting behind a
+short transaction), every 10 ms once a lock has been held for 100 ms."""
+
 CHECKPOINT_BYTES = 4 * 1024 * 1024
 """Event bytes written between two checkpoints (SQLite's own default is about 4 MB)."""
 
@@ -47,9 +58,7 @@ class SQLiteInserter:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-writer")
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._connection: sqlite3.Connection | None = None
         self._here: sqlite3.Connection | None = None  # the event loop's own connection
         self._checkpoint_connection: sqlite3.Connection | None = None
         self._unchecked = 0
@@ -60,7 +69,7 @@ class SQLiteInserter:
         loop = asyncio.get_running_loop()
         values = [(r["run_id"], r["seq"], r["last_seq"], r["data"]) for r in rows]
         if not self._insert_here(values):
-            await loop.run_in_executor(self._thread, self._insert, values)
+            await self._insert_when_unlocked(values)
         self._unchecked += sum(len(row["data"]) for row in rows)
         if self._unchecked >= CHECKPOINT_BYTES and self._idle_checkpointer():
             self._unchecked = 0
@@ -73,12 +82,23 @@ class SQLiteInserter:
             with contextlib.suppress(sqlite3.Error):
                 await self._checkpointing
         await loop.run_in_executor(self._checkpointer, self._close_checkpointer)
-        await loop.run_in_executor(self._thread, self._close)
         if self._here is not None:
             self._here.close()
             self._here = None
         self._checkpointer.shutdown()
-        self._thread.shutdown()
+
+    async def _insert_when_unlocked(self, values: list[tuple[str, int, int, bytes]]) -> None:
+        """Another connection holds the write lock (the relay's other writes, through the
+        engine, hold it for a few milliseconds): try again soon, without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while True:
+            waited = loop.time() - began
+            if waited >= BUSY_TIMEOUT:
+                raise sqlite3.OperationalError("database is locked")
+            await asyncio.sleep(BUSY_POLL if waited < BUSY_POLL_FAST_FOR else BUSY_POLL_SLOW)
+            if self._insert_here(values):
+                return
 
     def _idle_checkpointer(self) -> bool:
         return self._checkpointing is None or self._checkpointing.done()
@@ -108,22 +128,6 @@ class SQLiteInserter:
             raise
         _write(self._here, values)
         return True
-
-    def _insert(self, values: list[tuple[str, int, int, bytes]]) -> None:
-        connection = self._connect()
-        connection.execute("BEGIN IMMEDIATE")
-        _write(connection, values)
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self._connection = _connect(self._path)
-            self._connection.execute("PRAGMA wal_autocheckpoint=0")
-        return self._connection
-
-    def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
 
 
 def _write(connection: sqlite3.Connection, values: list[tuple[str, int, int, bytes]]) -> None:

@@ -135,11 +135,11 @@ async def test_a_run_hears_of_its_events_only_once_they_can_be_read_back(
         assert len(stored) >= upto, (upto, stored)
 
 
-async def test_while_another_connection_writes_the_events_wait_for_it_off_the_loop(
+async def test_while_another_connection_writes_the_events_wait_for_it_without_blocking(
     database_with_runs: Database,
 ) -> None:
     """The writer stores on the event loop only when no other connection holds the write
-    lock; otherwise its thread waits for the lock, and the loop goes on meanwhile."""
+    lock; otherwise it looks again later, and the loop goes on meanwhile."""
     database = database_with_runs
     assert database.file is not None
     writer = EventWriter(database)

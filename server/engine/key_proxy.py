@@ -81,6 +81,8 @@ class _Answer:
         self.head_done = False
         self.body: list[bytes] = []
         self.complete = False
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -93,6 +95,8 @@ class _Answer:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        # Asked here: once the callback returns, the parser says False whatever the answer.
+        self.keep_alive = self.parser.should_keep_alive()
 
 
 @dataclass
@@ -326,7 +330,7 @@ class KeyProxy:
         upstream = self._upstream
         connection, data = await self._send_request(head, body)
         answer = _Answer()
-        parser = httptools.HttpResponseParser(answer)
+        parser = answer.parser
         started = kept = False
         try:
             while True:
@@ -357,7 +361,7 @@ class KeyProxy:
                     answer.body.clear()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if answer.complete:
-                    kept = parser.should_keep_alive()
+                    kept = answer.keep_alive
                     break
                 try:
                     data = await connection.reader.read(READ_BYTES)

@@ -104,25 +104,36 @@ def test_a_gateway_token_is_passed_on_as_a_bearer_token(fake_api: FakeAnthropicA
 
 
 class _RawAPI:
-    """An API that answers each request with ``answer`` and then closes the connection
+    """An API that answers each request with ``answer``, recording each request as it came
+    and counting connections. With ``close`` it closes each connection after one answer
     although the answer says nothing of it (as an API closing an idle kept-alive connection
-    does), recording each request as it came."""
+    does)."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, *, close: bool = True) -> None:
         self.requests: list[bytes] = []
+        self.connections = 0
         received = self.requests
+        api = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                api.connections += 1
                 data = b""
-                while b"\r\n\r\n" not in data:
-                    data += self.request.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                while len(body) < length:
-                    body += self.request.recv(65536)
-                received.append(head + b"\r\n\r\n" + body)
-                self.request.sendall(answer)
+                while True:
+                    while b"\r\n\r\n" not in data:
+                        more = self.request.recv(65536)
+                        if not more:
+                            return
+                        data += more
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    while len(data) < length:
+                        data += self.request.recv(65536)
+                    body, data = data[:length], data[length:]
+                    received.append(head + b"\r\n\r\n" + body)
+                    self.request.sendall(answer)
+                    if close:
+                        return
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/base"
@@ -165,6 +176,25 @@ def test_the_request_goes_upstream_as_sent_and_a_closed_kept_alive_connection_is
     fields = [tuple(line.split(b": ", 1)) for line in lines[1:]]
     assert (b"x-api-key", b"real-key") in fields and (b"anthropic-version", b"2023-06-01") in fields
     assert token.encode() not in head and body == b'{"n": 2}'
+
+
+def test_answers_that_keep_the_connection_alive_share_it() -> None:
+    api = _RawAPI(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", close=False
+    )
+    proxy = _raw_proxy(api.url)
+    try:
+        token = proxy.issue("run-kept")
+        with httpx.Client(timeout=30) as client:
+            for _ in range(3):
+                answer = client.post(
+                    proxy.url + "/v1/messages", content=b"{}", headers={"x-api-key": token}
+                )
+                assert (answer.status_code, answer.text) == (200, "ok")
+    finally:
+        proxy.stop()
+        api.close()
+    assert (len(api.requests), api.connections) == (3, 1)
 
 
 def test_an_answer_cut_midway_ends_where_it_stopped() -> None:

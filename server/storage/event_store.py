@@ -59,8 +59,9 @@ class EventStore:
 CHUNK_BYTES = 4 * 1024 * 1024
 
 BIG_COMMIT_BYTES = 8 * 1024
-"""A commit this large means a run is writing fast (a CLI's own lines, deltas and messages,
-are a few hundred bytes each): the next commit may wait for more (:meth:`EventWriter._gather`)."""
+"""A commit holding this much of one run means that run is writing fast (a CLI's own lines,
+deltas and messages, are a few hundred bytes each): the next commit may wait for more
+(:meth:`EventWriter._gather`); many runs writing small lines at once do not count."""
 GATHER_BYTES = 256 * 1024
 GATHER_SECONDS = 0.002
 """How much a fast run's next commit waits for, at most: what the two settle first."""
@@ -142,6 +143,7 @@ class Pending(NamedTuple):
     first_seq: int
     events: list[bytes]
     sink: EventSink
+    size: int
 
 
 class EventWriter:
@@ -155,10 +157,10 @@ class EventWriter:
     CLI wrote meanwhile; so, left alone, a run streaming megabytes a second commits (and wakes
     its followers, and sends to its clients) after every few kilobytes read, at ~100 µs of the
     relay's CPU each time, which on a busy machine slows the very CLI and client it competes
-    with. After a commit of at least :data:`BIG_COMMIT_BYTES` the next one therefore waits until
+    with. After a commit holding :data:`BIG_COMMIT_BYTES` of one run the next one waits until
     :data:`GATHER_BYTES` are pending or :data:`GATHER_SECONDS` have passed since that commit
-    ended, whichever comes first; a lone event, or a stream of small lines, is committed at
-    once as before (``bench/README.md``, "Durable before visible").
+    ended, whichever comes first; a lone event, or streams of small lines however many, are
+    committed at once as before (``bench/README.md``, "Closing the gap").
     Each run's :class:`EventSink` hears of the result. Progress is counted in events:
     :meth:`flush` waits until everything added before the call is written or given up on.
     """
@@ -181,8 +183,9 @@ class EventWriter:
         self._task = asyncio.create_task(self._loop(), name="event-writer")
 
     def add(self, run_id: str, first_seq: int, events: list[bytes], sink: EventSink) -> None:
-        self._pending.append(Pending(run_id, first_seq, events, sink))
-        self._pending_bytes += sum(map(len, events))
+        size = sum(map(len, events))
+        self._pending.append(Pending(run_id, first_seq, events, sink, size))
+        self._pending_bytes += size
         self._added += len(events)
         if self._gate is None:
             self._wakeup.set()
@@ -241,7 +244,8 @@ class EventWriter:
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            self._last_commit_bytes, self._pending_bytes = self._pending_bytes, 0
+            self._last_commit_bytes = _largest_run(batch)
+            self._pending_bytes = 0
             await self._write(batch)
             self._last_commit_end = asyncio.get_running_loop().time()
             self._done += sum(len(entry.events) for entry in batch)
@@ -308,6 +312,15 @@ class EventWriter:
             raise
         except sqlite3.Error as exc:
             raise (storage_fault(exc) or exc) from exc
+
+
+def _largest_run(batch: list[Pending]) -> int:
+    """The bytes of the run with most in the batch: many runs writing small lines at once
+    are no fast run, and gathering would only delay them."""
+    sizes: dict[str, int] = {}
+    for entry in batch:
+        sizes[entry.run_id] = sizes.get(entry.run_id, 0) + entry.size
+    return max(sizes.values(), default=0)
 
 
 def _open(gate: asyncio.Future[None]) -> None:

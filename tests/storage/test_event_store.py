@@ -175,27 +175,36 @@ async def test_after_a_large_commit_the_next_gathers_until_enough_or_a_flush(
     writer.add("run-b", 2, [b"lone again"], small)
     while small.released < 2:
         await asyncio.sleep(0)  # committed at once: the commit before it was small
+    # Two runs with half as much each are no fast run: what follows is not held back.
+    half = [b"h" * (event_store.BIG_COMMIT_BYTES // 2 + 1)]
+    writer.add("run-b", 3, half, small)
+    writer.add("run-a", 1, half, Sink())
+    await writer.flush()
+    writer.add("run-b", 4, [b"small"], small)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert small.released == 4
     big = Sink()
-    writer.add("run-a", 1, [b"x" * event_store.BIG_COMMIT_BYTES], big)
+    writer.add("run-a", 2, [b"x" * event_store.BIG_COMMIT_BYTES], big)
     await writer.flush()
-    writer.add("run-a", 2, [b"2"], big)
+    writer.add("run-a", 3, [b"2"], big)
     for _ in range(50):
         await asyncio.sleep(0)
-    assert big.released == 1  # gathering
+    assert big.released == 2  # gathering
     await writer.flush()
-    assert big.released == 2
-    writer.add("run-a", 3, [b"x" * event_store.BIG_COMMIT_BYTES], big)
+    assert big.released == 3
+    writer.add("run-a", 4, [b"x" * event_store.BIG_COMMIT_BYTES], big)
     await writer.flush()
-    writer.add("run-a", 4, [b"4"], big)
+    writer.add("run-a", 5, [b"4"], big)
     for _ in range(50):
         await asyncio.sleep(0)
-    assert big.released == 3  # gathering again
-    writer.add("run-a", 5, [b"y" * event_store.GATHER_BYTES], big)
-    while big.released < 5:
+    assert big.released == 4  # gathering again
+    writer.add("run-a", 6, [b"y" * event_store.GATHER_BYTES], big)
+    while big.released < 6:
         await asyncio.sleep(0)  # enough bytes end the gathering without a flush
     await writer.close()
     stored = await EventStore(database_with_runs).events("run-a", 0)
-    assert [seq for seq, _ in stored] == [1, 2, 3, 4, 5]
+    assert [seq for seq, _ in stored] == [1, 2, 3, 4, 5, 6]
 
 
 WRITER_ON_A_FULL_DISK = """

@@ -296,6 +296,7 @@ class EventWriter:
         the run numbers its next event after the last one it showed."""
         dropped = [entry for entry in self._pending if entry.run_id == run_id]
         self._pending = [entry for entry in self._pending if entry.run_id != run_id]
+        self._pending_bytes = sum(entry.size for entry in self._pending)
         self._done += sum(len(entry.events) for entry in dropped)
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:

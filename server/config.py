@@ -241,6 +241,25 @@ class Settings:
         "the key itself.",
         _choice("auto", "on", "off"),
     )
+    sandbox: str = _setting(
+        "auto",
+        "Run each CLI in a bubblewrap sandbox that sees only its own workspace and config "
+        "directory: `auto` when bwrap works here (else unsandboxed, with a warning in the log "
+        "and /health), `bwrap` refuses to start without it, `off` never.",
+        _choice("auto", "bwrap", "off"),
+    )
+    sandbox_ro: tuple[str, ...] = _setting(
+        tuple,
+        "Comma-separated extra paths a sandboxed run may read (the system already is; for a "
+        "path under /tmp or another hidden place).",
+        _parse_list,
+    )
+    sandbox_rw: tuple[str, ...] = _setting(
+        tuple,
+        "Comma-separated extra paths a sandboxed run may write (a shared cache, a toolchain). "
+        "Every run may then change them.",
+        _parse_list,
+    )
     openai_tools: str = _setting(
         "compact",
         "What the OpenAI/Anthropic-compatible endpoints show of Claude Code's tool use: none, "

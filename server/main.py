@@ -89,6 +89,9 @@ def serve(settings: Settings) -> int:
 
     check_bind_safety(settings)
     capability_dropper()  # a root relay that cannot drop them refuses before it listens
+    from server.engine.launcher import check_before_serving
+
+    check_before_serving(settings)  # as must one told to sandbox where it cannot
     _configure_logging(settings.log_level)
     grace = settings.shutdown_grace + settings.interrupt_grace + settings.terminate_grace + 5
     config = uvicorn.Config(

@@ -1,5 +1,5 @@
 """``GET /health``: is the CLI there, can the relay write its database and workspaces, how
-busy is it.
+busy is it, which sandbox its runs get.
 
 Storage is judged by what a write would meet, not by a query that succeeds: a SQLite file
 deleted under the relay still answers through its open connections, and a full disk still
@@ -9,15 +9,25 @@ and the workspaces root are checked for being writable and having space left.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from litestar import get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response
 
 from server.api.auth import PUBLIC_OPT
 from server.api.dependencies import ManagerDep, RuntimeDep, SettingsDep
-from server.api.schemas import CLIHealth, DatabaseHealth, Health, RunsHealth, WorkspacesHealth
+from server.api.schemas import (
+    CLIHealth,
+    DatabaseHealth,
+    Health,
+    RunsHealth,
+    SandboxHealth,
+    WorkspacesHealth,
+)
 from server.claude import binary
 from server.config import VERSION
+from server.engine.launcher import Launcher
 from server.engine.runtime import Runtime
 
 
@@ -40,6 +50,22 @@ def _workspaces(runtime: Runtime) -> WorkspacesHealth:
         free_bytes=state.free_bytes,
         error=state.error,
     )
+
+
+def _sandbox(launcher: Launcher) -> SandboxHealth:
+    """What runs are confined by; an unsandboxed ``auto`` says why (it is still 200: the
+    relay works, and the operator may not want bubblewrap)."""
+    return SandboxHealth(
+        mode="bwrap" if launcher.mode == "bwrap" else "off",
+        requested=_requested(launcher.requested),
+        warning=launcher.warning,
+    )
+
+
+def _requested(value: str) -> Literal["auto", "bwrap", "off"]:
+    if value == "bwrap":
+        return "bwrap"
+    return "off" if value == "off" else "auto"
 
 
 @get(
@@ -77,5 +103,6 @@ async def health(
             live_max=settings.max_live if manager.live.enabled else 0,
             pooled=manager.pooled_count,
         ),
+        sandbox=_sandbox(manager.launcher),
     )
     return Response(body, status_code=200 if healthy else 503)

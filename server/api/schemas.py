@@ -292,6 +292,15 @@ class RunsHealth(msgspec.Struct):
     """Processes started ahead of time for new sessions."""
 
 
+class SandboxHealth(msgspec.Struct, omit_defaults=True):
+    mode: Literal["bwrap", "off"]
+    """The sandbox each run gets: ``bwrap`` (bubblewrap) or ``off`` (none)."""
+    requested: Literal["auto", "bwrap", "off"]
+    """``CLAUDE_RELAY_SANDBOX`` as set."""
+    warning: str | None = None
+    """Why runs are not sandboxed although ``auto`` asked for it where it works."""
+
+
 class Health(msgspec.Struct):
     status: Literal["ok", "unavailable"]
     version: str
@@ -299,6 +308,7 @@ class Health(msgspec.Struct):
     database: DatabaseHealth
     workspaces: WorkspacesHealth
     runs: RunsHealth
+    sandbox: SandboxHealth
 
 
 class PermissionOut(msgspec.Struct):

@@ -113,12 +113,20 @@ def _close_all(sockets: Iterable[socket.socket]) -> None:
 
 
 async def spawn(
-    argv: list[str], *, cwd: Path, env: dict[str, str], launcher: Sequence[str] = ()
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    launcher: Sequence[str] = (),
+    pass_fds: Sequence[int] = (),
 ) -> Child:
     """Start the CLI on three socket pairs, as leader of a new session and process group.
 
-    ``launcher`` is a command that executes ``argv`` in its own place (``setpriv``): the CLI
-    keeps its pid. A CLI that cannot be run is found before, so it is still CLIUnavailable.
+    ``launcher`` is a command that executes ``argv`` in its own place (``setpriv``: the CLI
+    keeps its pid) or starts it in its own (bubblewrap: the CLI is then in the same process
+    group, so the group's signals still reach it). ``pass_fds`` are inherited by the launcher
+    (the sandbox's seccomp filter). A CLI that cannot be run is found before, so it is still
+    CLIUnavailable.
     """
     if launcher and shutil.which(argv[0]) is None:
         raise CLIUnavailable(f"cannot start the Claude Code CLI {argv[0]!r}: not executable")
@@ -138,6 +146,7 @@ async def spawn(
             stderr=pairs[2][1].fileno(),
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     except OSError as exc:
         _close_all(ours)

@@ -24,7 +24,8 @@ from pathlib import Path
 from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
-from server.claude.privileges import capability_dropper
+from server.engine import session_config
+from server.engine.launcher import Launcher, choose
 from server.engine.live_sessions import LiveProcess, LiveSessions
 from server.engine.planner import (
     ByConversation,
@@ -146,8 +147,13 @@ class RunManager:
         self.workspaces = runtime.workspaces
         self.planner = Planner(runtime.sessions, runtime.fingerprints)
         self.owner = owner_id()
-        self._launcher = capability_dropper()
-        """Put before the CLI's command: as root, it starts without capabilities."""
+        self.launcher: Launcher = choose(
+            settings,
+            workspaces_root=runtime.workspaces.root,
+            database_file=runtime.database.file,
+            operator_env=runtime.session_configs.operator_env,
+        )
+        """Each run's command prefix: its sandbox, or (off) as root, no capabilities."""
         self.runs: dict[str, Run] = {}
         self._slots = 0
         self._new_sessions: set[str] = set()
@@ -542,7 +548,13 @@ class RunManager:
         key_proxy = self.runtime.key_proxy
         if key_proxy is not None:
             env = key_proxy.child_env(env, key_proxy.issue(run_id))
-        return asyncio.ensure_future(process.spawn(argv, cwd=cwd, env=env, launcher=self._launcher))
+        config_dir = session_config.path_for(self.workspaces.root, target.workspace_id)
+        launch = self.launcher.for_run(cwd, config_dir)
+        spawning = asyncio.ensure_future(
+            process.spawn(argv, cwd=cwd, env=env, launcher=launch.prefix, pass_fds=launch.fds)
+        )
+        spawning.add_done_callback(lambda _: launch.close())
+        return spawning
 
     def _drop_new_workspace(self, target: Placement) -> None:
         """A new session's directory goes when its first run does not start."""

@@ -1,0 +1,315 @@
+"""Each run in a bubblewrap sandbox of its own: it sees its workspace, and not the relay's others.
+
+Claude Code's permission rules are not a boundary: once ``Bash`` is allowed, a tool runs as the
+relay's user, and without a sandbox it can read and delete every other session's workspace and
+transcripts, read the relay's database and its environment (``/proc/<relay>/environ``). Here
+the CLI starts under ``bwrap`` (Debian's ``bubblewrap``), with, in this order:
+
+* the whole system read-only (``--ro-bind / /``), a fresh ``/dev``, a ``/proc`` of its own pid
+  namespace (``--unshare-pid``: the relay and other runs are not there), a private ``/tmp``;
+* the operator's extra read-only and read-write paths (``CLAUDE_RELAY_SANDBOX_RO``/``_RW``);
+* empty tmpfs over what belongs to the relay: the workspaces root (and with it every
+  session's CLI config directory), the database's directory, the operator's CLI config
+  directory (older sessions' transcripts, the login); the operator's ``.claude.json`` in
+  ``$HOME`` is replaced by an empty file. These come after the extras, so an extra that
+  contains one of them cannot show it again;
+* then, at the same paths, the run's own workspace and its own CLI config directory
+  read-write, the operator's credentials file read-only, the CLI's install directory
+  read-only.
+
+Processes: ``--die-with-parent`` kills the sandbox when the relay goes, and the pid namespace
+dies with its first process, so whatever a tool started (``setsid``, ``nohup``, double forks)
+ends when the CLI does: nothing can outlive its run. ``--cap-drop ALL`` takes root's
+capabilities away; bwrap leaves a real root's *bounding* set as it was, so ``setpriv`` empties
+it inside (for that alone bwrap keeps ``CAP_SETPCAP`` until then), and nothing in the run can
+gain a capability back (bwrap sets ``no_new_privs``). A seccomp filter refuses ``ptrace``,
+``process_vm_readv``/``writev`` and ``pidfd_getfd`` (EPERM): without capabilities, a process
+may still ptrace another of its own uid, and that is how a tool could take the CLI's
+descriptors or change what it prints.
+
+Signals: the relay stops a run by signalling its process group, and bwrap's outer process is
+in it; by default SIGINT or SIGTERM would kill it and, through ``--die-with-parent``, the CLI
+before it could write its last lines. So bwrap is started with both ignored (``env
+--ignore-signal``), and the CLI inside with both back to their defaults; the CLI, in the same
+process group, gets the relay's signals as it does without a sandbox. bwrap exits with the
+CLI's status (``128 + n`` for a CLI killed by signal ``n``).
+
+Nothing a client sends reaches bwrap's command line: it holds only paths the relay chose, each
+checked first (:func:`plain_directory`). A tool could have replaced its workspace with a link
+while an earlier run of its session was going; a link is refused, never followed. Between
+that check and bwrap's mounts, nothing of that session runs any more: its previous run's
+processes died with its pid namespace, and no other run can reach the directory.
+
+Network is not touched: the CLI needs its API (or the relay's key pass-through on loopback).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import stat
+import struct
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.errors import Conflict
+
+MODES = ("auto", "bwrap", "off")
+PROBE_TIMEOUT = 10.0
+SIGNALS = "INT,TERM"
+PRIVATE_TMP = "/tmp"  # noqa: S108 (an empty tmpfs of the run's own, not a file in the real /tmp)
+SETPRIV_FLAGS = ("--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all")
+
+# -- seccomp ----------------------------------------------------------------------------------
+
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_AUDIT_ARCH_I386 = 0x40000003
+# ptrace, process_vm_readv, process_vm_writev, pidfd_getfd
+_DENIED = {
+    "x86_64": (101, 310, 311, 438),
+    "aarch64": (117, 270, 271, 438),
+    "i386": (26, 347, 348, 438),  # 32-bit programs on x86_64 (int 0x80)
+}
+_X32_BIT = 0x40000000
+_LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
+_RET_ALLOW, _RET_EPERM = 0x7FFF0000, 0x00050000 | 1
+
+
+def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def _denials(numbers: Sequence[int], *, x32: bool = False) -> list[bytes]:
+    """The syscall number is loaded; each denied one returns EPERM, anything else is allowed."""
+    body = [_insn(_LD_W_ABS, 0)]
+    if x32:  # the x32 ABI's numbers carry this bit: its ptrace is not 101
+        body += [_insn(_JGE_K, _X32_BIT, 0, 1), _insn(_RET_K, _RET_EPERM)]
+    for number in numbers:
+        body += [_insn(_JEQ_K, number, 0, 1), _insn(_RET_K, _RET_EPERM)]
+    return [*body, _insn(_RET_K, _RET_ALLOW)]
+
+
+def seccomp_program(machine: str | None = None) -> bytes | None:
+    """The filter bwrap loads (``--seccomp FD``, raw ``struct sock_filter``s), or None on a
+    machine whose syscall numbers are not known here (the run then goes without it)."""
+    machine = machine or platform.machine()
+    if machine not in _AUDIT_ARCH:
+        return None
+    sections = [(_AUDIT_ARCH[machine], _denials(_DENIED[machine], x32=machine == "x86_64"))]
+    if machine == "x86_64":
+        sections.append((_AUDIT_ARCH_I386, _denials(_DENIED["i386"])))
+    program = [_insn(_LD_W_ABS, 4)]  # seccomp_data.arch
+    for arch, body in sections:
+        program += [_insn(_JEQ_K, arch, 0, len(body)), *body]
+    program.append(_insn(_RET_K, _RET_ALLOW))
+    return b"".join(program)
+
+
+# -- paths ------------------------------------------------------------------------------------
+
+
+def plain_directory(path: Path, what: str) -> Path:
+    """``path`` itself if it is a directory reached through no symbolic link, else Conflict."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        raise Conflict(
+            f"the run cannot be sandboxed: {what} cannot be read ({exc.strerror})"
+        ) from None
+    if not stat.S_ISDIR(mode) or os.path.realpath(path) != str(path):
+        raise Conflict(
+            f"the run cannot be sandboxed: {what} is not a plain directory (a symbolic link?). "
+            "Delete the session (DELETE /api/sessions/<id>?purge=true)"
+        )
+    return path
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What every run's sandbox is made of; built once at start-up (:func:`build`).
+
+    ``hidden`` are the relay's own directories, covered with an empty tmpfs; ``hidden_files``
+    are replaced by an empty file. ``read_only`` and ``read_write`` are the operator's extras,
+    ``cli_dirs`` what the CLI's executable needs (bound read-only after everything hidden).
+    """
+
+    bwrap: str
+    env: str
+    setpriv: str
+    hidden: tuple[Path, ...] = ()
+    hidden_files: tuple[Path, ...] = ()
+    read_only: tuple[Path, ...] = ()
+    read_write: tuple[Path, ...] = ()
+    cli_dirs: tuple[Path, ...] = ()
+    credentials: Path | None = None
+    seccomp: bytes | None = field(default=None, repr=False)
+
+    def prefix(
+        self, *, workspace: Path, config_dir: Path, seccomp_fd: int | None = None
+    ) -> list[str]:
+        """The command that runs the CLI in this run's sandbox; the CLI's argv follows it.
+
+        ``workspace`` and ``config_dir`` must be plain directories (checked again here), and
+        ``seccomp_fd`` a descriptor the child inherits, holding :attr:`seccomp`.
+        """
+        plain_directory(workspace, "its workspace")
+        plain_directory(config_dir, "its CLI config directory")
+        argv = [self.env, f"--ignore-signal={SIGNALS}", self.bwrap]
+        argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", PRIVATE_TMP]
+        argv += ["--unshare-pid", "--die-with-parent"]
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETPCAP"]
+        for path in self.read_only:
+            argv += ["--ro-bind", str(path), str(path)]
+        for path in self.read_write:
+            argv += ["--bind", str(path), str(path)]
+        for path in self.hidden:
+            argv += ["--tmpfs", str(path)]
+        for path in self.hidden_files:
+            argv += ["--ro-bind", "/dev/null", str(path)]
+        argv += ["--bind", str(workspace), str(workspace)]
+        argv += ["--bind", str(config_dir), str(config_dir)]
+        if self.credentials is not None:
+            argv += ["--ro-bind", str(_real(self.credentials)), str(self.credentials)]
+        for path in self.cli_dirs:
+            argv += ["--ro-bind", str(path), str(path)]
+        if seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
+        argv += ["--chdir", str(workspace), "--"]
+        argv += [self.env, f"--default-signal={SIGNALS}"]
+        return [*argv, self.setpriv, *SETPRIV_FLAGS, "--"]
+
+
+class SandboxUnavailable(Exception):
+    """bwrap (or a program the sandbox needs) is missing or does not work here."""
+
+
+def _program(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise SandboxUnavailable(f"{name} is not installed")
+    return os.path.abspath(found)
+
+
+def cli_dirs(claude_bin: str) -> tuple[Path, ...]:
+    """The directories the CLI's executable lives in: where its name leads (a link on PATH)
+    and the real file's folder, so it can be started by the same path inside."""
+    found = shutil.which(claude_bin)
+    if found is None:
+        return ()
+    named = Path(os.path.abspath(found))
+    return tuple(dict.fromkeys([_real(named.parent), _real(named).parent]))
+
+
+def _extras(paths: Iterable[str], protected: Sequence[Path], setting: str) -> tuple[Path, ...]:
+    """Operator paths, resolved; each must exist and must not lie inside something hidden."""
+    found: list[Path] = []
+    for raw in paths:
+        path = _real(Path(raw).expanduser())
+        if not path.exists():
+            raise SandboxUnavailable(f"{setting}: {raw!r} does not exist")
+        for hidden in protected:
+            if _inside(path, hidden):
+                raise SandboxUnavailable(
+                    f"{setting}: {raw!r} is inside {hidden}, which runs must not see"
+                )
+        found.append(path)
+    return tuple(dict.fromkeys(found))
+
+
+def build(
+    *,
+    claude_bin: str,
+    workspaces_root: Path,
+    database_file: Path | None,
+    operator_config_dir: Path | None,
+    operator_global_config: Path | None,
+    credentials: Path | None,
+    read_only: Sequence[str] = (),
+    read_write: Sequence[str] = (),
+) -> Sandbox:
+    """The sandbox for this relay's runs (SandboxUnavailable when a program or path is wrong).
+
+    Hidden: the workspaces root, the database's directory, the operator's CLI config
+    directory, each resolved (a tmpfs over a link's path would cover its target anyway).
+    """
+    hidden: list[Path] = [_real(workspaces_root)]
+    if database_file is not None:
+        folder = _real(database_file.parent)
+        if folder == Path("/"):
+            raise SandboxUnavailable(
+                "the database file is directly in / : give it a directory of its own, which "
+                "runs will not see"
+            )
+        hidden.append(folder)
+    if operator_config_dir is not None and operator_config_dir.is_dir():
+        hidden.append(_real(operator_config_dir))
+    files = []
+    if operator_global_config is not None and operator_global_config.is_file():
+        files.append(_real(operator_global_config))
+    protected = tuple(dict.fromkeys(hidden))
+    return Sandbox(
+        bwrap=_program("bwrap"),
+        env=_program("env"),
+        setpriv=_program("setpriv"),
+        hidden=protected,
+        hidden_files=tuple(files),
+        read_only=_extras(read_only, protected, "CLAUDE_RELAY_SANDBOX_RO"),
+        read_write=_extras(read_write, protected, "CLAUDE_RELAY_SANDBOX_RW"),
+        cli_dirs=cli_dirs(claude_bin),
+        credentials=credentials if credentials is not None and credentials.is_file() else None,
+        seccomp=seccomp_program(),
+    )
+
+
+def probe(sandbox: Sandbox, scratch: Path) -> None:
+    """Run one sandbox as a run gets it, around ``true``; SandboxUnavailable says why not.
+
+    ``scratch`` stands for a workspace and a config directory (an empty directory). This
+    catches what ``bwrap --version`` cannot: a kernel or container that forbids the
+    namespaces or mounts (``Operation not permitted``), an ``env`` without
+    ``--ignore-signal`` (coreutils before 8.31), a seccomp filter the kernel refuses.
+    """
+    read_end = None
+    try:
+        read_end = seccomp_pipe(sandbox)
+        argv = sandbox.prefix(workspace=scratch, config_dir=scratch, seccomp_fd=read_end)
+        done = subprocess.run(
+            [*argv, _program("true")],
+            capture_output=True,
+            timeout=PROBE_TIMEOUT,
+            pass_fds=() if read_end is None else (read_end,),
+            start_new_session=True,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError, Conflict) as exc:
+        raise SandboxUnavailable(f"bwrap could not be run: {exc}") from None
+    finally:
+        if read_end is not None:
+            os.close(read_end)
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip()[:500]
+        raise SandboxUnavailable(f"bwrap failed (exit {done.returncode}): {detail}")
+
+
+def seccomp_pipe(sandbox: Sandbox) -> int | None:
+    """A descriptor to read the sandbox's seccomp filter from, once (bwrap reads it to the
+    end); the caller passes it to the child and closes it after the start."""
+    if sandbox.seccomp is None:
+        return None
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, sandbox.seccomp)  # a few hundred bytes: far below a pipe's buffer
+    finally:
+        os.close(write_end)
+    return read_end

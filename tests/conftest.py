@@ -49,6 +49,18 @@ def real_cli() -> Path:
     return path
 
 
+@pytest.fixture(params=["bwrap", "off"])
+def sandbox_mode(request: pytest.FixtureRequest) -> str:
+    """``CLAUDE_RELAY_SANDBOX`` for a test that must hold with and without the sandbox."""
+    mode = str(request.param)
+    if mode == "bwrap" and shutil.which("bwrap") is None:
+        message = "BUBBLEWRAP NOT INSTALLED: apt-get install bubblewrap (./dev test does)"
+        if os.environ.get("CI") and shutil.which("apt-get"):
+            pytest.fail(message + " -- apt-get is available, so CI must install it")
+        pytest.skip(message)
+    return mode
+
+
 @pytest.fixture
 def fake_cli(tmp_path: Path) -> Path:
     return fake_claude_bin(tmp_path)

@@ -134,9 +134,11 @@ def check_before_serving(settings: Settings) -> None:
     from server.engine.workspaces import Workspaces
     from server.storage.database import create_engine, sqlite_file
 
+    workspaces = Workspaces(settings.workspaces_dir)
+    workspaces.ensure_root()  # what the sandbox hides must be there to be covered
     choose(
         settings,
-        workspaces_root=Workspaces(settings.workspaces_dir).root,
+        workspaces_root=workspaces.root,
         database_file=sqlite_file(create_engine(settings.database_url)),
         operator_env=build_env(current_env(), settings.claude_env, run_id=""),
     )

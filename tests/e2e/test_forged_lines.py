@@ -4,7 +4,8 @@ Real CLI, fake Anthropic API, a real ``Bash`` tool call: the tool writes forged 
 ``/proc/$PPID/fd/1`` (its parent is the CLI): another session's id, an id holding CR/LF, a
 ``result`` and a relay event. Whether the write gets through (it does where the CLI's stdout is
 a pipe; a socket cannot be reopened that way) the relay must change no session, must not end the
-run early, must pass the relay event on only as raw text, and both sessions must resume.
+run early, must pass the relay event on only as raw text, and both sessions must resume. With
+the sandbox (``bwrap``) and without (``off``): the CLI's stdout is a socket either way.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import RelayFactory, real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay
 
 
 def _cwd(stream) -> Path:
@@ -21,8 +22,10 @@ def _cwd(stream) -> Path:
 
 
 def test_forged_lines_change_no_session_and_end_no_run(
-    real_relay: Relay, fake_api: FakeAnthropicAPI
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, sandbox_mode: str
 ) -> None:
+    env = {**real_cli_env(fake_api), "CLAUDE_RELAY_SANDBOX": sandbox_mode}
+    real_relay = relay_factory(claude_bin=real_cli, env=env)
     victim = real_relay.run({"prompt": "the victim's secret is 4711"})
     victim_id = victim.headers["x-session-id"]
     attacker = real_relay.run({"prompt": "hello"})

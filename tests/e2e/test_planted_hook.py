@@ -1,16 +1,21 @@
 """A hook a tool plants in the CLI settings it can reach stays in its own session.
 
-Real CLI (the pinned one), fake Anthropic API, a relay in this process, no sandbox. Session
-A's allowed ``Bash`` tool writes a ``UserPromptSubmit`` hook (``cat >> capture``: the hook gets
-the prompt on stdin) into every settings file its environment leads to: its own
-``$CLAUDE_CONFIG_DIR``, ``$HOME/.claude`` and the operator's config dir by path (in this
-relay, the same as ``$HOME/.claude``). Then another session's prompts must never reach the
-capture file: neither a session made before the plant nor one made after it. The operator's
-own hook, set before the relay started, still sees every session's prompts: the operator's
-settings still apply. A's own next turn runs its own hook; that is A's business.
+Real CLI (the pinned one), fake Anthropic API, a relay in this process, with the sandbox and
+without (``CLAUDE_RELAY_SANDBOX=bwrap`` and ``off``). Session A's allowed ``Bash`` tool writes a
+``UserPromptSubmit`` hook (``cat >> capture``: the hook gets the prompt on stdin) into every
+settings file its environment leads to: its own ``$CLAUDE_CONFIG_DIR``, ``$HOME/.claude`` and
+the operator's config dir by path (in this relay, the same as ``$HOME/.claude``). Then another
+session's prompts must never reach the capture file: neither a session made before the plant nor
+one made after it. The operator's own hook, set before the relay started, still sees every
+session's prompts: the operator's settings still apply. A's own next turn runs its own hook;
+that is A's business.
 
-What this does not cover: without a sandbox a tool can also write a sibling session's config
-dir by path (``$CLAUDE_CONFIG_DIR/../<id>/``); keeping that out of reach is the sandbox's job.
+The hooks write where every run may write: a directory given to the sandbox as
+``CLAUDE_RELAY_SANDBOX_RW`` (without it, a hook's ``/tmp`` would be its run's own). With the
+sandbox, the plants in ``$HOME/.claude`` and the operator's dir land in the run's private
+``/tmp`` (the test's ``HOME`` is under ``/tmp``) or fail: the operator's file is untouched.
+Without a sandbox a tool can also write a sibling session's config dir by path
+(``$CLAUDE_CONFIG_DIR/../<id>/``); ``tests/e2e/test_sandbox.py`` shows the sandbox hides it.
 """
 
 from __future__ import annotations
@@ -55,20 +60,35 @@ def _plant(relay: Relay, attacker: Stream, capture: Path, operator_dir: Path) ->
 
 
 def test_a_planted_prompt_hook_never_sees_another_sessions_prompts(
-    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, tmp_path: Path
+    relay_factory: RelayFactory,
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+    tmp_path: Path,
+    sandbox_mode: str,
 ) -> None:
     home = tmp_path / "operator-home"
     operator_dir = home / ".claude"
     operator_dir.mkdir(parents=True)
-    operator_capture, capture = tmp_path / "operator-sees.txt", tmp_path / "planted-sees.txt"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    operator_capture, capture = shared / "operator-sees.txt", shared / "planted-sees.txt"
     (operator_dir / "settings.json").write_text(_hook(operator_capture))
-    relay = relay_factory(claude_bin=real_cli, env=real_cli_env(fake_api), home=home)
+    env = {
+        **real_cli_env(fake_api),
+        "CLAUDE_RELAY_SANDBOX": sandbox_mode,
+        "CLAUDE_RELAY_SANDBOX_RW": str(shared),
+    }
+    relay = relay_factory(claude_bin=real_cli, env=env, home=home)
 
     attacker = _succeeded(relay.run({"prompt": "hello from A"}))
     earlier = _succeeded(relay.run({"prompt": "hello from C"}))
     printed = _plant(relay, attacker, capture, operator_dir)
-    assert printed.count("planted in") == 3, printed  # every write went through
-    assert json.loads((operator_dir / "settings.json").read_text())  # the operator's too
+    assert "planted in" in printed, printed  # its own config dir, at least
+    if sandbox_mode == "off":
+        assert printed.count("planted in") == 3, printed  # every write went through
+        assert json.loads((operator_dir / "settings.json").read_text())  # the operator's too
+    else:
+        assert (operator_dir / "settings.json").read_text() == _hook(operator_capture)
 
     later = _succeeded(relay.run({"prompt": "B's secret is 7Q4-PLUM"}))
     resumed = {"prompt": "C's secret is 9X2-FIG", "session_id": earlier.headers["x-session-id"]}

@@ -1,17 +1,21 @@
 """A root relay's runs hold no capabilities: a tool cannot read the relay's memory or environment.
 
-Real CLI, fake Anthropic API, a real ``Bash`` tool call. Only meaningful when the tests run as
-root (CI does); elsewhere the relay has no capabilities to give and the test is skipped.
+Real CLI, fake Anthropic API, a real ``Bash`` tool call, with the sandbox (bubblewrap's ``--cap-
+drop ALL``, then ``setpriv`` for the bounding set) and without (``setpriv``). Only meaningful
+when the tests run as root (CI does); elsewhere the relay has no capabilities to give and the
+test is skipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
-from tests.support import Relay
+from tests.conftest import RelayFactory, real_cli_env
+from tests.fakes.anthropic_api import FakeAnthropicAPI
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only a root relay has capabilities")
 
@@ -27,7 +31,11 @@ def _tool_output(stream) -> str:
     return json.dumps(results)
 
 
-def test_a_tool_of_a_root_relay_has_no_capabilities(real_relay: Relay) -> None:
+def test_a_tool_of_a_root_relay_has_no_capabilities(
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, sandbox_mode: str
+) -> None:
+    env = {**real_cli_env(fake_api), "CLAUDE_RELAY_SANDBOX": sandbox_mode}
+    real_relay = relay_factory(claude_bin=real_cli, env=env)
     # The relay serves from this process: its environment holds the test's secrets.
     command = (
         "grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status; "

@@ -8,6 +8,7 @@ Relay and baseline repetitions alternate, so drift on a shared machine hits both
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -62,6 +63,8 @@ class Plan:
     persist_reps: int
     key_proxy_reps: int
     live_reps: int
+    sandbox_start_reps: int = 10
+    sandbox_cli_reps: int = 3
 
 
 QUICK = Plan(
@@ -102,6 +105,8 @@ FULL = Plan(
     persist_reps=5,
     key_proxy_reps=400,
     live_reps=10,
+    sandbox_start_reps=40,
+    sandbox_cli_reps=15,
 )
 
 PLANS = {"quick": QUICK, "full": FULL}
@@ -951,6 +956,123 @@ async def live_sessions(plan: Plan, folder: Path) -> dict[str, Any]:
     }
 
 
+# -- 10. the sandbox -------------------------------------------------------------------------
+
+
+def _ratio_of_medians(on: list[float], off: list[float]) -> float:
+    return statistics.median(on) / statistics.median(off) if on and off else float("nan")
+
+
+async def _paired(
+    clients: dict[str, Any], reps: int, run: Any
+) -> tuple[dict[str, list[float]], int]:
+    """``run(client)`` on both relays in alternating order per rep: ms per side, failures."""
+    times: dict[str, list[float]] = {"bwrap": [], "off": []}
+    failures = 0
+    for rep in range(reps):
+        order = ("bwrap", "off") if rep % 2 == 0 else ("off", "bwrap")
+        for side in order:
+            elapsed, ok = await run(clients[side])
+            times[side].append(elapsed * 1000)
+            failures += not ok
+    return times, failures
+
+
+async def sandbox(plan: Plan, folder: Path) -> dict[str, Any]:
+    """One relay with ``CLAUDE_RELAY_SANDBOX=bwrap``, one with ``off``, side by side, in
+    alternating pairs: time to first byte with the fake CLI (the start overhead: bwrap's
+    namespaces and mounts, env, setpriv), then the real CLI's time to its first event."""
+    import shutil
+
+    if shutil.which("bwrap") is None:
+        return {
+            "figures": {},
+            "errors": 0,
+            "skipped": "bubblewrap is not installed (./dev bench installs it as root on Debian)",
+            "targets": [],
+            "notes": [],
+        }
+    fake = make_fake(folder / "fake")
+    script = {"lines": 1}
+    figures: dict[str, Any] = {}
+    targets = []
+    errors = 0
+
+    async def fake_start(client: Any) -> tuple[float, bool]:
+        out = await relay_run(client, script, 1)
+        return out.ttfb, out.status == 200 and not out.checker.errors
+
+    modes = ("bwrap", "off")
+    with contextlib.ExitStack() as stack:
+        relays = {
+            mode: stack.enter_context(
+                relay_process(folder / f"fake-{mode}", fake.bin, {"CLAUDE_RELAY_SANDBOX": mode})
+            )
+            for mode in modes
+        }
+        async with async_client(relays["bwrap"]) as on, async_client(relays["off"]) as off:
+            clients = {"bwrap": on, "off": off}
+            await _paired(clients, 3, fake_start)  # warm-up
+            times, failures = await _paired(clients, plan.sandbox_start_reps, fake_start)
+    errors += failures
+    added = [a - b for a, b in zip(times["bwrap"], times["off"], strict=True)]
+    figures["fake CLI: time to first byte, sandbox on"] = summary(times["bwrap"], "ms")
+    figures["fake CLI: time to first byte, sandbox off"] = summary(times["off"], "ms")
+    figures["start overhead of the sandbox (on - off, paired)"] = summary(added, "ms")
+    figures["fake CLI: ratio of medians (on / off)"] = {
+        "median": _ratio_of_medians(times["bwrap"], times["off"]),
+        "unit": "x",
+    }
+
+    cli = real_cli_path()
+    if cli is None:
+        return {"figures": figures, "errors": errors, "targets": targets, "notes": ["no real CLI"]}
+    api, url = _start_fake_api()
+    cli_env = {
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_API_KEY": "sk-test",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        "DISABLE_AUTOUPDATER": "1",
+    }
+    prompt = "[[say:The answer is 42.]] What is six times seven?"
+
+    async def real_first(client: Any) -> tuple[float, bool]:
+        out = await _relay_real(client, prompt)
+        return out["first"], bool(out["ok"])
+
+    try:
+        with contextlib.ExitStack() as stack:
+            relays = {
+                mode: stack.enter_context(
+                    relay_process(
+                        folder / f"real-{mode}", cli, {**cli_env, "CLAUDE_RELAY_SANDBOX": mode}
+                    )
+                )
+                for mode in modes
+            }
+            async with async_client(relays["bwrap"]) as on, async_client(relays["off"]) as off:
+                clients = {"bwrap": on, "off": off}
+                await _paired(clients, 1, real_first)  # warm-up
+                real, failures = await _paired(clients, plan.sandbox_cli_reps, real_first)
+    finally:
+        api.terminate()
+        api.wait()
+    errors += failures
+    ratio = _ratio_of_medians(real["bwrap"], real["off"])
+    figures["real CLI: time to first event, sandbox on"] = summary(real["bwrap"], "ms")
+    figures["real CLI: time to first event, sandbox off"] = summary(real["off"], "ms")
+    figures["real CLI: first event difference (on - off, paired)"] = summary(
+        [a - b for a, b in zip(real["bwrap"], real["off"], strict=True)], "ms"
+    )
+    figures["real CLI: ratio of medians (on / off)"] = {"median": ratio, "unit": "x"}
+    targets.append(
+        target("sandbox: real CLI time to first event, on / off", ratio, 1.05, "x", at_most=True)
+    )
+    targets.append(target("sandbox: failed runs", errors, 0, "", at_most=True))
+    return {"figures": figures, "errors": errors, "targets": targets, "notes": []}
+
+
 SCENARIOS = {
     "throughput": throughput,
     "latency": latency,
@@ -961,6 +1083,7 @@ SCENARIOS = {
     "persistence": persistence,
     "key_proxy": key_proxy,
     "live": live_sessions,
+    "sandbox": sandbox,
 }
 
 TITLES = {
@@ -973,6 +1096,7 @@ TITLES = {
     "persistence": "7. Event persistence on vs off",
     "key_proxy": "8. The key pass-through: added time to first byte",
     "live": "9. Live sessions and the warm pool vs a cold start (real CLI)",
+    "sandbox": "10. The sandbox (bubblewrap) on vs off: start overhead, real CLI first event",
 }
 
 

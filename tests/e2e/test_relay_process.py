@@ -46,10 +46,15 @@ def test_sigterm_ends_open_streams_with_an_error_and_the_relay_exits(
 
 
 def test_a_relay_killed_mid_run_is_cleaned_up_at_the_next_start(
-    relay_process_factory: ProcessFactory, fake_cli: Path, tmp_path: Path
+    relay_process_factory: ProcessFactory, fake_cli: Path, tmp_path: Path, sandbox_mode: str
 ) -> None:
+    """Unsandboxed, the CLI and its setsid'ed child outlive a SIGKILLed relay and the next start
+    kills them; sandboxed, nothing of the run outlives the relay at all (``--die-with-parent``
+    ends the sandbox, the pid namespace every process in it). Either way the next start marks
+    the run failed, and its session resumes."""
     shared = {"database": tmp_path / "r.db", "workspaces": tmp_path / "ws", "home": tmp_path / "h"}
-    relay = relay_process_factory(claude_bin=fake_cli, env=FAST_STOP, **shared)
+    env = {**FAST_STOP, "CLAUDE_RELAY_SANDBOX": sandbox_mode}
+    relay = relay_process_factory(claude_bin=fake_cli, env=env, **shared)
     body = {**scripted(lines=3, hang=300, child="sleep 300"), "detach": True}
     with relay.client() as client, client.stream("POST", "/api/claude", json=body) as response:
         run_id = response.headers["x-run-id"]
@@ -60,10 +65,13 @@ def test_a_relay_killed_mid_run_is_cleaned_up_at_the_next_start(
         # The CLI and the child it started in a session of its own.
         assert wait_until(lambda: len(processes_with_marker(run_id)) >= 2, 30)
         relay.stop(signal.SIGKILL)
-    orphans = processes_with_marker(run_id)
-    assert len(orphans) >= 2, "the orphans outlive a SIGKILLed relay"
+    if sandbox_mode == "off":
+        orphans = processes_with_marker(run_id)
+        assert len(orphans) >= 2, "the orphans outlive a SIGKILLed relay"
+    else:
+        assert wait_until(lambda: not processes_with_marker(run_id), 10), "the sandbox outlived it"
 
-    restarted = relay_process_factory(claude_bin=fake_cli, env=FAST_STOP, **shared)
+    restarted = relay_process_factory(claude_bin=fake_cli, env=env, **shared)
     run = restarted.get_run(run_id)
     assert run["status"] == "failed" and run["stop_reason"] == "relay_died"
     assert wait_until(lambda: not processes_with_marker(run_id), 30)

@@ -14,8 +14,8 @@ the CLI starts under ``bwrap`` (Debian's ``bubblewrap``), with, in this order:
   ``$HOME`` is replaced by an empty file. These come after the extras, so an extra that
   contains one of them cannot show it again;
 * then, at the same paths, the run's own workspace and its own CLI config directory
-  read-write, the operator's credentials file read-only, the CLI's install directory
-  read-only.
+  read-write, the operator's credentials file read-only, and the CLI's executable read-only
+  if it lies in a hidden place (the file only: its directory could hold the relay's data).
 
 Processes: ``--die-with-parent`` kills the sandbox when the relay goes, and the pid namespace
 dies with its first process, so whatever a tool started (``setsid``, ``nohup``, double forks)
@@ -141,7 +141,8 @@ class Sandbox:
 
     ``hidden`` are the relay's own directories, covered with an empty tmpfs; ``hidden_files``
     are replaced by an empty file. ``read_only`` and ``read_write`` are the operator's extras,
-    ``cli_dirs`` what the CLI's executable needs (bound read-only after everything hidden).
+    ``cli`` the CLI's executable where it would be hidden (:func:`cli_binds`), bound read-only
+    after everything hidden.
     """
 
     bwrap: str
@@ -151,7 +152,7 @@ class Sandbox:
     hidden_files: tuple[Path, ...] = ()
     read_only: tuple[Path, ...] = ()
     read_write: tuple[Path, ...] = ()
-    cli_dirs: tuple[Path, ...] = ()
+    cli: tuple[tuple[Path, Path], ...] = ()
     credentials: Path | None = None
     seccomp: bytes | None = field(default=None, repr=False)
 
@@ -181,8 +182,8 @@ class Sandbox:
         argv += ["--bind", str(config_dir), str(config_dir)]
         if self.credentials is not None:
             argv += ["--ro-bind", str(_real(self.credentials)), str(self.credentials)]
-        for path in self.cli_dirs:
-            argv += ["--ro-bind", str(path), str(path)]
+        for source, destination in self.cli:
+            argv += ["--ro-bind", str(source), str(destination)]
         if seccomp_fd is not None:
             argv += ["--seccomp", str(seccomp_fd)]
         argv += ["--chdir", str(workspace), "--"]
@@ -201,14 +202,30 @@ def _program(name: str) -> str:
     return os.path.abspath(found)
 
 
-def cli_dirs(claude_bin: str) -> tuple[Path, ...]:
-    """The directories the CLI's executable lives in: where its name leads (a link on PATH)
-    and the real file's folder, so it can be started by the same path inside."""
+def cli_binds(claude_bin: str, hidden: Sequence[Path]) -> tuple[tuple[Path, Path], ...]:
+    """``(source, destination)`` binds that make the CLI's executable reachable inside.
+
+    Nothing when it is in plain view already (``--ro-bind / /`` shows it: the usual case). When
+    it lies under something hidden (``/tmp``, the relay's data directory: ``./dev serve``
+    keeps both database and CLI in the checkout) only the executable file itself is bound,
+    never its directory: a directory holding the CLI may hold the workspaces root or the
+    database too (the tests' scratch folders do), and binding it would show them again. The
+    pinned CLI is one self-contained file; it is bound at its real path and, if the configured
+    name is a link elsewhere, at that name.
+    """
     found = shutil.which(claude_bin)
     if found is None:
         return ()
-    named = Path(os.path.abspath(found))
-    return tuple(dict.fromkeys([_real(named.parent), _real(named).parent]))
+    named, real = Path(os.path.abspath(found)), _real(Path(found))
+    covered = [*hidden, Path(PRIVATE_TMP)]
+
+    def hidden_inside(path: Path) -> bool:
+        return any(_inside(path, place) for place in covered)
+
+    binds = [(real, real)] if hidden_inside(real) else []
+    if named != real and hidden_inside(named):
+        binds.append((real, named))
+    return tuple(binds)
 
 
 def _extras(paths: Iterable[str], protected: Sequence[Path], setting: str) -> tuple[Path, ...]:
@@ -266,7 +283,7 @@ def build(
         hidden_files=tuple(files),
         read_only=_extras(read_only, protected, "CLAUDE_RELAY_SANDBOX_RO"),
         read_write=_extras(read_write, protected, "CLAUDE_RELAY_SANDBOX_RW"),
-        cli_dirs=cli_dirs(claude_bin),
+        cli=cli_binds(claude_bin, protected),
         credentials=credentials if credentials is not None and credentials.is_file() else None,
         seccomp=seccomp_program(),
     )

@@ -66,9 +66,9 @@ def test_prompt_goes_to_stdin_and_never_to_argv(
     """A prompt that looks like a flag must not become one; the relay's keys stay its own."""
     record = tmp_path / "record"
     record.mkdir()
-    relay = relay_factory(
-        claude_bin=fake_cli, env={"FAKE_CLAUDE_RECORD": str(record)}, api_key="relay-secret"
-    )
+    # The fake writes down what it saw outside its workspace: the sandbox must let it.
+    env = {"FAKE_CLAUDE_RECORD": str(record), "CLAUDE_RELAY_SANDBOX_RW": str(record)}
+    relay = relay_factory(claude_bin=fake_cli, env=env, api_key="relay-secret")
     prompt = "--help " + "x" * 200_000
     stream = relay.run({"prompt": prompt, "model": "sonnet"})
     assert stream.status == 200

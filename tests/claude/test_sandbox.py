@@ -91,6 +91,26 @@ def test_the_operators_config_is_hidden_and_its_credentials_bound_read_only(
     assert str(credentials) not in _pairs(argv, "--bind")  # never writable
 
 
+def test_a_cli_beside_the_relays_data_is_bound_as_a_file_and_shows_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """The tests' fake CLI lies in a folder that also holds the workspaces root and the
+    database: binding that folder would show every session again."""
+    tmp_path = Path(os.path.realpath(tmp_path))
+    cli = tmp_path / "claude"
+    cli.write_text("#!/bin/sh\n")
+    cli.chmod(0o755)
+    link = tmp_path / "data" / "claude-link"
+    (tmp_path / "data").mkdir()
+    link.symlink_to(cli)
+    built = _build(tmp_path, claude_bin=str(link))
+    assert built.cli == ((cli, cli), (cli, link))
+    argv = built.prefix(workspace=_dirs(tmp_path)[0], config_dir=_dirs(tmp_path, "b")[1])
+    sources = [argv[i + 1] for i, item in enumerate(argv) if item == "--ro-bind"]
+    assert sources == ["/", str(cli), str(cli)]  # no directory but the root
+    assert _build(tmp_path, claude_bin=sys.executable).cli == ()  # in plain view: no bind
+
+
 def test_a_link_in_place_of_the_workspace_or_config_dir_is_refused(tmp_path: Path) -> None:
     tmp_path = Path(os.path.realpath(tmp_path))
     built = _build(tmp_path)

@@ -4,6 +4,8 @@
 
     RelayError                  base; never raised itself
     ├── ConfigError             bad settings: the server refuses to start
+    ├── SandboxUnavailable      bubblewrap is missing or cannot work here (``auto`` then runs
+    │                           unsandboxed with a warning; ``bwrap`` makes it a ConfigError)
     ├── Lagged                  a follower fell behind the events a relay keeps in memory
     └── Refused                 a request the relay will not carry out (nothing was started)
         ├── InvalidRequest      malformed body, unknown field, invalid value
@@ -34,6 +36,12 @@ class RelayError(Exception):
 
 class ConfigError(RelayError):
     """A setting is missing, malformed or unsafe; raised before the server listens."""
+
+
+class SandboxUnavailable(RelayError):
+    """Runs cannot be sandboxed on this machine: bwrap (or ``env``/``setpriv``) is missing,
+    or its probe run failed (a kernel or container that forbids its namespaces or mounts).
+    Found once, at start-up; what to do about it is the sandbox setting's call."""
 
 
 class Lagged(RelayError):

@@ -55,7 +55,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.errors import Conflict
+from server.errors import ConfigError, Conflict, SandboxUnavailable
 
 MODES = ("auto", "bwrap", "off")
 PROBE_TIMEOUT = 10.0
@@ -191,10 +191,6 @@ class Sandbox:
         return [*argv, self.setpriv, *SETPRIV_FLAGS, "--"]
 
 
-class SandboxUnavailable(Exception):
-    """bwrap (or a program the sandbox needs) is missing or does not work here."""
-
-
 def _program(name: str) -> str:
     found = shutil.which(name)
     if found is None:
@@ -229,17 +225,18 @@ def cli_binds(claude_bin: str, hidden: Sequence[Path]) -> tuple[tuple[Path, Path
 
 
 def _extras(paths: Iterable[str], protected: Sequence[Path], setting: str) -> tuple[Path, ...]:
-    """Operator paths, resolved; each must exist and must not lie inside something hidden."""
+    """Operator paths, resolved; each must exist and must not lie inside something hidden.
+
+    A wrong one is the operator's mistake, not the machine's: ConfigError in every mode (under
+    ``auto`` it must not quietly turn the sandbox off)."""
     found: list[Path] = []
     for raw in paths:
         path = _real(Path(raw).expanduser())
         if not path.exists():
-            raise SandboxUnavailable(f"{setting}: {raw!r} does not exist")
+            raise ConfigError(f"{setting}: {raw!r} does not exist")
         for hidden in protected:
             if _inside(path, hidden):
-                raise SandboxUnavailable(
-                    f"{setting}: {raw!r} is inside {hidden}, which runs must not see"
-                )
+                raise ConfigError(f"{setting}: {raw!r} is inside {hidden}, which runs must not see")
         found.append(path)
     return tuple(dict.fromkeys(found))
 
@@ -255,7 +252,8 @@ def build(
     read_only: Sequence[str] = (),
     read_write: Sequence[str] = (),
 ) -> Sandbox:
-    """The sandbox for this relay's runs (SandboxUnavailable when a program or path is wrong).
+    """The sandbox for this relay's runs: SandboxUnavailable when a program it needs is
+    missing, ConfigError when a setting is wrong.
 
     Hidden: the workspaces root, the database's directory, the operator's CLI config
     directory, each resolved (a tmpfs over a link's path would cover its target anyway).
@@ -264,9 +262,9 @@ def build(
     if database_file is not None:
         folder = _real(database_file.parent)
         if folder == Path("/"):
-            raise SandboxUnavailable(
-                "the database file is directly in / : give it a directory of its own, which "
-                "runs will not see"
+            raise ConfigError(
+                "CLAUDE_RELAY_DATABASE_URL: the database file is directly in / ; give it a "
+                "directory of its own, which sandboxed runs will not see"
             )
         hidden.append(folder)
     if operator_config_dir is not None and operator_config_dir.is_dir():

@@ -25,7 +25,7 @@ from server.claude.config_home import OperatorConfig, global_config_path
 from server.claude.privileges import capability_dropper
 from server.claude.transcripts import config_dir
 from server.config import Settings
-from server.errors import ConfigError
+from server.errors import ConfigError, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def choose(
         built = _sandbox_for(settings, workspaces_root, database_file, operator_env)
         with tempfile.TemporaryDirectory(prefix="claude-relay-probe-") as scratch:
             sandbox.probe(built, Path(os.path.realpath(scratch)))
-    except sandbox.SandboxUnavailable as exc:
+    except SandboxUnavailable as exc:
         if requested == "bwrap":
             raise ConfigError(
                 f"CLAUDE_RELAY_SANDBOX=bwrap, but runs cannot be sandboxed here: {exc}. "

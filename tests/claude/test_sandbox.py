@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from server.claude import sandbox
-from server.errors import Conflict
+from server.errors import ConfigError, Conflict, SandboxUnavailable
 
 
 def _build(tmp_path: Path, **kw: object) -> sandbox.Sandbox:
@@ -134,14 +134,14 @@ def test_operator_extras_must_exist_and_stay_out_of_hidden_places(tmp_path: Path
     cache.mkdir()
     built = _build(tmp_path, read_only=[str(cache)], read_write=[str(cache)])
     assert built.read_only == (cache,) and built.read_write == (cache,)
-    with pytest.raises(sandbox.SandboxUnavailable, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         _build(tmp_path, read_only=[str(tmp_path / "nope")])
-    with pytest.raises(sandbox.SandboxUnavailable, match="runs must not see"):
+    with pytest.raises(ConfigError, match="runs must not see"):
         _build(tmp_path, read_write=[str(tmp_path / "workspaces" / ".claude-config")])
 
 
 def test_a_database_directly_in_the_root_directory_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(sandbox.SandboxUnavailable, match="directory of its own"):
+    with pytest.raises(ConfigError, match="directory of its own"):
         _build(tmp_path, database_file=Path("/relay.db"))
 
 
@@ -178,7 +178,7 @@ def bwrap_works(tmp_path: Path) -> sandbox.Sandbox:
     scratch.mkdir()
     try:
         sandbox.probe(built, scratch)
-    except sandbox.SandboxUnavailable as exc:
+    except SandboxUnavailable as exc:
         pytest.skip(f"BUBBLEWRAP CANNOT RUN HERE: {exc}")
     return built
 

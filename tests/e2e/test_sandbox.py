@@ -23,11 +23,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.conftest import FAKE_API_KEY, real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay, RelayProcess, Stream, cancel, command_line, open_stream, wait_until
+from tests.support import (
+    Relay,
+    RelayProcess,
+    Stream,
+    cancel,
+    command_line,
+    open_stream,
+    processes_with_marker,
+    wait_until,
+)
 
 RELAY_KEY = "relay-key-" + uuid.uuid4().hex
 ProcessFactory = Callable[..., RelayProcess]
@@ -191,8 +201,6 @@ def test_a_write_outside_the_workspace_reaches_nothing(sandboxed: RelayProcess) 
 
 
 def _sleepers(token: str) -> list[Any]:
-    import psutil
-
     return [p for p in psutil.process_iter() if token in command_line(p)]
 
 
@@ -220,9 +228,17 @@ def test_nothing_a_tool_started_outlives_its_run(sandboxed: RelayProcess) -> Non
     running = open_stream(relay, body)
     running.wait_for(lambda p: '"tool_use"' in json.dumps(p))
     assert wait_until(lambda: _sleepers(stopped), 30)
+    # The CLI is in the process group the relay signals: bwrap's own (the relay made it a
+    # group leader), across the pid namespace.
+    (cli,) = [p for p in processes_with_marker(running.run_id) if p.name() == "claude"]
+    launcher = psutil.Process(os.getpgid(cli.pid))
+    assert launcher.name() == "bwrap" and launcher.ppid() == relay.pid
     assert cancel(relay, running.run_id).status_code == 200
     assert relay.wait_run_ended(running.run_id)["status"] != "running"
     assert wait_until(lambda: not _sleepers(stopped), 10), _sleepers(stopped)
+    # SIGINT reached the CLI, and bwrap (ignoring it) let the CLI write its own last line.
+    results = running.result().of_type("result")
+    assert results and results[-1]["subtype"] == "error_during_execution", results
     # The interrupted session resumes (the CLI wrote its transcript before it went).
     _ok(relay.run({"prompt": "after the cancel", "session_id": session}))
 

@@ -22,10 +22,20 @@ dies with its first process, so whatever a tool started (``setsid``, ``nohup``, 
 ends when the CLI does: nothing can outlive its run. ``--cap-drop ALL`` takes root's
 capabilities away; bwrap leaves a real root's *bounding* set as it was, so ``setpriv`` empties
 it inside (for that alone bwrap keeps ``CAP_SETPCAP`` until then), and nothing in the run can
-gain a capability back (bwrap sets ``no_new_privs``). A seccomp filter refuses ``ptrace``,
-``process_vm_readv``/``writev`` and ``pidfd_getfd`` (EPERM): without capabilities, a process
-may still ptrace another of its own uid, and that is how a tool could take the CLI's
-descriptors or change what it prints.
+gain a capability back (bwrap sets ``no_new_privs``).
+
+Without capabilities a process may still ptrace another of its own uid (measured: a tool's
+``pidfd_getfd`` took the CLI's stdout, ``PTRACE_ATTACH`` stopped it), and that is how a tool
+could forge what the CLI prints. Two things close it. A seccomp filter refuses ``ptrace``,
+``process_vm_readv``/``writev`` and ``pidfd_getfd`` (EPERM). And, for a root relay, the CLI
+starts with an effective group id other than its real one (``setpriv --egid``, for which bwrap
+keeps ``CAP_SETGID`` until then): the kernel then makes it non-dumpable at ``execve``, and a
+non-dumpable process's ``/proc/<pid>/mem``, ``environ`` and ``fd/`` are closed to anyone
+without ``CAP_SYS_PTRACE``, which no process of the run has. The CLI's shells reset their
+effective group to the real one, so tools run as before; files the CLI writes itself get group
+``nogroup``. A relay that is not root runs bwrap in a user namespace where no other group is
+mapped: there the filter is all there is, and a tool can still open its own CLI's
+``/proc/<pid>/mem``.
 
 Signals: the relay stops a run by signalling its process group, and bwrap's outer process is
 in it; by default SIGINT or SIGTERM would kill it and, through ``--die-with-parent``, the CLI
@@ -62,6 +72,9 @@ PROBE_TIMEOUT = 10.0
 SIGNALS = "INT,TERM"
 PRIVATE_TMP = "/tmp"  # noqa: S108 (an empty tmpfs of the run's own, not a file in the real /tmp)
 SETPRIV_FLAGS = ("--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all")
+NONDUMPABLE_EGID = 65534
+"""The CLI's effective group as root (``nogroup``): any group but its real one makes it
+non-dumpable (see the module's docstring)."""
 
 # -- seccomp ----------------------------------------------------------------------------------
 
@@ -155,6 +168,8 @@ class Sandbox:
     cli: tuple[tuple[Path, Path], ...] = ()
     credentials: Path | None = None
     seccomp: bytes | None = field(default=None, repr=False)
+    egid: int | None = None
+    """The CLI's effective group (root only): it makes the CLI non-dumpable."""
 
     def prefix(
         self, *, workspace: Path, config_dir: Path, seccomp_fd: int | None = None
@@ -170,6 +185,8 @@ class Sandbox:
         argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", PRIVATE_TMP]
         argv += ["--unshare-pid", "--die-with-parent"]
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETPCAP"]
+        if self.egid is not None:
+            argv += ["--cap-add", "CAP_SETGID"]
         for path in self.read_only:
             argv += ["--ro-bind", str(path), str(path)]
         for path in self.read_write:
@@ -188,7 +205,10 @@ class Sandbox:
             argv += ["--seccomp", str(seccomp_fd)]
         argv += ["--chdir", str(workspace), "--"]
         argv += [self.env, f"--default-signal={SIGNALS}"]
-        return [*argv, self.setpriv, *SETPRIV_FLAGS, "--"]
+        drop = list(SETPRIV_FLAGS)
+        if self.egid is not None:
+            drop = [f"--egid={self.egid}", "--keep-groups", *drop]
+        return [*argv, self.setpriv, *drop, "--"]
 
 
 def _program(name: str) -> str:
@@ -284,6 +304,7 @@ def build(
         cli=cli_binds(claude_bin, protected),
         credentials=credentials if credentials is not None and credentials.is_file() else None,
         seccomp=seccomp_program(),
+        egid=NONDUMPABLE_EGID if os.geteuid() == 0 else None,
     )
 
 

@@ -247,7 +247,8 @@ def test_a_tool_has_no_capabilities_and_cannot_take_the_clis_descriptors(
     sandboxed: RelayProcess,
 ) -> None:
     """As root (CI): every capability set is empty, and ``ptrace`` or ``pidfd_getfd`` of the
-    CLI (the tool shell's parent) fail; either would hand the tool the CLI's stdout."""
+    CLI (the tool shell's parent) fail; either would hand the tool the CLI's stdout. Nor can
+    it open the CLI's ``/proc/<pid>/mem`` or ``fd/1`` (the CLI is not dumpable)."""
     relay = sandboxed
     first = _ok(relay.run({"prompt": "hello"}))
     (_cwd(first) / "steal.py").write_text(STEAL)
@@ -256,6 +257,9 @@ def test_a_tool_has_no_capabilities_and_cannot_take_the_clis_descriptors(
         assert f"{name}:\\t0000000000000000" in out, out
     assert "GETFD:Operation not permitted" in out, out
     assert "PTRACE:Operation not permitted" in out, out
+    assert "GOT IT" not in out, out
+    if os.geteuid() == 0:  # see server/claude/sandbox.py: a non-root relay cannot do this
+        assert "OPEN-mem:Permission denied" in out and "OPEN-fd/1:Permission denied" in out, out
 
 
 STEAL = r"""
@@ -270,6 +274,12 @@ attached = libc.ptrace(16, cli, 0, 0)  # PTRACE_ATTACH
 print("PTRACE:" + ("GOT IT" if attached == 0 else os.strerror(ctypes.get_errno())))
 if attached == 0:
     libc.ptrace(17, cli, 0, 0)  # PTRACE_DETACH
+for what in ("mem", "fd/1"):  # rewrite the CLI's memory, reopen its stdout
+    try:
+        os.close(os.open(f"/proc/{cli}/{what}", os.O_RDWR))
+        print(f"OPEN-{what}:GOT IT")
+    except OSError as exc:
+        print(f"OPEN-{what}:" + exc.strerror)
 """
 
 

@@ -169,7 +169,7 @@ def test_a_tool_sees_nothing_of_another_session_nor_of_the_relay(sandboxed: Rela
     assert "RELAY-ENV:" in out and "CLAUDE_RELAY_API_KEYS" not in out
     # Its own pid namespace: bwrap, the CLI, the tool's shells and ps; not the relay.
     processes = out.split("PS:")[1].split("\\n")[0].split()
-    assert len(processes) <= 8 and "python" not in " ".join(processes), processes
+    assert len(processes) <= 15 and "python" not in " ".join(processes), processes
     assert "claude" in processes
 
     # A's workspace survived B's rm -rf, and A goes on.
@@ -198,6 +198,13 @@ def test_a_write_outside_the_workspace_reaches_nothing(sandboxed: RelayProcess) 
     body = {"prompt": tool, "session_id": b.headers["x-session-id"], "allowedTools": ["Write"]}
     _ok(relay.run(body))
     assert inside.read_text() == "B!"
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return str(proc.name())
+    except psutil.Error:  # exiting while we look: not the one we want
+        return ""
 
 
 def _sleepers(token: str) -> list[Any]:
@@ -230,7 +237,7 @@ def test_nothing_a_tool_started_outlives_its_run(sandboxed: RelayProcess) -> Non
     assert wait_until(lambda: _sleepers(stopped), 30)
     # The CLI is in the process group the relay signals: bwrap's own (the relay made it a
     # group leader), across the pid namespace.
-    (cli,) = [p for p in processes_with_marker(running.run_id) if p.name() == "claude"]
+    (cli,) = [p for p in processes_with_marker(running.run_id) if _name(p) == "claude"]
     launcher = psutil.Process(os.getpgid(cli.pid))
     assert launcher.name() == "bwrap" and launcher.ppid() == relay.pid
     assert cancel(relay, running.run_id).status_code == 200

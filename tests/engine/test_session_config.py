@@ -20,7 +20,7 @@ from server.engine.session_config import SessionConfigs
 from server.errors import Conflict, InvalidRequest
 from tests.conftest import RelayFactory, real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay, Stream
+from tests.support import Stream
 
 
 async def _no_ids(workspace_id: str) -> list[str]:
@@ -106,11 +106,14 @@ def _workspace_id(stream: Stream) -> str:
 
 
 def test_a_session_from_before_its_own_config_dir_resumes_and_its_transcript_moves_in(
-    real_relay: Relay, fake_api: FakeAnthropicAPI
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, sandbox_mode: str
 ) -> None:
-    """Real CLI. The transcript is put back where the relay used to leave it (the operator's
-    config dir, ``$HOME/.claude``) and the session's own dir is removed: the next run moves it
-    in before the CLI starts, and the CLI resumes the conversation."""
+    """Real CLI, sandboxed and not. The transcript is put back where the relay used to leave
+    it (the operator's config dir, ``$HOME/.claude``, which the sandbox hides) and the
+    session's own dir is removed: the next run moves it in before the CLI starts, and the CLI
+    resumes the conversation."""
+    env = {**real_cli_env(fake_api), "CLAUDE_RELAY_SANDBOX": sandbox_mode}
+    real_relay = relay_factory(claude_bin=real_cli, env=env)
     first = _ok(real_relay.run({"prompt": "remember the word heliotrope"}))
     session, workspace_id = first.headers["x-session-id"], _workspace_id(first)
     own = real_relay.workspaces / ".claude-config" / workspace_id

@@ -67,7 +67,6 @@ from pathlib import Path
 
 from server.errors import ConfigError, Conflict, SandboxUnavailable
 
-MODES = ("auto", "bwrap", "off")
 PROBE_TIMEOUT = 10.0
 SIGNALS = "INT,TERM"
 PRIVATE_TMP = "/tmp"  # noqa: S108 (an empty tmpfs of the run's own, not a file in the real /tmp)

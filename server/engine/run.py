@@ -385,12 +385,14 @@ class Run:
         finally:
             watchdog.cancel()
             self._cancel_pending()
-            proc.detach(self)
             if self._stopper is not None and not keep:
                 with contextlib.suppress(Exception):
                     await self._stopper
             if not keep:
+                # Still attached: a CLI that exited is read to its end first, and its last
+                # lines (one without a newline arrives only at end of file) are this turn's.
                 await self._close(proc)
+            proc.detach(self)
             await self._settle(proc)
 
     async def _until_over(self, proc: SessionProcess) -> None:

@@ -65,15 +65,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.claude.privileges import NONDUMPABLE_EGID, SETPRIV_FLAGS
 from server.errors import ConfigError, Conflict, SandboxUnavailable
 
 PROBE_TIMEOUT = 10.0
 SIGNALS = "INT,TERM"
 PRIVATE_TMP = "/tmp"  # noqa: S108 (an empty tmpfs of the run's own, not a file in the real /tmp)
-SETPRIV_FLAGS = ("--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all")
-NONDUMPABLE_EGID = 65534
-"""The CLI's effective group as root (``nogroup``): any group but its real one makes it
-non-dumpable (see the module's docstring)."""
 
 # -- seccomp ----------------------------------------------------------------------------------
 
@@ -206,7 +203,7 @@ class Sandbox:
         argv += [self.env, f"--default-signal={SIGNALS}"]
         drop = list(SETPRIV_FLAGS)
         if self.egid is not None:
-            drop = [f"--egid={self.egid}", "--keep-groups", *drop]
+            drop = [f"--egid={self.egid}", "--keep-groups", *drop]  # see NONDUMPABLE_EGID
         return [*argv, self.setpriv, *drop, "--"]
 
 

@@ -51,3 +51,27 @@ def test_a_tool_of_a_root_relay_has_no_capabilities(
     for name in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
         assert f"{name}:\\t0000000000000000" in output, output
     assert "READ-RELAY-ENV" not in output and "READ-RELAY-MEM" not in output
+
+
+def test_without_the_sandbox_a_root_relays_tool_cannot_attach_to_its_cli(
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    """Sandbox off, as root: the CLI starts with another effective group, so it is not
+    dumpable, and its own tool (capless, same uid) can neither ``pidfd_getfd`` nor ``ptrace``
+    it, nor open its ``/proc/<pid>/mem`` or ``fd/1``: the ways to forge what the CLI prints."""
+    from tests.e2e.test_sandbox import STEAL
+
+    env = {**real_cli_env(fake_api), "CLAUDE_RELAY_SANDBOX": "off"}
+    relay = relay_factory(claude_bin=real_cli, env=env)
+    first = relay.run({"prompt": "hello"})
+    workspace = Path(first.of_type("system", "init")[0]["cwd"])
+    (workspace / "steal.py").write_text(STEAL)
+    tool = "[[tool:Bash:" + json.dumps({"command": "python3 steal.py $PPID"}) + "]]"
+    body = {"prompt": tool, "session_id": first.headers["x-session-id"], "allowedTools": ["Bash"]}
+    stream = relay.run(body)
+    assert stream.of_type("result")[0]["subtype"] == "success", stream.body
+    out = _tool_output(stream)
+    assert "GOT IT" not in out, out
+    assert "GETFD:Operation not permitted" in out, out
+    assert "PTRACE:Operation not permitted" in out, out
+    assert "OPEN-mem:Permission denied" in out and "OPEN-fd/1:Permission denied" in out, out

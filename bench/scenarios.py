@@ -442,6 +442,26 @@ async def many_streams(plan: Plan, folder: Path) -> dict[str, Any]:
 # -- 5. real CLI -----------------------------------------------------------------------------
 
 
+NO_REAL_CLI: dict[str, Any] = {
+    "figures": {},
+    "errors": 0,
+    "skipped": "the real CLI is not installed (./dev bench installs it)",
+    "targets": [],
+    "notes": [],
+}
+
+
+def quiet_cli_env(api_url: str) -> dict[str, str]:
+    """The real CLI against the fake API: no retries, no traffic of its own."""
+    return {
+        "ANTHROPIC_BASE_URL": api_url,
+        "ANTHROPIC_API_KEY": "sk-test",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        "DISABLE_AUTOUPDATER": "1",
+    }
+
+
 def _start_fake_api() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.anthropic_api"],
@@ -507,23 +527,11 @@ async def _relay_real(client: Any, prompt: str) -> dict[str, float]:
 async def real_cli(plan: Plan, folder: Path) -> dict[str, Any]:
     cli = real_cli_path()
     if cli is None:
-        return {
-            "figures": {},
-            "errors": 0,
-            "skipped": "the real CLI is not installed (./dev bench installs it)",
-            "targets": [],
-            "notes": [],
-        }
+        return dict(NO_REAL_CLI)
     api, url = _start_fake_api()
     home_direct = folder / "home-direct"
     home_direct.mkdir(parents=True)
-    cli_env = {
-        "ANTHROPIC_BASE_URL": url,
-        "ANTHROPIC_API_KEY": "sk-test",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "DISABLE_AUTOUPDATER": "1",
-    }
+    cli_env = quiet_cli_env(url)
     base = {
         k: v
         for k, v in os.environ.items()
@@ -871,20 +879,10 @@ async def live_sessions(plan: Plan, folder: Path) -> dict[str, Any]:
     session with default options from the pool (refilled before each). Same run, alternating."""
     cli = real_cli_path()
     if cli is None:
-        return {
-            "figures": {},
-            "errors": 0,
-            "skipped": "the real CLI is not installed (./dev bench installs it)",
-            "targets": [],
-            "notes": [],
-        }
+        return dict(NO_REAL_CLI)
     api, url = _start_fake_api()
     cli_env = {
-        "ANTHROPIC_BASE_URL": url,
-        "ANTHROPIC_API_KEY": "sk-test",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "DISABLE_AUTOUPDATER": "1",
+        **quiet_cli_env(url),
         "CLAUDE_RELAY_LIVE_IDLE_SECONDS": "600",
         "CLAUDE_RELAY_MAX_LIVE": str(plan.live_reps + 2),
         "CLAUDE_RELAY_WARM_POOL": "1",
@@ -1028,13 +1026,7 @@ async def sandbox(plan: Plan, folder: Path) -> dict[str, Any]:
     if cli is None:
         return {"figures": figures, "errors": errors, "targets": targets, "notes": ["no real CLI"]}
     api, url = _start_fake_api()
-    cli_env = {
-        "ANTHROPIC_BASE_URL": url,
-        "ANTHROPIC_API_KEY": "sk-test",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "DISABLE_AUTOUPDATER": "1",
-    }
+    cli_env = quiet_cli_env(url)
     prompt = "[[say:The answer is 42.]] What is six times seven?"
 
     async def real_first(client: Any) -> tuple[float, bool]:

@@ -310,12 +310,7 @@ class RunManager:
 
     async def _discard_pooled(self, pooled: LiveProcess) -> None:
         """Close a pool process nobody will use, and remove what it was given."""
-        limits = self.limits
-        await pooled.process.close(
-            grace=limits.interrupt_grace,
-            interrupt_grace=limits.interrupt_grace,
-            terminate_grace=limits.terminate_grace,
-        )
+        await pooled.process.close()
         self.workspaces.remove(pooled.workspace_id)
 
     async def _start_live(
@@ -395,6 +390,8 @@ class RunManager:
             spawned_after=spawned_after,
             stderr_tail_bytes=self.settings.stderr_tail_bytes,
             max_line_bytes=self.settings.max_line_bytes,
+            interrupt_grace=self.settings.interrupt_grace,
+            terminate_grace=self.settings.terminate_grace,
         )
         # Its key pass-through token lives as long as the process, whichever turn it serves.
         proc.on_exit(lambda p: self._revoke(p.marker))
@@ -689,12 +686,7 @@ class RunManager:
         return task
 
     async def _closed(self, live: LiveProcess) -> None:
-        limits = self.limits
-        await live.process.close(
-            grace=limits.interrupt_grace,
-            interrupt_grace=limits.interrupt_grace,
-            terminate_grace=limits.terminate_grace,
-        )
+        await live.process.close()
         await _attempt(
             self.store.end_live(live.workspace_id, owner=self.owner),
             f"ending the live claim on session {live.workspace_id}",

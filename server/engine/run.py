@@ -414,12 +414,7 @@ class Run:
         )
 
     async def _close(self, proc: SessionProcess) -> None:
-        limits = self.limits
-        await proc.close(
-            grace=limits.interrupt_grace,
-            interrupt_grace=limits.interrupt_grace,
-            terminate_grace=limits.terminate_grace,
-        )
+        await proc.close()
         self.exit_code = proc.returncode
 
     async def _wait_for_storage(self) -> None:

@@ -84,6 +84,8 @@ class SessionProcess:
         spawned_after: float,
         stderr_tail_bytes: int,
         max_line_bytes: int,
+        interrupt_grace: float,
+        terminate_grace: float,
     ) -> None:
         self.child = child
         self.marker = marker
@@ -95,6 +97,7 @@ class SessionProcess:
         self.turns = 0
         self.last_used = time.monotonic()
         self._max_line_bytes = max_line_bytes
+        self._graces = (interrupt_grace, terminate_grace)
         self._turn: Turn | None = None
         self._answers: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._closing: asyncio.Task[None] | None = None
@@ -263,28 +266,25 @@ class SessionProcess:
 
     # -- ending ----------------------------------------------------------------------------
 
-    def close(
-        self, *, grace: float, interrupt_grace: float, terminate_grace: float
-    ) -> asyncio.Task[None]:
-        """End the process: stdin closed, then signals if it does not exit within ``grace``;
-        then everything it left running. One task, however often it is asked."""
+    def close(self) -> asyncio.Task[None]:
+        """End the process: stdin closed, then signals if it does not exit within the interrupt
+        grace; then everything it left running. One task, however often it is asked."""
         if self._closing is None:
-            self._closing = asyncio.create_task(
-                self._close(grace, interrupt_grace, terminate_grace), name=f"close-{self.marker}"
-            )
+            self._closing = asyncio.create_task(self._close(), name=f"close-{self.marker}")
         return self._closing
 
     @property
     def closing(self) -> bool:
         return self._closing is not None
 
-    async def _close(self, grace: float, interrupt_grace: float, terminate_grace: float) -> None:
+    async def _close(self) -> None:
+        interrupt_grace, terminate_grace = self._graces
         child = self.child
         if self.alive and not self.broken:
             with contextlib.suppress(ConnectionError, OSError, RuntimeError):
                 child.stdin.write_eof()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(child.exited), grace)
+                await asyncio.wait_for(asyncio.shield(child.exited), interrupt_grace)
         await process.stop(
             child,
             self.marker,

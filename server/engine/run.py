@@ -195,7 +195,9 @@ class Run:
     async def _stop(self, proc: SessionProcess) -> None:
         limits = self.limits
         if proc.alive and not proc.broken and not self._over.is_set():
-            await proc.request("interrupt")
+            # Not waiting for its answer apart: a CLI that is stuck answers nothing, and the
+            # signals must not wait longer for it than the grace.
+            await proc.send(protocol.control_request(protocol.new_request_id(), "interrupt"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._over.wait(), limits.interrupt_grace)
         if self._over.is_set() and self.result is not None:

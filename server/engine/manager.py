@@ -192,11 +192,19 @@ class RunManager:
         self.pool.begin()
 
     async def _maintain(self) -> None:
-        interval = min(LIVE_LEASE_SECONDS / 3, max(self.live.idle_seconds / 4, 0.25))
+        """Close live processes idle too long; renew this relay's claims on the others.
+        Nothing to do, and no database writes, while live sessions are off."""
+        if not self.live.enabled:
+            return
+        renew_every = LIVE_LEASE_SECONDS / 3
+        tick = min(renew_every, max(self.live.idle_seconds / 4, 0.25))
+        renewed = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(tick)
             self.live.expire()
-            if len(self.live) or self._kept or self.runs:
+            now = time.monotonic()
+            if now - renewed >= renew_every - tick / 2 and (len(self.live) or self._kept):
+                renewed = now
                 with contextlib.suppress(Exception):
                     await self.store.renew_live(self.owner, time.time() + LIVE_LEASE_SECONDS)
 

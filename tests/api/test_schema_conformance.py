@@ -48,7 +48,7 @@ from schemathesis import Case
 
 from server.app import create_app
 from server.config import Settings
-from tests.support import InProcessRelay, fake_claude_bin, serve_relay
+from tests.support import InProcessRelay, fake_claude_bin, serve_relay, wait_until
 
 API_KEY = "sk-relay-schema-test"
 REQUEST_TIMEOUT = 30.0
@@ -196,6 +196,20 @@ def _walk(relay: InProcessRelay, session_id: str, run_id: str) -> None:
 # -- sequences of requests ---------------------------------------------------------------------
 
 
+def _forget_every_session(relay: InProcessRelay) -> None:
+    """Purge every session; one whose run still goes (a fuzzed run ends within a second)
+    answers 409 and is purged on a later pass."""
+    with relay.client(timeout=REQUEST_TIMEOUT) as client:
+
+        def purged() -> bool:
+            sessions = client.get("/api/sessions", params={"limit": 100}).json()["sessions"]
+            for session in sessions:
+                client.delete(f"/api/sessions/{session['session_id']}", params={"purge": "true"})
+            return not sessions
+
+        assert wait_until(purged, timeout=60), "sessions kept running"
+
+
 def test_sequences_of_requests_match_the_schema(relay: InProcessRelay) -> None:
     """Schemathesis' stateful phase: chains of calls that pass ids from one answer to the
     next (the links it infers: a run's session id to the session routes, say), so the routes
@@ -204,6 +218,12 @@ def test_sequences_of_requests_match_the_schema(relay: InProcessRelay) -> None:
     class Workflow(schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:
             return {"base_url": relay.url, "headers": relay.headers(), "timeout": REQUEST_TIMEOUT}
+
+        def setup(self) -> None:
+            """Every sequence starts from a relay without sessions: what a response holds
+            decides what the next step draws, so a sequence that Hypothesis replays (to
+            report or shrink a failure) must meet the server it first met."""
+            _forget_every_session(relay)
 
     schemathesis.stateful.run_state_machine_as_test(
         Workflow,

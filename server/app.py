@@ -64,6 +64,13 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
     return lifespan
 
 
+def max_body_size(settings: Settings) -> int:
+    """The largest request body read: a prompt (JSON escaping can double it) and its
+    attachments, base64 (a third larger). Each is checked against its own cap once decoded."""
+    attachments = settings.max_attachment_bytes * 4 * 4 // 3
+    return settings.max_prompt_bytes * 2 + attachments + 1024 * 1024
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """The relay as an ASGI app; settings default to the ``CLAUDE_RELAY_*`` environment."""
     settings = settings or Settings.from_env()
@@ -90,7 +97,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         lifespan=[_lifespan(relay)],
         cors_config=cors,
-        # The prompt's own cap is checked after decoding; JSON escaping can grow a body.
-        request_max_body_size=settings.max_prompt_bytes * 2 + 1024 * 1024,
+        request_max_body_size=max_body_size(settings),
         openapi_config=OpenAPIConfig(title="claude-relay", version=VERSION, path="/schema"),
     )

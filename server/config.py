@@ -216,6 +216,18 @@ class Settings:
         "Deny a tool permission request (approvals: true) nobody answered in this long.",
         parse_duration,
     )
+    track_changes: bool = _setting(
+        True,
+        "Record what each run adds, modifies and deletes in its workspace (GET "
+        "/api/runs/{id}/changes, the files_changed event): a snapshot before and after each run.",
+        _parse_bool,
+    )
+    max_attachment_bytes: int = _setting(
+        20 * 1024 * 1024,
+        "Largest image, PDF or file attached to a prompt (decoded); all of a run's attachments "
+        "together may take four times this. Larger get 413.",
+        int,
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     persist_events: bool = _setting(
         True,
@@ -304,6 +316,7 @@ class Settings:
             "terminate_grace": self.terminate_grace >= 0,
             "max_line_bytes": self.max_line_bytes >= 1024,
             "stderr_tail_bytes": self.stderr_tail_bytes >= 0,
+            "max_attachment_bytes": self.max_attachment_bytes >= 1,
         }
         for name, ok in checks.items():
             if not ok:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from litestar import Router, post
 from litestar.params import JSONBody
 from litestar.types import ASGIApp
@@ -9,10 +11,11 @@ from litestar.types import ASGIApp
 from server.api.dependencies import CallerDep, ManagerDep, SettingsDep
 from server.api.errors import BODY_OPT, documented_errors
 from server.api.openapi import always_sent
-from server.api.schemas import ClaudeRequest, ErrorBody, normal_uuid
+from server.api.schemas import AttachmentIn, ClaudeRequest, ErrorBody, attachment, normal_uuid
 from server.api.sse import run_stream
 from server.claude.options import check_conversation_key, check_prompt
 from server.config import Settings
+from server.engine.attachments import Attachment, Caps, check
 from server.engine.manager import RunRequest
 from server.engine.planner import ByConversation, ResumeLatest, Target
 from server.errors import InvalidRequest
@@ -44,7 +47,16 @@ def run_request(body: ClaudeRequest, settings: Settings, api_key_id: str) -> Run
         target=_target(body),
         api_key_id=api_key_id,
         detach=bool(body.detach),
+        attachments=checked_attachments(body.attachments or (), settings),
     )
+
+
+def checked_attachments(
+    given: Sequence[AttachmentIn], settings: Settings
+) -> tuple[Attachment, ...]:
+    found = tuple(attachment(a) for a in given)
+    check(found, Caps(max_bytes=settings.max_attachment_bytes))
+    return found
 
 
 @post(

@@ -8,7 +8,7 @@ import re
 from typing import Annotated
 
 from litestar import Router, get, post
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
@@ -16,9 +16,11 @@ from server.api.errors import documented_errors
 from server.api.openapi import always_sent, at_least_zero
 from server.api.schemas import (
     ErrorBody,
+    FileChangeOut,
     PermissionAnswer,
     PermissionList,
     PermissionOut,
+    RunChanges,
     RunOut,
     iso,
     run_out,
@@ -71,6 +73,31 @@ async def get_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDe
     record = manager.current(await find_run(runtime, run_id))
     live = manager.get(run_id)
     return run_out(record, events=live.last_seq if live is not None else None)
+
+
+@get(
+    "/{run_id:str}/changes",
+    summary="The files a run added, modified and deleted in its workspace",
+    description="With `?diff=true`, a unified diff for each text file the relay kept before "
+    "the run (files up to 256 KiB). Empty until the run has ended.",
+    responses=ERRORS,
+)
+async def run_changes(
+    run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep, diff: FromQuery[bool] = False
+) -> RunChanges:
+    record = manager.current(await find_run(runtime, run_id))
+    changes = await runtime.changes.for_run(run_id, diffs=diff) if record.files_changed else []
+    counts = record.files_changed or {"added": 0, "modified": 0, "deleted": 0}
+    return RunChanges(
+        run_id=run_id,
+        session_id=record.claude_session_id,
+        recorded=record.files_changed is not None,
+        changes=[
+            FileChangeOut(c.path, c.kind, c.size, c.sha256, c.diff)  # type: ignore[arg-type]
+            for c in changes
+        ],
+        **counts,
+    )
 
 
 def start_position(last_event_id: str | None, after: int | None) -> int:
@@ -210,6 +237,13 @@ async def answer_permission(
 
 router = Router(
     "/api/runs",
-    route_handlers=[get_run, run_events, cancel_run, list_permissions, answer_permission],
+    route_handlers=[
+        get_run,
+        run_changes,
+        run_events,
+        cancel_run,
+        list_permissions,
+        answer_permission,
+    ],
     tags=["runs"],
 )

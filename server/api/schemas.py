@@ -17,6 +17,14 @@ import msgspec
 
 from server.api.openapi import UUID_PATTERN, above_zero
 from server.claude.options import EFFORT_LEVELS, PERMISSION_MODES, RunOptions
+from server.engine.attachments import (
+    IMAGE_TYPES,
+    MAX_COUNT,
+    Attachment,
+    Document,
+    Image,
+    WorkspaceFile,
+)
 from server.engine.workspaces import Workspaces
 from server.storage.catalog import SessionSummary
 from server.storage.run_store import RunRecord
@@ -39,6 +47,48 @@ ToolSpec = Annotated[
         description="`Bash`, `Bash(git log:*)`, `Read(./src/**)`, `mcp__server__tool`.",
     ),
 ]
+
+
+ImageType = Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
+assert ImageType.__args__ == IMAGE_TYPES  # type: ignore[attr-defined]
+MediaType = Annotated[
+    str, msgspec.Meta(pattern=r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*$", max_length=127)
+]
+
+
+class ImageIn(msgspec.Struct, tag="image", tag_field="type", forbid_unknown_fields=True):
+    """An image for the model, sent to it as an ``image`` content block."""
+
+    media_type: ImageType
+    data: Annotated[bytes, msgspec.Meta(description="The image, base64-encoded.")]
+
+
+class DocumentIn(msgspec.Struct, tag="document", tag_field="type", forbid_unknown_fields=True):
+    """A PDF goes to the model as a ``document`` block; any other type is written into the
+    workspace under ``attachments/`` and named in the prompt."""
+
+    media_type: MediaType
+    data: Annotated[bytes, msgspec.Meta(description="The file, base64-encoded.")]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    """Its file name in ``attachments/`` (the folders of a path are dropped)."""
+
+
+class FileIn(msgspec.Struct, tag="file", tag_field="type", forbid_unknown_fields=True):
+    """A file already in the session's workspace: an image or PDF is sent as a block,
+    anything else is named in the prompt."""
+
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+AttachmentIn = ImageIn | DocumentIn | FileIn
+
+
+def attachment(given: AttachmentIn) -> Attachment:
+    if isinstance(given, ImageIn):
+        return Image(given.media_type, given.data)
+    if isinstance(given, DocumentIn):
+        return Document(given.media_type, given.data, given.name)
+    return WorkspaceFile(given.path)
 
 
 class ClaudeRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -80,6 +130,8 @@ class ClaudeRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     ) = None
     effort: Effort | None = None
     include_partial_messages: bool | None = None
+    attachments: Annotated[list[AttachmentIn], msgspec.Meta(max_length=MAX_COUNT)] | None = None
+    """Images, PDFs and files for this prompt."""
     approvals: bool | None = None
     """Ask the client about tools the permission rules do not allow (``relay/permission_request``
     events, answered at ``POST /api/runs/{run_id}/permissions/{request_id}``), instead of
@@ -174,6 +226,12 @@ def _process_kind(stored: str | None) -> ProcessKind | None:
     return _PROCESS_KINDS.get(stored)
 
 
+class FileCounts(msgspec.Struct):
+    added: int
+    modified: int
+    deleted: int
+
+
 class RunOut(msgspec.Struct):
     """A run: its status and, once it ended, how and what it cost."""
 
@@ -204,6 +262,9 @@ class RunOut(msgspec.Struct):
     process: ProcessKind | None = None
     """Where that process came from: started for this run, kept from the session's previous
     turn, or started ahead of time for a new session. Null for runs from before."""
+    files_changed: FileCounts | None = None
+    """How many files the run added, modified and deleted in its workspace (the list:
+    ``GET /api/runs/{run_id}/changes``). Null while it runs, or when changes are not recorded."""
 
 
 def run_out(record: RunRecord, *, events: int | None = None) -> RunOut:
@@ -229,7 +290,32 @@ def run_out(record: RunRecord, *, events: int | None = None) -> RunOut:
         resumed_from=record.resumed_from,
         pid=record.pid,
         process=_process_kind(record.process),
+        files_changed=FileCounts(**record.files_changed) if record.files_changed else None,
     )
+
+
+class FileChangeOut(msgspec.Struct, omit_defaults=True):
+    path: str
+    """Relative to the session's workspace (download it at ``/api/sessions/{id}/files/{path}``)."""
+    change: Literal["added", "modified", "deleted"]
+    size: int | None = None
+    """After the run; null for a deleted file."""
+    sha256: str | None = None
+    diff: str | None = None
+    """A unified diff (``?diff=true``), for text files the relay could keep before the run."""
+
+
+class RunChanges(msgspec.Struct):
+    """What a run changed in its session's workspace."""
+
+    run_id: str
+    session_id: str
+    recorded: bool
+    """False when the relay did not record it (still running, or changes are not tracked)."""
+    added: int
+    modified: int
+    deleted: int
+    changes: list[FileChangeOut]
 
 
 class RunPage(msgspec.Struct):

@@ -16,6 +16,7 @@ asked.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -28,9 +29,13 @@ CONTROL_TYPES = frozenset({CONTROL_REQUEST, CONTROL_RESPONSE, CONTROL_CANCEL})
 _encode = msgspec.json.encode
 
 
-def user_turn(prompt: str) -> bytes:
-    """One user message, a whole line."""
-    message = {"type": "user", "message": {"role": "user", "content": prompt}}
+def user_turn(prompt: str, blocks: Sequence[dict[str, Any]] = ()) -> bytes:
+    """One user message, a whole line: the prompt's text, then any ``image`` or ``document``
+    content blocks (the Messages API's shapes, which the CLI passes on as they are)."""
+    content: str | list[dict[str, Any]] = prompt
+    if blocks:
+        content = [{"type": "text", "text": prompt}, *blocks]
+    message = {"type": "user", "message": {"role": "user", "content": content}}
     return _encode(message) + b"\n"
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
-from server.engine import session_config
+from server.engine import attachments, session_config
 from server.engine.launcher import Launcher, choose
 from server.engine.live_sessions import LiveProcess, LiveSessions
 from server.engine.planner import (
@@ -40,7 +40,7 @@ from server.engine.run import Limits, Run, StopReason
 from server.engine.runtime import Runtime
 from server.engine.session_process import SessionProcess
 from server.engine.warm_pool import WarmPool
-from server.errors import Conflict, TooLarge, TooManyRuns
+from server.errors import Conflict, InvalidRequest, TooLarge, TooManyRuns
 from server.storage.run_store import NewRun, RunOutcome, RunRecord
 from server.storage.session_store import ConversationTaken, LiveClaim
 
@@ -101,6 +101,7 @@ def outcome_of(run: Run) -> RunOutcome:
         last_seq=run.last_seq,
         result=run.result,
         pid=run.pid,
+        changes=run.changes.changes if run.changes is not None else None,
     )
 
 
@@ -125,6 +126,8 @@ class RunRequest:
     api_key_id: str = ANONYMOUS
     """Who is asking (a hash of their API key): conversation keys are scoped to it."""
     detach: bool = False
+    attachments: tuple[attachments.Attachment, ...] = ()
+    """Images, PDFs and files for the prompt, checked (``attachments.check``) already."""
 
 
 def _name_of(wanted: Target, placed: Placement) -> str:
@@ -169,6 +172,7 @@ class RunManager:
             stderr_tail_bytes=settings.stderr_tail_bytes,
             approval_timeout=settings.approval_timeout,
         )
+        self._attachment_caps = attachments.Caps(max_bytes=settings.max_attachment_bytes)
         self.live = LiveSessions(
             max_live=settings.max_live,
             idle_seconds=settings.live_idle_seconds,
@@ -260,6 +264,9 @@ class RunManager:
             request.target, request.prompt, api_key_id=request.api_key_id
         )
         self._check_size(target)
+        prepared = await self._attach(request, target)
+        target = dataclasses.replace(target, prompt=prepared.prompt(target.prompt))
+        blocks = prepared.blocks
         if target.resume:
             handover = self._handovers.get(target.workspace_id)
             if handover is not None:
@@ -269,19 +276,61 @@ class RunManager:
             live = self.live.take(target.workspace_id)
             if live is not None:
                 if not target.fork and live.claude_session_id == target.claude_session_id:
-                    run = await self._start_live(request, target, run_id, live)
+                    run = await self._start_live(request, target, run_id, live, blocks)
                     if run is not None:
                         return run
                 else:
                     await self._close_live(live)  # a fork runs beside no other process
-        elif not target.resume and request.options == POOL_OPTIONS:
+        elif self._poolable(request, target):
             pooled = self.pool.take()
             if pooled is not None:
-                return await self._start_pooled_run(request, target, run_id, pooled)
-        return await self._start_cold(request, target, run_id)
+                return await self._start_pooled_run(request, target, run_id, pooled, blocks)
+        return await self._start_cold(request, target, run_id, blocks)
+
+    def _poolable(self, request: RunRequest, target: Placement) -> bool:
+        """A new session that a pooled process (default options, a workspace of its own) can
+        serve: none whose workspace was made, or written, already."""
+        return (
+            not target.session_exists
+            and request.options == POOL_OPTIONS
+            and not attachments.needs_workspace(request.attachments)
+        )
+
+    async def _attach(self, request: RunRequest, target: Placement) -> attachments.Prepared:
+        """The prompt's attachments as content blocks, and files written into (or read from)
+        the session's workspace, before the session is claimed."""
+        wanted = request.attachments
+        if not wanted:
+            return attachments.Prepared()
+        workspace = None
+        if attachments.needs_workspace(wanted):
+            workspace = await self._workspace_to_write(request, target)
+        try:
+            return await attachments.prepare(wanted, workspace, self._attachment_caps)
+        except BaseException:
+            self._drop_new_workspace(target)
+            raise
+
+    async def _workspace_to_write(self, request: RunRequest, target: Placement) -> Path:
+        """The workspace attachments go to: never one a run is using (409)."""
+        if target.session_exists:
+            record = await self.store.get(target.workspace_id)
+            if record is not None and record.active_run_id is not None:
+                raise await self._busy(_name_of(request.target, target), target.workspace_id)
+        elif any(isinstance(a, attachments.WorkspaceFile) for a in request.attachments):
+            raise InvalidRequest(
+                "a new session has no files to attach yet: create it with its files first "
+                "(POST /api/sessions), then send the prompt with its session_id"
+            )
+        return self.workspaces.prepare(target.workspace_id)
 
     async def _start_pooled_run(
-        self, request: RunRequest, planned: Placement, run_id: str, pooled: LiveProcess
+        self,
+        request: RunRequest,
+        planned: Placement,
+        run_id: str,
+        pooled: LiveProcess,
+        blocks: list[dict[str, object]],
     ) -> Run:
         """A new session on a process started ahead of time: its workspace and id are the
         session's."""
@@ -296,7 +345,7 @@ class RunManager:
         except BaseException:
             await self._discard_pooled(pooled)
             raise
-        return self._launch(request, target, run_id, pooled.process, "pool")
+        return self._launch(request, target, run_id, pooled.process, "pool", blocks)
 
     async def _start_pooled(self) -> LiveProcess:
         """A pool process: a new workspace and session id, the default options, no prompt."""
@@ -322,7 +371,12 @@ class RunManager:
         self.workspaces.remove(pooled.workspace_id)
 
     async def _start_live(
-        self, request: RunRequest, target: Placement, run_id: str, live: LiveProcess
+        self,
+        request: RunRequest,
+        target: Placement,
+        run_id: str,
+        live: LiveProcess,
+        blocks: list[dict[str, object]],
     ) -> Run | None:
         """The turn on the session's live process; None (the process closed) if it cannot
         take this turn's options, so that the turn resumes cold."""
@@ -335,7 +389,7 @@ class RunManager:
         except BaseException:
             self.live.put(live)
             raise
-        return self._launch(request, target, run_id, live.process, "live")
+        return self._launch(request, target, run_id, live.process, "live", blocks)
 
     async def _fit(self, live: LiveProcess, options: RunOptions) -> bool:
         """Make ``live`` run with ``options``: model and permission mode switch in place."""
@@ -354,7 +408,13 @@ class RunManager:
         live.options = options
         return True
 
-    async def _start_cold(self, request: RunRequest, target: Placement, run_id: str) -> Run:
+    async def _start_cold(
+        self,
+        request: RunRequest,
+        target: Placement,
+        run_id: str,
+        blocks: list[dict[str, object]],
+    ) -> Run:
         """Spawn the CLI while its session is claimed in the database.
 
         The CLI does nothing until its prompt arrives on stdin, and the prompt is only sent
@@ -387,7 +447,7 @@ class RunManager:
             await self._abandon(target, run_id, str(exc))
             raise
         proc = self._process_of(child, run_id, spawned_after)
-        return self._launch(request, target, run_id, proc, "cold")
+        return self._launch(request, target, run_id, proc, "cold", blocks)
 
     def _process_of(
         self, child: process.Child, marker: str, spawned_after: float
@@ -427,6 +487,7 @@ class RunManager:
         run_id: str,
         proc: SessionProcess,
         kind: str,
+        blocks: list[dict[str, object]],
     ) -> Run:
         run = Run(
             id=run_id,
@@ -440,9 +501,12 @@ class RunManager:
             process_kind=kind,
             options=request.options,
             api_key_id=request.api_key_id,
+            workspace=self.workspaces.path_for(target.workspace_id)
+            if self.settings.track_changes
+            else None,
         )
         self.runs[run_id] = run
-        run.start(proc, target.prompt)
+        run.start(proc, target.prompt, blocks)
         log.info(
             "run %s started: session %s (%s), %s process %s",
             run_id,
@@ -462,7 +526,7 @@ class RunManager:
 
     async def _claim(self, request: RunRequest, target: Placement, new_run: NewRun) -> None:
         """Lock the session for this run (recording the run), or create it locked."""
-        if target.resume:
+        if target.session_exists:
             if not await self._acquire(target.workspace_id, new_run):
                 raise await self._busy(_name_of(request.target, target), target.workspace_id)
             return
@@ -511,7 +575,7 @@ class RunManager:
         Every step is tried even when one before it fails (the database may be what is
         failing), and none of their errors replaces the one the client must see.
         """
-        if target.resume:
+        if target.session_exists:
             await _attempt(
                 self.runtime.runs.mark_failed(
                     run_id,
@@ -563,7 +627,7 @@ class RunManager:
 
     def _drop_new_workspace(self, target: Placement) -> None:
         """A new session's directory goes when its first run does not start."""
-        if not target.resume:
+        if not target.session_exists:
             self.workspaces.remove(target.workspace_id)
 
     # -- RunObserver -----------------------------------------------------------------------
@@ -661,7 +725,13 @@ class RunManager:
         if kept is not None:
             claim = LiveClaim(self.owner, time.time() + LIVE_LEASE_SECONDS, kept.process.marker)
         await self.store.finish_run(
-            run.workspace_id, run.id, outcome_of(run), final_event=final, live=claim
+            run.workspace_id,
+            run.id,
+            outcome_of(run),
+            final_event=final,
+            live=claim,
+            # A session made without a prompt has its conversation once the CLI named it.
+            conversation_started=run.session_reported and run.placed_by == "new",
         )
         return kept
 

@@ -73,10 +73,18 @@ class Placement:
     """Bind this key to the new session (new sessions only)."""
     how: str = "new"
     """``new``, ``resume``, ``conversation``, ``fingerprint`` or ``explicit``."""
+    existing: bool = False
+    """The session exists already, without a conversation (made by ``POST /api/sessions``):
+    its first run creates ``claude_session_id`` in its workspace instead of resuming it."""
 
     @property
     def resume(self) -> bool:
         return self.resume_from is not None
+
+    @property
+    def session_exists(self) -> bool:
+        """A session row is there already: the run locks it instead of creating it."""
+        return self.resume or self.existing
 
     @property
     def fork(self) -> bool:
@@ -92,13 +100,23 @@ def new_placement(prompt: str, conversation_key: str | None = None) -> Placement
     )
 
 
+def first_turn(record: SessionRecord, prompt: str) -> Placement:
+    """The first run of a session made without a prompt: nothing to resume or fork yet."""
+    latest = record.latest_claude_session_id
+    return Placement(record.workspace_id, latest, prompt, how="new", existing=True)
+
+
 def resume(record: SessionRecord, prompt: str, how: str) -> Placement:
+    if not record.has_conversation:
+        return first_turn(record, prompt)
     latest = record.latest_claude_session_id
     return Placement(record.workspace_id, latest, prompt, resume_from=latest, how=how)
 
 
 def fork(record: SessionRecord, claude_session_id: str, prompt: str, how: str) -> Placement:
     """A new id of its own, branching from ``claude_session_id``'s transcript."""
+    if not record.has_conversation:
+        return first_turn(record, prompt)
     return Placement(
         record.workspace_id, str(uuid.uuid4()), prompt, resume_from=claude_session_id, how=how
     )

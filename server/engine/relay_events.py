@@ -3,8 +3,10 @@
 Every stdout line of the CLI is one event of its run. The relay adds events of its own with
 ``"type": "relay"``: ``raw`` (a stdout line that was not JSON, made in ``claude/lines.py``) and
 ``error`` (the run ended badly; always the last event), ``permission_request`` and
-``permission_resolved`` (tool approvals over HTTP), and ``lagged`` (sent to a follower
-that fell too far behind, without an event id: it is not one of the run's events).
+``permission_resolved`` (tool approvals over HTTP), ``files_changed`` (what the run added,
+modified and deleted in its workspace: after its ``result``, before a final error), and
+``lagged`` (sent to a follower that fell too far behind, without an event id: it is not one of
+the run's events).
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
+from server.engine.changes import Changes
+
+MAX_LISTED = 1000
+"""Paths per list in a ``files_changed`` event; ``/api/runs/{run_id}/changes`` has them all."""
 
 
 def relay_error(message: str, *, exit_code: int | None, stderr: str) -> bytes:
@@ -57,5 +64,20 @@ def permission_resolved(request_id: str, behavior: str, by: str) -> bytes:
             "request_id": request_id,
             "behavior": behavior,
             "by": by,
+        }
+    )
+
+
+def files_changed(changes: Changes) -> bytes:
+    """The files a run changed. Each list holds at most :data:`MAX_LISTED` paths; ``complete``
+    is false when some were left out (of the event, or of a workspace too big to walk)."""
+    lists = {kind: changes.paths(kind) for kind in ("added", "modified", "deleted")}
+    cut = any(len(paths) > MAX_LISTED for paths in lists.values())
+    return msgspec.json.encode(
+        {
+            "type": "relay",
+            "subtype": "files_changed",
+            **{kind: paths[:MAX_LISTED] for kind, paths in lists.items()},
+            "complete": changes.complete and not cut,
         }
     )

@@ -26,8 +26,9 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -36,6 +37,7 @@ import msgspec
 from server.claude import process, protocol
 from server.claude.lines import Line
 from server.claude.options import RunOptions
+from server.engine import changes as workspace_changes
 from server.engine.approvals import (
     TIMEOUT_MESSAGE,
     Answer,
@@ -45,7 +47,12 @@ from server.engine.approvals import (
     State,
 )
 from server.engine.event_window import EventWindow
-from server.engine.relay_events import permission_request, permission_resolved, relay_error
+from server.engine.relay_events import (
+    files_changed,
+    permission_request,
+    permission_resolved,
+    relay_error,
+)
 from server.engine.session_process import SessionProcess
 from server.errors import Lagged
 from server.storage.run_store import RunStatus
@@ -145,6 +152,11 @@ class Run:
     final_event: tuple[int, bytes] | None = None
     """The relay's own last event (number, data), when the run ended with one."""
     approvals: Approvals = field(default_factory=Approvals)
+    workspace: Path | None = None
+    """Its session's workspace, when the relay records what each run changes there."""
+    changes: workspace_changes.Changes | None = None
+    """What the run added, modified and deleted in its workspace (once it is over)."""
+    _before: workspace_changes.Snapshot | None = None
     _window: EventWindow = field(default_factory=EventWindow, init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -158,12 +170,15 @@ class Run:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self, proc: SessionProcess, prompt: str) -> None:
-        """Serve this turn on ``proc``: its prompt goes to stdin as a ``user`` line."""
+    def start(
+        self, proc: SessionProcess, prompt: str, blocks: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        """Serve this turn on ``proc``: its prompt (and any image or document blocks) goes
+        to stdin as a ``user`` line."""
         self._process = proc
         proc.attach(self)
         self._supervisor = asyncio.create_task(
-            self._supervise(proc, protocol.user_turn(prompt)), name=f"run-{self.id}"
+            self._supervise(proc, protocol.user_turn(prompt, blocks)), name=f"run-{self.id}"
         )
 
     @property
@@ -377,6 +392,7 @@ class Run:
         watchdog = asyncio.create_task(self._watchdog())
         keep = False
         try:
+            await self._snapshot()
             if await proc.send(message):
                 await self._until_over(proc)
             keep = self._may_keep(proc) and self.observer.keep_process(self, proc)
@@ -395,7 +411,30 @@ class Run:
                 # lines (one without a newline arrives only at end of file) are this turn's.
                 await self._close(proc)
             proc.detach(self)
+            await self._compare()
             await self._settle(proc)
+
+    async def _snapshot(self) -> None:
+        """The workspace as the prompt finds it, taken before the prompt is sent."""
+        if self.workspace is None:
+            return
+        try:
+            self._before = await asyncio.to_thread(workspace_changes.snapshot, self.workspace)
+        except Exception:
+            log.exception("run %s: could not take its workspace's snapshot", self.id)
+
+    async def _compare(self) -> None:
+        """What the turn changed: compared once it is over (and its process closed, unless
+        kept), so that what the run wrote is all there."""
+        if self.workspace is None or self._before is None:
+            return
+        try:
+            self.changes = await asyncio.to_thread(
+                workspace_changes.changes_since, self._before, self.workspace
+            )
+        except Exception:
+            log.exception("run %s: could not list what it changed", self.id)
+        self._before = None
 
     async def _until_over(self, proc: SessionProcess) -> None:
         """Until the turn's result, or its process's end (then its output is read to the end
@@ -461,6 +500,11 @@ class Run:
         """Decide the outcome, add the final error event if one is due, and tell everyone."""
         self.ended_at = time.time()
         self.status, message = self._outcome()
+        if self.changes and self.storage_error is None:
+            event = files_changed(self.changes)
+            seq = self._window.append([event])
+            with contextlib.suppress(Exception):
+                await self.observer.events_appended(self, seq, [event])
         if message is not None:
             seq, event = self._add_final_event(message, proc.stderr.text())
             if self.storage_error is None:

@@ -15,6 +15,7 @@ from server.engine.key_proxy import KeyProxy, key_proxy_for
 from server.engine.session_config import SessionConfigs
 from server.engine.workspaces import Workspaces
 from server.storage.catalog import SessionCatalog
+from server.storage.change_store import ChangeStore
 from server.storage.database import Database, create_engine, migrate
 from server.storage.event_store import EventStore, EventWriter
 from server.storage.fingerprint_store import FingerprintStore
@@ -29,6 +30,7 @@ class Runtime:
     sessions: SessionStore
     catalog: SessionCatalog
     runs: RunStore
+    changes: ChangeStore
     events: EventStore
     event_writer: EventWriter
     fingerprints: FingerprintStore
@@ -75,6 +77,7 @@ async def open_runtime(settings: Settings) -> Runtime:
         sessions=SessionStore(database),
         catalog=catalog,
         runs=RunStore(database),
+        changes=ChangeStore(database),
         events=EventStore(database),
         event_writer=EventWriter(database),
         fingerprints=FingerprintStore(database),

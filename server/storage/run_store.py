@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
+from server.storage.change_store import KINDS, FileChange
 from server.storage.database import Database
 from server.storage.tables import RunEventRow, RunRow
 
@@ -58,6 +59,8 @@ class RunRecord:
     resumed_from: str | None
     process: str | None = None
     """Where its CLI process came from: ``cold``, ``live`` or ``pool`` (NULL before 0004)."""
+    files_changed: dict[str, int] | None = None
+    """How many files it added, modified and deleted (None: not recorded)."""
 
 
 def run_record(row: RunRow) -> RunRecord:
@@ -85,7 +88,15 @@ def run_record(row: RunRow) -> RunRecord:
         placement=row.placement,
         resumed_from=row.resumed_from,
         process=row.process,
+        files_changed=_files_changed(row),
     )
+
+
+def _files_changed(row: RunRow) -> dict[str, int] | None:
+    counts = (row.files_added, row.files_modified, row.files_deleted)
+    if any(count is None for count in counts):
+        return None
+    return dict(zip(("added", "modified", "deleted"), counts, strict=True))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,8 @@ class RunOutcome:
     last_seq: int
     result: dict[str, Any] | None
     pid: int | None = None
+    changes: list[FileChange] | None = None
+    """The files it changed in its workspace (None: not recorded)."""
 
 
 def _number(value: Any, kind: type) -> Any:
@@ -164,8 +177,16 @@ def finish_statement(run_id: str, outcome: RunOutcome) -> Any:
             duration_ms=_number(result.get("duration_ms"), int),
             usage=json.dumps(usage) if isinstance(usage, dict) else None,
             result_text=text if isinstance(text, str) else None,
+            **_change_counts(outcome.changes),
         )
     )
+
+
+def _change_counts(changes: list[FileChange] | None) -> dict[str, int | None]:
+    return {
+        f"files_{kind}": None if changes is None else sum(c.kind == kind for c in changes)
+        for kind in KINDS
+    }
 
 
 class RunStore:

@@ -15,7 +15,13 @@ from typing import Any
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from server.storage import claude_id_store, conversation_store, event_store, run_store
+from server.storage import (
+    change_store,
+    claude_id_store,
+    conversation_store,
+    event_store,
+    run_store,
+)
 from server.storage.database import Database
 from server.storage.run_store import NewRun, RunOutcome
 from server.storage.tables import ClaudeSessionIdRow, ConversationRow, SessionRow
@@ -39,6 +45,8 @@ class SessionRecord:
     """...until then, unless it renews its claim."""
     live_run_id: str | None = None
     """The run that started that process (its processes carry this id)."""
+    has_conversation: bool = True
+    """False for a session made without a prompt, until a run of it starts its conversation."""
 
     @property
     def live(self) -> bool:
@@ -55,6 +63,7 @@ SESSION_COLUMNS = (
     SessionRow.live_owner,
     SessionRow.live_until,
     SessionRow.live_run_id,
+    SessionRow.has_conversation,
 )
 
 
@@ -69,6 +78,7 @@ def session_record(row: Any) -> SessionRecord:
         row.live_owner,
         row.live_until,
         row.live_run_id,
+        bool(row.has_conversation),
     )
 
 
@@ -145,6 +155,28 @@ class SessionStore:
             raise ConversationTaken(conversation) from None
         return record
 
+    async def create_empty(
+        self, workspace_id: str, claude_session_id: str, *, title: str | None = None
+    ) -> SessionRecord:
+        """A session without a conversation yet (files first, prompt later): its first run
+        starts the conversation under ``claude_session_id``."""
+        now = time.time()
+        async with self._database.write() as db:
+            await db.execute(
+                insert(SessionRow).values(
+                    workspace_id=workspace_id,
+                    latest_claude_session_id=claude_session_id,
+                    created_at=now,
+                    last_used_at=now,
+                    title=title,
+                    has_conversation=False,
+                )
+            )
+            await db.execute(claude_id_store.insert_first(workspace_id, claude_session_id, now))
+        return SessionRecord(
+            workspace_id, claude_session_id, now, now, None, None, has_conversation=False
+        )
+
     async def _first(self, statement: Any) -> SessionRecord | None:
         """One row through a bare connection: lookups sit on every request's path, and the
         ORM session around a single-row read costs more than the query itself."""
@@ -206,18 +238,29 @@ class SessionStore:
         *,
         final_event: tuple[int, bytes] | None = None,
         live: LiveClaim | None = None,
+        conversation_started: bool = False,
     ) -> None:
-        """Record the run's outcome and give back the lock it held, in one transaction;
-        with ``final_event`` (a last event that was shown before it could be stored), store
-        it too, unless an earlier attempt did. With ``live``, the session's process stays
-        alive and this relay claims it (:meth:`renew_live`); without, any claim ends."""
+        """Record the run's outcome (and the files it changed) and give back the lock it
+        held, in one transaction; with ``final_event`` (a last event that was shown before it
+        could be stored), store it too, unless an earlier attempt did. With ``live``, the
+        session's process stays alive and this relay claims it (:meth:`renew_live`); without,
+        any claim ends. ``conversation_started``: the CLI named the run's session, so a session
+        made without a prompt now has a conversation to resume."""
         async with self._database.write() as db:
             if final_event is not None:
                 await db.execute(
                     event_store.insert_once(self._database.dialect, run_id, *final_event)
                 )
             await db.execute(run_store.finish_statement(run_id, outcome))
+            for statement in change_store.insert_statements(run_id, outcome.changes or []):
+                await db.execute(statement)
             await db.execute(_release(workspace_id, run_id))
+            if conversation_started:
+                await db.execute(
+                    update(SessionRow)
+                    .where(SessionRow.workspace_id == workspace_id)
+                    .values(has_conversation=True)
+                )
             await db.execute(_live_statement(workspace_id, live))
 
     async def end_live(self, workspace_id: str, *, owner: str) -> None:

@@ -12,6 +12,7 @@ foreign key cascades, so deleting a session row removes all that hangs off it.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -58,6 +59,9 @@ class SessionRow(Base):
     live_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     live_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     title: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    has_conversation: Mapped[bool] = mapped_column(Boolean, default=True)
+    """False for a session made with ``POST /api/sessions`` until a run of it has started its
+    conversation: its first run creates the Claude session id instead of resuming it."""
 
 
 class ClaudeSessionIdRow(Base):
@@ -105,8 +109,13 @@ class RunRow(Base):
     placement: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """How the planner found the run's session: new, resume, conversation, fingerprint, …"""
     resumed_from: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    process: Mapped[str | None] = mapped_column(String(8), nullable=True)
     """The Claude session id whose transcript the run continued (a fork's branch point)."""
+    process: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    """Where its CLI process came from: ``cold``, ``live`` or ``pool``."""
+    files_added: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    files_modified: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    files_deleted: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """What the run changed in its workspace (NULL: not recorded; see ``run_changes``)."""
 
 
 class RunEventRow(Base):
@@ -125,6 +134,21 @@ class RunEventRow(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_seq: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RunChangeRow(Base):
+    """A file a run added, modified or deleted in its workspace, with a diff for text."""
+
+    __tablename__ = "run_changes"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    diff: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ConversationRow(Base):

@@ -427,6 +427,8 @@ class Soak:
         self.api.start()
         self.relays: list[RelayProcess] = []
         self.run_ids: set[str] = set()
+        self.token_origin: dict[str, str] = {}
+        """Where each crash-loop token was sent, for the notes of a failed check."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -791,6 +793,11 @@ async def check_killed(
         for run in runs:
             record = (await client.get(f"/api/runs/{run.run_id}")).json()
             totals.ended_before_kill += record.get("stop_reason") != "relay_died"
+            soak.token_origin[run.token] = (
+                f"run {run.run_id} killed with its relay (status {record.get('status')}, "
+                f"stop reason {record.get('stop_reason')}, {len(run.clients[0].events)} events "
+                "seen by its first client)"
+            )
             if record.get("status") == "running":
                 totals.not_marked += 1
                 report.note(f"run {run.run_id} still running after the restart")
@@ -807,8 +814,10 @@ async def check_killed(
             missing = history[run.session] - soak.api.history_with(token)
             if ok and missing:
                 totals.history_missing += 1
-                report.note(f"resumed {run.session} without {sorted(missing)}")
+                whence = ", ".join(f"{t}: {soak.token_origin.get(t, '?')}" for t in sorted(missing))
+                report.note(f"resumed {run.session} with {token} without {whence}")
             history[run.session].add(token)
+            soak.token_origin[token] = "the turn that checked the resume after a restart"
     totals.stray_workspaces += stray_workspaces(relay)
     if (state := integrity(relay.database)) != "ok":
         totals.integrity_bad += 1

@@ -18,6 +18,7 @@ than :data:`MAX_ENTRIES` files is walked only that far (``complete`` is then Fal
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import os
@@ -35,6 +36,8 @@ MAX_ENTRIES = 50_000
 """A snapshot stops after this many files: a workspace is a project, not a file system."""
 MAX_DIFF_BYTES = 256 * 1024
 """A diff longer than this is cut, with a note saying so."""
+MAX_RUN_DIFF_BYTES = 4 * 1024 * 1024
+"""Diffs kept per run in all (they are stored with it); files past it are listed without."""
 SKIPPED_DIRS = frozenset({".git"})
 NO_NEWLINE = "\\ No newline at end of file"
 
@@ -190,10 +193,16 @@ def changes_since(before: Snapshot, workspace: Path) -> Changes:
     walk.run(workspace)
     after = walk.snapshot
     found = Changes(complete=before.complete and after.complete)
+    diff_budget = MAX_RUN_DIFF_BYTES
     for path in sorted(before.entries.keys() | after.entries.keys()):
         change = _change(path, before.entries.get(path), after.entries.get(path), walk)
-        if change is not None:
-            found.changes.append(change)
+        if change is None:
+            continue
+        if change.diff is not None:
+            diff_budget -= len(change.diff)
+            if diff_budget < 0:
+                change = dataclasses.replace(change, diff=None)
+        found.changes.append(change)
     return found
 
 

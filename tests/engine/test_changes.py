@@ -124,3 +124,15 @@ def test_a_workspace_past_the_entry_cap_is_marked_incomplete(
     before = snapshot(tmp_path)
     assert not before.complete
     assert not changes_since(before, tmp_path).complete
+
+
+def test_diffs_stop_at_the_runs_budget_but_every_file_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(changes, "MAX_RUN_DIFF_BYTES", 100)
+    before = snapshot(tmp_path)
+    for i in range(5):
+        (tmp_path / f"f{i}.txt").write_text("x" * 40 + "\n")
+    found = changes_since(before, tmp_path)
+    assert len(found.paths("added")) == 5
+    assert [c.diff is not None for c in found.changes] == [True, False, False, False, False]

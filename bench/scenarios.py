@@ -65,6 +65,8 @@ class Plan:
     live_reps: int
     sandbox_start_reps: int = 10
     sandbox_cli_reps: int = 3
+    changes_files: int = 2_000
+    changes_reps: int = 5
 
 
 QUICK = Plan(
@@ -107,6 +109,8 @@ FULL = Plan(
     live_reps=10,
     sandbox_start_reps=40,
     sandbox_cli_reps=15,
+    changes_files=10_000,
+    changes_reps=20,
 )
 
 PLANS = {"quick": QUICK, "full": FULL}
@@ -1065,6 +1069,86 @@ async def sandbox(plan: Plan, folder: Path) -> dict[str, Any]:
     return {"figures": figures, "errors": errors, "targets": targets, "notes": []}
 
 
+# -- 11. what a run changed ------------------------------------------------------------------
+
+
+async def _turn_on(client: Any, session_id: str | None, script: dict[str, Any]) -> dict[str, Any]:
+    """One fake-CLI turn: time to its first event and to its end (s), its session id."""
+    body: dict[str, Any] = {"prompt": msgspec.json.encode(script).decode()}
+    if session_id is not None:
+        body["session_id"] = session_id
+    started = time.perf_counter()
+    first = None
+    async with client.stream("POST", "/api/claude", json=body) as response:
+        async for line in response.aiter_lines():
+            if first is None and line.startswith("data:"):
+                first = time.perf_counter() - started
+    return {
+        "first": first if first is not None else float("nan"),
+        "total": time.perf_counter() - started,
+        "ok": response.status_code == 200 and first is not None,
+        "session_id": response.headers.get("x-session-id"),
+    }
+
+
+def _fill(workspace: Path, files: int) -> None:
+    """A project-sized tree: ``files`` files of 1 KB in folders of 100."""
+    for i in range(files):
+        folder = workspace / f"pkg{i // 100:03d}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"mod{i % 100:02d}.py").write_bytes(b"x = 1\n" * 170)
+
+
+async def changes(plan: Plan, folder: Path) -> dict[str, Any]:
+    """Two relays, ``CLAUDE_RELAY_TRACK_CHANGES`` on and off, each with one session whose
+    workspace holds ``plan.changes_files`` files; turns of that session in alternating pairs.
+    What tracking costs a turn: a snapshot before its prompt (every file stat'ed, small files
+    read until the 8 MiB budget) and a comparison after it."""
+    fake = make_fake(folder / "fake")
+    script = {"lines": 1}
+    sides = ("on", "off")
+    sessions: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        relays = {
+            side: stack.enter_context(
+                relay_process(folder / side, fake.bin, {"CLAUDE_RELAY_TRACK_CHANGES": side})
+            )
+            for side in sides
+        }
+        async with async_client(relays["on"]) as on, async_client(relays["off"]) as off:
+            clients = {"on": on, "off": off}
+            for side in sides:
+                first = await _turn_on(clients[side], None, script)
+                sessions[side] = str(first["session_id"])
+                workspace = next(p for p in relays[side].workspaces.iterdir() if p.is_dir())
+                await asyncio.to_thread(_fill, workspace, plan.changes_files)
+            times: dict[str, dict[str, list[float]]] = {
+                s: {"first": [], "total": []} for s in sides
+            }
+            failures = 0
+            for rep in range(plan.changes_reps + 1):
+                for side in sides if rep % 2 == 0 else sides[::-1]:
+                    out = await _turn_on(clients[side], sessions[side], script)
+                    failures += not out["ok"]
+                    if rep > 0:  # the first pair warms the page cache
+                        for key in ("first", "total"):
+                            times[side][key].append(out[key] * 1000)
+    figures: dict[str, Any] = {}
+    for key, what in (("first", "time to first event"), ("total", "whole turn")):
+        for side in sides:
+            figures[f"{what}, tracking {side} ({plan.changes_files} files)"] = summary(
+                times[side][key], "ms"
+            )
+        added = [a - b for a, b in zip(times["on"][key], times["off"][key], strict=True)]
+        figures[f"{what}: added by tracking (on - off, paired)"] = summary(added, "ms")
+    return {
+        "figures": figures,
+        "errors": failures,
+        "targets": [target("changes: failed runs", failures, 0, "", at_most=True)],
+        "notes": [],
+    }
+
+
 SCENARIOS = {
     "throughput": throughput,
     "latency": latency,
@@ -1076,6 +1160,7 @@ SCENARIOS = {
     "key_proxy": key_proxy,
     "live": live_sessions,
     "sandbox": sandbox,
+    "changes": changes,
 }
 
 TITLES = {
@@ -1089,6 +1174,7 @@ TITLES = {
     "key_proxy": "8. The key pass-through: added time to first byte",
     "live": "9. Live sessions and the warm pool vs a cold start (real CLI)",
     "sandbox": "10. The sandbox (bubblewrap) on vs off: start overhead, real CLI first event",
+    "changes": "11. Recording what a run changed: a turn's cost on a 10 000-file workspace",
 }
 
 

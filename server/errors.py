@@ -14,7 +14,8 @@
         ├── NotFound            unknown session, run or model
         │   └── ModelNotFound   unknown model id on a compatible endpoint
         ├── Conflict            the session is already running / the run has ended
-        ├── TooLarge            prompt or body over the configured cap
+        ├── TooLarge            prompt, body or file over the configured cap
+        ├── RangeNotSatisfiable a download's ``Range`` holds no byte of the file (``size``)
         ├── TooManyRuns         the concurrent-run cap is reached (``retry_after`` seconds)
         ├── CLIUnavailable      the Claude Code executable cannot be run
         ├── StorageUnavailable  the database or workspaces root is read-only, gone or
@@ -82,7 +83,16 @@ class Conflict(Refused):
 
 
 class TooLarge(Refused):
-    """The prompt or body is over the relay's cap."""
+    """The prompt, body or uploaded file is over the relay's cap."""
+
+
+class RangeNotSatisfiable(Refused):
+    """A ``Range`` of a workspace file download that no byte of the file is in; ``size`` is
+    the file's, for the answer's ``Content-Range: bytes */size``."""
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class TooManyRuns(Refused):

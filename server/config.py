@@ -169,6 +169,18 @@ class Settings:
     )
     max_concurrent_runs: int = _setting(8, "Runs allowed at once; more get 429.", int)
     max_prompt_bytes: int = _setting(1024 * 1024, "Largest prompt in bytes; larger get 413.", int)
+    max_upload_bytes: int = _setting(
+        100 * 1024 * 1024,
+        "Largest file in bytes a client may put into a workspace (/api/sessions/{id}/files); "
+        "larger get 413.",
+        int,
+    )
+    max_workspace_bytes: int = _setting(
+        1024 * 1024 * 1024,
+        "Most bytes of files a workspace may hold after an upload; an upload past it gets 413 "
+        "(what runs write there is not capped).",
+        int,
+    )
     idle_timeout: float = _setting(
         600.0, "Stop a run after this many seconds without output from the CLI.", parse_duration
     )
@@ -305,6 +317,8 @@ class Settings:
             "port": 0 <= self.port <= 65535,
             "max_concurrent_runs": self.max_concurrent_runs >= 1,
             "max_prompt_bytes": self.max_prompt_bytes >= 1,
+            "max_upload_bytes": self.max_upload_bytes >= 1,
+            "max_workspace_bytes": self.max_workspace_bytes >= 1,
             "idle_timeout": self.idle_timeout > 0,
             "total_timeout": self.total_timeout > 0,
             "ping_interval": self.ping_interval >= 0,

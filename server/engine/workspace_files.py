@@ -699,9 +699,9 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable("the range asks for no byte of the file", size=size)
         return max(0, size - suffix), size
     start = int(first)
+    if last and int(last) < start:
+        return None  # not a range at all
     end = int(last) + 1 if last else size
-    if end <= start:
-        return None
     if start >= size:
         raise RangeNotSatisfiable(f"the range starts past the file's {size} bytes", size=size)
     return start, min(end, size)

@@ -16,7 +16,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
-from server.api import claude, runs, sessions
+from server.api import claude, files, runs, sessions
 from server.api.auth import api_key_guard
 from server.api.dependencies import Relay, dependencies
 from server.api.errors import exception_handlers, relay_error_body
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health,
             claude.router,
             sessions.router,
+            files.router(settings),
             runs.router,
             openai.router,
             anthropic.router,

@@ -26,6 +26,7 @@ from server.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    RangeNotSatisfiable,
     Refused,
     RunFailed,
     StorageFull,
@@ -44,6 +45,7 @@ STATUS: dict[type[Refused], int] = {
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    RangeNotSatisfiable: 416,
     TooManyRuns: 429,
     RunFailed: 500,
     CLIUnavailable: 503,
@@ -80,6 +82,8 @@ def headers_of(error: Refused) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
     if isinstance(error, TooManyRuns | StorageUnavailable):
         return {"Retry-After": str(error.retry_after)}
+    if isinstance(error, RangeNotSatisfiable):
+        return {"Content-Range": f"bytes */{error.size}"}
     return {}
 
 
@@ -140,7 +144,8 @@ MEANING = {
     403: "Refused by the operator's policy.",
     404: "Unknown session, run, model or route.",
     409: "The session is already running, or the run has already ended.",
-    413: "The prompt or body is over the relay's cap.",
+    413: "The prompt, body or file is over the relay's cap.",
+    416: "The Range holds no byte of the file (Content-Range gives its size).",
     429: "Too many runs at once; see Retry-After.",
     500: "The run behind a non-streaming answer failed.",
     503: "The Claude Code CLI cannot be run, or the database or workspaces root is read-only,"

@@ -25,6 +25,7 @@ from server.engine.attachments import (
     Image,
     WorkspaceFile,
 )
+from server.engine.workspace_files import Listing, WrittenFile
 from server.engine.workspaces import Workspaces
 from server.storage.catalog import SessionSummary
 from server.storage.run_store import RunRecord
@@ -433,3 +434,65 @@ class ErrorBody(msgspec.Struct):
 def to_builtins(value: Any) -> Any:
     """A struct (or a list of them) as plain JSON-ready values, for the command line."""
     return msgspec.to_builtins(value)
+
+
+# -- workspace files -------------------------------------------------------------------------
+
+
+class FileWritten(msgspec.Struct):
+    path: str
+    """Its normal path in the workspace (``./a//b`` is never one: see the file routes)."""
+    size: int
+
+
+class FilesWritten(msgspec.Struct):
+    """What an upload wrote, in the order it came."""
+
+    files: list[FileWritten]
+
+
+def files_written(written: list[WrittenFile]) -> FilesWritten:
+    return FilesWritten(files=[FileWritten(path=item.path, size=item.size) for item in written])
+
+
+class FileOut(msgspec.Struct, omit_defaults=True):
+    """One entry of a workspace listing."""
+
+    path: str
+    """Relative to the workspace, ``/``-separated."""
+    type: Literal["file", "dir", "symlink", "other"]
+    """``symlink`` entries are never followed; ``other`` is a FIFO, socket or device."""
+    size: int | None
+    """Bytes, for a regular file; null for anything else."""
+    mtime: str | None
+    sha256: str | None = None
+    """With ``?sha256=true``, for a regular file."""
+
+
+class FileList(msgspec.Struct):
+    files: list[FileOut]
+    truncated: bool
+    """Entries were left out: more than a listing holds, or folders nested too deep."""
+
+
+def file_list(listing: Listing) -> FileList:
+    return FileList(
+        files=[
+            FileOut(
+                path=entry.path,
+                type=entry.type,
+                size=entry.size,
+                mtime=iso(entry.mtime),
+                sha256=entry.sha256,
+            )
+            for entry in listing.entries
+        ],
+        truncated=listing.truncated,
+    )
+
+
+class FileDeleted(msgspec.Struct):
+    deleted: str
+    """The normal path that was removed."""
+    type: Literal["file", "dir", "symlink", "other"]
+    """What it was (a ``symlink`` is removed itself, never its target)."""

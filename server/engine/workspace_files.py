@@ -245,9 +245,12 @@ def _enter(chain: _Chain, name: str, *, create: bool) -> int:
     except FileNotFoundError:
         if not create:
             raise
-        os.mkdir(name, 0o777, dir_fd=chain.last)
-        chain.made.append((chain.last, name))
-        return _open_dir(chain.last, name)
+        try:
+            os.mkdir(name, 0o777, dir_fd=chain.last)
+            chain.made.append((chain.last, name))
+        except FileExistsError:
+            pass  # made meanwhile (by a tool, or another upload): opened like any other
+        return _enter(chain, name, create=False)
     except NotADirectoryError:
         st = _lstat_at(chain.last, name)
         if st is not None and stat.S_ISLNK(st.st_mode):
@@ -302,17 +305,21 @@ class _Pending:
     limit: int
     why_limit: str
     written: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held by each step on a thread: a cancelled task's :meth:`discard` waits for the step
+    under way, so the descriptor is never closed (and its number reused) under a write."""
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            with _translated(self.relpath, writing=True):
-                done = os.write(self.fd, view)
-            view = view[done:]
+        with self.lock:
+            while view:
+                with _translated(self.relpath, writing=True):
+                    done = os.write(self.fd, view)
+                view = view[done:]
 
     def commit(self) -> None:
         """Make the file durable and rename it over the target, by directory fd."""
-        with _translated(self.relpath, writing=True):
+        with self.lock, _translated(self.relpath, writing=True):
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
@@ -331,15 +338,21 @@ class _Pending:
     def discard(self) -> None:
         """Remove the temporary file and any folder made for it (by fd: the folder's path
         may meanwhile lead elsewhere)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        with contextlib.suppress(OSError):
-            os.unlink(self.temp, dir_fd=self.chain.last)
-        self.chain.unmake()
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp, dir_fd=self.chain.last)
+            self.chain.unmake()
 
     def close(self) -> None:
-        self.chain.close()
+        with self.lock:
+            self.chain.close()
+
+    def abandon(self) -> None:
+        self.discard()
+        self.close()
 
 
 def _begin(
@@ -391,6 +404,11 @@ async def _chunks_of(source: AsyncIterable[bytes] | bytes) -> AsyncIterator[byte
         yield chunk
 
 
+def _abandon_begun(begun: asyncio.Future[_Pending]) -> None:
+    if not begun.cancelled() and begun.exception() is None:
+        begun.result().abandon()
+
+
 async def write_file(
     workspace: Path,
     relpath: str,
@@ -408,13 +426,21 @@ async def write_file(
     starts: two writes at once may together go past it by up to one file.
     """
     relpath = check_path(relpath)
-    pending = await asyncio.to_thread(
-        _begin,
-        workspace,
-        relpath,
-        max_file_bytes=max_file_bytes,
-        max_workspace_bytes=max_workspace_bytes,
+    begun = asyncio.ensure_future(
+        asyncio.to_thread(
+            _begin,
+            workspace,
+            relpath,
+            max_file_bytes=max_file_bytes,
+            max_workspace_bytes=max_workspace_bytes,
+        )
     )
+    try:
+        pending = await asyncio.shield(begun)
+    except asyncio.CancelledError:
+        # The thread goes on: what it opens is thrown away once it is done.
+        begun.add_done_callback(_abandon_begun)
+        raise
     try:
         buffer = bytearray()
         async for chunk in _chunks_of(chunks):

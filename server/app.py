@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             health,
             claude.router,
-            sessions.router,
+            sessions.router(settings),
             files.router(settings),
             runs.router,
             openai.router,

@@ -146,7 +146,7 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 def sessions_command(settings: Settings, args: argparse.Namespace) -> int:
     from server.api.schemas import run_out, session_out, to_builtins
-    from server.api.sessions import find_session
+    from server.api.session_lookup import find_session
     from server.engine.housekeeping import forget_session
     from server.errors import Refused
 

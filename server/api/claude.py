@@ -55,7 +55,7 @@ def checked_attachments(
     given: Sequence[AttachmentIn], settings: Settings
 ) -> tuple[Attachment, ...]:
     found = tuple(attachment(a) for a in given)
-    check(found, Caps(max_bytes=settings.max_attachment_bytes))
+    check(found, Caps.of(settings))
     return found
 
 

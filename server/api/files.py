@@ -66,7 +66,7 @@ from server.api.schemas import (
     file_list,
     files_written,
 )
-from server.api.sessions import SessionId, find_session
+from server.api.session_lookup import SessionId, find_session
 from server.config import Settings
 from server.engine import workspace_files
 from server.engine.runtime import Runtime
@@ -75,7 +75,7 @@ from server.errors import Conflict, InvalidRequest, TooLarge
 from server.storage.faults import space_fault
 
 READ_ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409)
-WRITE_ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409, 413, 503, 507)
+WRITE_ERRORS = documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 503, 507)
 
 MAX_FIELD_BYTES = 4096
 """Largest non-file field of a multipart upload (``dir``)."""
@@ -238,10 +238,12 @@ def sent_path(request: Request[Any, Any, Any], fallback: str) -> str:
         raise InvalidRequest("the path is not valid UTF-8") from None
 
 
-def _caps(settings: Settings) -> dict[str, int]:
+def write_caps(settings: Settings) -> dict[str, Any]:
+    """The limits of every write of a client's, as ``write_file`` takes them."""
     return {
         "max_file_bytes": settings.max_upload_bytes,
         "max_workspace_bytes": settings.max_workspace_bytes,
+        "allow_cli_config": settings.allow_dangerous,
     }
 
 
@@ -270,7 +272,7 @@ async def put_file(
             f"{relpath} is larger than the file cap of {settings.max_upload_bytes} bytes"
         )
     written = await workspace_files.write_file(
-        target.workspace, relpath, request.stream(), **_caps(settings)
+        target.workspace, relpath, request.stream(), **write_caps(settings)
     )
     return files_written([written])
 
@@ -327,7 +329,7 @@ def _boundary(request: Request[Any, Any, Any]) -> str:
     return boundary
 
 
-async def _receive(
+async def receive_form(
     request: Request[Any, Any, Any], workspace: Path, settings: Settings
 ) -> list[WrittenFile]:
     """Write each file part of the form as it arrives (never the whole form in memory)."""
@@ -363,7 +365,7 @@ async def _receive(
                     workspace,
                     f"{folder}/{relpath}" if folder else relpath,
                     _part_body(events),
-                    **_caps(settings),
+                    **write_caps(settings),
                 )
             )
         except TooLarge as exc:
@@ -390,7 +392,7 @@ async def post_files(
     settings: SettingsDep,
 ) -> FilesWritten:
     target = await _target(runtime, session_id, writing=True)
-    return files_written(await _receive(request, target.workspace, settings))
+    return files_written(await receive_form(request, target.workspace, settings))
 
 
 @delete(
@@ -491,11 +493,22 @@ async def download_file(
     return Stream(reader, status_code=status, media_type=_media_type(relpath), headers=headers)
 
 
+def body_cap(settings: Settings) -> int:
+    """Litestar's cap on an upload's body: the workspace cap, and room for form headers."""
+    return settings.max_workspace_bytes + MULTIPART_SLACK
+
+
 def router(settings: Settings) -> Router:
     """The file routes, with a body cap sized for uploads (the app's is prompt-sized)."""
     return Router(
         "/api/sessions",
-        route_handlers=[put_file, post_files, list_files, download_file, delete_file],
+        route_handlers=[
+            put_file,
+            post_files,
+            list_files,
+            download_file,
+            delete_file,
+        ],
         tags=["files"],
-        request_max_body_size=settings.max_workspace_bytes + MULTIPART_SLACK,
+        request_max_body_size=body_cap(settings),
     )

@@ -496,3 +496,25 @@ class FileDeleted(msgspec.Struct):
     """The normal path that was removed."""
     type: Literal["file", "dir", "symlink", "other"]
     """What it was (a ``symlink`` is removed itself, never its target)."""
+
+
+class NewFileIn(msgspec.Struct, forbid_unknown_fields=True):
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    """Relative to the workspace, as the file routes take it."""
+    data: Annotated[bytes, msgspec.Meta(description="The file, base64-encoded.")]
+
+
+class NewSessionRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``POST /api/sessions`` as JSON: a session with these files and no conversation yet."""
+
+    files: Annotated[list[NewFileIn], msgspec.Meta(max_length=1000)] | None = None
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    conversation: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    """Your own key for it, as ``POST /api/claude`` takes one: later prompts may name it so."""
+
+
+class NewSession(msgspec.Struct):
+    """A session made before its first prompt; send that with ``session_id``."""
+
+    session_id: str
+    files: list[FileWritten]

@@ -1,31 +1,42 @@
-"""Sessions: list, inspect, read the last answer, list runs, forget."""
+"""Sessions: create one (with files, before its first prompt), list, inspect, read the last
+answer, list runs, forget."""
 
 from __future__ import annotations
 
-import uuid
-from typing import Annotated
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
 
-from litestar import Router, delete, get
-from litestar.params import FromQuery, PathParameter, QueryParameter
+import msgspec
+from litestar import Request, Router, delete, get, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import FromQuery, QueryParameter
 
-from server.api.dependencies import RuntimeDep
+from server.api import files
+from server.api.dependencies import CallerDep, RuntimeDep, SettingsDep
 from server.api.errors import documented_errors
-from server.api.openapi import UUID_PATTERN
+from server.api.files import FormUpload, receive_form, write_caps
 from server.api.pagination import CURSOR_PATTERN, MAX_CURSOR_CHARS, decode_cursor, encode_cursor
 from server.api.schemas import (
     Deleted,
     ErrorBody,
     LastAnswer,
+    NewSession,
+    NewSessionRequest,
     RunPage,
     SessionOut,
     SessionPage,
+    files_written,
     run_out,
     session_out,
 )
+from server.api.session_lookup import SessionId, find_session
+from server.claude.options import check_conversation_key
+from server.config import Settings
+from server.engine import session_creation, workspace_files
 from server.engine.housekeeping import forget_session
-from server.engine.runtime import Runtime
+from server.engine.workspace_files import WrittenFile
 from server.errors import InvalidRequest, NotFound
-from server.storage.session_store import SessionRecord
 
 ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409, 503, 507)
 
@@ -38,26 +49,6 @@ Cursor = Annotated[
         schema_extra={"max_length": MAX_CURSOR_CHARS, "pattern": CURSOR_PATTERN},
     ),
 ]
-SessionId = Annotated[
-    str,
-    PathParameter(
-        description="Any Claude session id the session ever had.",
-        # Documented, not enforced by Litestar: find_session refuses anything else itself.
-        schema_extra={"pattern": UUID_PATTERN},
-    ),
-]
-
-
-async def find_session(runtime: Runtime, session_id: str) -> SessionRecord:
-    """Any Claude session id the relay ever reported resolves to its session."""
-    try:
-        claude_session_id = str(uuid.UUID(session_id))
-    except ValueError:
-        raise InvalidRequest(f"not a session id: {session_id!r}") from None
-    record = await runtime.sessions.find_by_claude_session_id(claude_session_id)
-    if record is None:
-        raise NotFound(f"unknown session {session_id}")
-    return record
 
 
 @get("/", summary="List sessions, newest first", responses=ERRORS)
@@ -124,14 +115,112 @@ async def delete_session(
     )
 
 
-router = Router(
-    "/api/sessions",
-    route_handlers=[
-        list_sessions,
-        get_session,
-        last_assistant_text,
-        list_session_runs,
-        delete_session,
-    ],
-    tags=["sessions"],
+NULLABLE_TEXT = [OpenAPIType.STRING, OpenAPIType.NULL]
+
+
+@dataclass
+class NewSessionBody(Operation):
+    """``POST /api/sessions``: JSON (files base64, a title, a conversation key) or a form."""
+
+    def __post_init__(self) -> None:
+        form = FormUpload().request_body
+        assert isinstance(form, RequestBody) and form.content is not None
+        json_body = OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                properties={
+                    "files": Schema(
+                        type=[OpenAPIType.ARRAY, OpenAPIType.NULL],
+                        max_items=1000,
+                        items=Schema(
+                            type=OpenAPIType.OBJECT,
+                            properties={
+                                "path": Schema(type=OpenAPIType.STRING, min_length=1),
+                                "data": Schema(type=OpenAPIType.STRING, format="base64"),  # type: ignore[arg-type]
+                            },
+                            required=["path", "data"],
+                        ),
+                    ),
+                    "title": Schema(type=NULLABLE_TEXT, min_length=1, max_length=200),
+                    "conversation": Schema(type=NULLABLE_TEXT, min_length=1, max_length=256),
+                },
+            )
+        )
+        self.request_body = RequestBody(
+            content={"application/json": json_body, **form.content},
+            description="The new session's files: JSON with base64 data, or a form as "
+            "`POST /api/sessions/{session_id}/files` takes one.",
+            required=False,
+        )
+
+
+def _new_session_request(body: bytes) -> NewSessionRequest:
+    if not body.strip():
+        return NewSessionRequest()
+    try:
+        return msgspec.json.decode(body, type=NewSessionRequest)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the body is not JSON: {exc}") from None
+
+
+@post(
+    "/",
+    status_code=201,
+    summary="Create a session with files and no prompt yet",
+    description="Upload first, prompt second: the answer's `session_id` is sent with "
+    "`POST /api/claude`, whose first run starts the conversation in this workspace. If a "
+    "file cannot be written nothing is kept (no session, no files).",
+    operation_class=NewSessionBody,
+    responses=documented_errors(ErrorBody, 400, 401, 403, 409, 413, 503, 507),
 )
+async def create_session(
+    request: Request[Any, Any, Any],
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    api_key_id: CallerDep,
+) -> NewSession:
+    kind, _ = request.content_type
+    title = conversation = None
+    fill: session_creation.Fill
+    if kind == "multipart/form-data":
+
+        async def fill(workspace: Path) -> list[WrittenFile]:
+            return await receive_form(request, workspace, settings)
+
+    elif kind in ("application/json", ""):
+        body = _new_session_request(await request.body())
+        given = [(workspace_files.check_path(f.path), f.data) for f in body.files or []]
+        for path, _data in given:
+            workspace_files.check_writable(path, allow_cli_config=settings.allow_dangerous)
+        fill = session_creation.writing(given, **write_caps(settings))
+        title = body.title
+        if body.conversation is not None:
+            conversation = (api_key_id, check_conversation_key("conversation", body.conversation))
+    else:
+        raise InvalidRequest("send JSON (files base64) or multipart/form-data")
+    created = await session_creation.create_session(
+        runtime, fill, title=title, conversation=conversation
+    )
+    return NewSession(
+        session_id=created.record.latest_claude_session_id,
+        files=files_written(created.files).files,
+    )
+
+
+def router(settings: Settings) -> Router:
+    """The session routes; creating one takes files, so its body cap is the uploads' one."""
+    return Router(
+        "/api/sessions",
+        route_handlers=[
+            create_session,
+            list_sessions,
+            get_session,
+            last_assistant_text,
+            list_session_runs,
+            delete_session,
+        ],
+        tags=["sessions"],
+        request_max_body_size=files.body_cap(settings),
+    )

@@ -15,18 +15,16 @@ Nothing follows a symbolic link a tool may have planted.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import mimetypes
-import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from server.errors import InvalidRequest, NotFound, TooLarge
+from server.config import Settings
+from server.engine import workspace_files
+from server.errors import InvalidRequest, TooLarge
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 PDF = "application/pdf"
@@ -77,7 +75,13 @@ Attachment = Image | Document | ImageURL | WorkspaceFile
 class Caps:
     max_bytes: int
     """Per attachment, decoded."""
+    max_workspace_bytes: int
+    """What the workspace may hold with the files written into it."""
     max_count: int = MAX_COUNT
+
+    @classmethod
+    def of(cls, settings: Settings) -> Caps:
+        return cls(settings.max_attachment_bytes, settings.max_workspace_bytes)
 
     @property
     def max_total(self) -> int:
@@ -163,9 +167,14 @@ async def prepare(
             )
         elif isinstance(attachment, Document):
             assert workspace is not None
-            path = _attachment_path(index, attachment)
-            await asyncio.to_thread(_write, workspace, path, attachment.data)
-            prepared.named.append(path)
+            written = await workspace_files.write_file(
+                workspace,
+                _attachment_path(index, attachment),
+                attachment.data,
+                max_file_bytes=caps.max_bytes,
+                max_workspace_bytes=caps.max_workspace_bytes,
+            )
+            prepared.named.append(written.path)
         elif isinstance(attachment, WorkspaceFile):
             assert workspace is not None
             await _workspace_file(attachment.path, workspace, caps, prepared)
@@ -179,24 +188,22 @@ def _block(media_type: str, data: bytes) -> dict[str, Any]:
 
 
 async def _workspace_file(path: str, workspace: Path, caps: Caps, prepared: Prepared) -> None:
-    relative = normal_path(path)
+    """Read as the file API reads (never through a link); an image or PDF becomes a block,
+    anything else is named once it is known to be there."""
+    relative = workspace_files.check_path(path)
     media_type = mimetypes.guess_type(relative)[0] or ""
+    reader = await workspace_files.open_file(workspace, relative)
     if media_type not in (*IMAGE_TYPES, PDF):
-        await asyncio.to_thread(_read, workspace, relative, 0)  # it must be there
+        reader.close()
         prepared.named.append(relative)
         return
-    data = await asyncio.to_thread(_read, workspace, relative, caps.max_bytes)
+    if reader.size > caps.max_bytes:
+        reader.close()
+        raise TooLarge(f"{relative} is over the relay's attachment cap of {caps.max_bytes} bytes")
+    data = b"".join([chunk async for chunk in reader])
     if not _looks_like(media_type, data):
         raise InvalidRequest(f"{relative}: its content is not {media_type}")
     prepared.blocks.append(_block(media_type, data))
-
-
-def normal_path(text: str) -> str:
-    """A relative POSIX path inside a workspace, or 400."""
-    parts = PurePosixPath(text).parts
-    if not text or "\0" in text or text.startswith("/") or ".." in parts or "\\" in text:
-        raise InvalidRequest(f"not a relative path inside the workspace: {text!r}")
-    return "/".join(part for part in parts if part != ".")
 
 
 def _attachment_path(index: int, document: Document) -> str:
@@ -205,62 +212,3 @@ def _attachment_path(index: int, document: Document) -> str:
         extension = mimetypes.guess_extension(document.media_type) or ".bin"
         name = f"attachment-{index + 1}{extension}"
     return f"{FOLDER}/{name[:200]}"
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _open_parent(workspace: Path, relative: str, *, create: bool) -> tuple[int, str]:
-    """A descriptor of the file's folder, walked from the workspace without following a
-    link, and the file's name in it."""
-    *folders, name = relative.split("/")
-    fd = os.open(workspace, _DIR_FLAGS)
-    try:
-        for folder in folders:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(folder, 0o700, dir_fd=fd)
-            next_fd = os.open(folder, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, name
-
-
-def _write(workspace: Path, relative: str, data: bytes) -> None:
-    try:
-        parent, name = _open_parent(workspace, relative, create=True)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot write {relative}: {exc.strerror}") from None
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(name, flags, 0o600, dir_fd=parent)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot write {relative}: {exc.strerror}") from None
-    finally:
-        os.close(parent)
-
-
-def _read(workspace: Path, relative: str, limit: int) -> bytes:
-    """Up to ``limit`` bytes of a regular file in the workspace (404 if there is none)."""
-    try:
-        parent, name = _open_parent(workspace, relative, create=False)
-        try:
-            fd = os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent
-            )
-        finally:
-            os.close(parent)
-    except OSError:
-        raise NotFound(f"no file {relative} in the session's workspace") from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise NotFound(f"no file {relative} in the session's workspace")
-        if info.st_size > limit > 0:
-            raise TooLarge(f"{relative} is over the relay's attachment cap of {limit} bytes")
-        return file.read(limit) if limit > 0 else b""

@@ -172,7 +172,7 @@ class RunManager:
             stderr_tail_bytes=settings.stderr_tail_bytes,
             approval_timeout=settings.approval_timeout,
         )
-        self._attachment_caps = attachments.Caps(max_bytes=settings.max_attachment_bytes)
+        self._attachment_caps = attachments.Caps.of(settings)
         self.live = LiveSessions(
             max_live=settings.max_live,
             idle_seconds=settings.live_idle_seconds,

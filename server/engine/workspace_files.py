@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from server.errors import (
+    Forbidden,
     InvalidRequest,
     NotFound,
     RangeNotSatisfiable,
@@ -123,6 +124,25 @@ def check_path(text: str) -> str:
     if len(parts) > MAX_DEPTH:
         raise InvalidRequest(f"the path is more than {MAX_DEPTH} folders deep")
     return "/".join(parts)
+
+
+CLI_CONFIG_NAMES = (".claude", ".mcp.json")
+"""What the CLI reads from a workspace as configuration: settings (permission defaults, hooks
+that run commands outside any permission check) and MCP servers."""
+
+
+def check_writable(relpath: str, *, allow_cli_config: bool) -> None:
+    """Refuse (403) a write into the CLI's own configuration in the workspace without the
+    operator's consent: it would let a client choose a permission mode or run commands that
+    ``CLAUDE_RELAY_ALLOW_DANGEROUS`` exists to refuse."""
+    parts = relpath.split("/")
+    if allow_cli_config or not (".claude" in parts or parts[0] == ".mcp.json"):
+        return
+    raise Forbidden(
+        f"{relpath}: the CLI reads its settings, hooks and MCP servers from `.claude/` and "
+        "`.mcp.json`, so writing them needs the operator's consent "
+        "(CLAUDE_RELAY_ALLOW_DANGEROUS=1)"
+    )
 
 
 def check_folder(text: str | None) -> str:
@@ -416,8 +436,11 @@ async def write_file(
     *,
     max_file_bytes: int,
     max_workspace_bytes: int,
+    allow_cli_config: bool = False,
 ) -> WrittenFile:
     """Write ``chunks`` to ``relpath`` in ``workspace``, atomically, as they arrive.
+
+    Never into the CLI's configuration without ``allow_cli_config`` (:func:`check_writable`).
 
     Folders on the way are made (the workspace too, if missing). Over ``max_file_bytes``, or
     over what ``max_workspace_bytes`` leaves once the file replaces any old one, the write
@@ -426,6 +449,7 @@ async def write_file(
     starts: two writes at once may together go past it by up to one file.
     """
     relpath = check_path(relpath)
+    check_writable(relpath, allow_cli_config=allow_cli_config)
     begun = asyncio.ensure_future(
         asyncio.to_thread(
             _begin,

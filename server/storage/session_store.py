@@ -156,26 +156,46 @@ class SessionStore:
         return record
 
     async def create_empty(
-        self, workspace_id: str, claude_session_id: str, *, title: str | None = None
+        self,
+        workspace_id: str,
+        claude_session_id: str,
+        *,
+        title: str | None = None,
+        conversation: tuple[str, str] | None = None,
     ) -> SessionRecord:
         """A session without a conversation yet (files first, prompt later): its first run
-        starts the conversation under ``claude_session_id``."""
+        starts the conversation under ``claude_session_id``. With ``conversation`` (api key
+        id, key), the key is bound to it; :class:`ConversationTaken` if it is bound already."""
         now = time.time()
-        async with self._database.write() as db:
-            await db.execute(
-                insert(SessionRow).values(
-                    workspace_id=workspace_id,
-                    latest_claude_session_id=claude_session_id,
-                    created_at=now,
-                    last_used_at=now,
-                    title=title,
-                    has_conversation=False,
-                )
-            )
-            await db.execute(claude_id_store.insert_first(workspace_id, claude_session_id, now))
+        try:
+            async with self._database.write() as db:
+                await self._insert_empty(db, workspace_id, claude_session_id, title, now)
+                if conversation is not None:
+                    api_key_id, key = conversation
+                    await db.execute(
+                        conversation_store.insert_binding(api_key_id, key, workspace_id, now)
+                    )
+        except IntegrityError:
+            raise ConversationTaken(conversation) from None
         return SessionRecord(
             workspace_id, claude_session_id, now, now, None, None, has_conversation=False
         )
+
+    @staticmethod
+    async def _insert_empty(
+        db: Any, workspace_id: str, claude_session_id: str, title: str | None, now: float
+    ) -> None:
+        await db.execute(
+            insert(SessionRow).values(
+                workspace_id=workspace_id,
+                latest_claude_session_id=claude_session_id,
+                created_at=now,
+                last_used_at=now,
+                title=title,
+                has_conversation=False,
+            )
+        )
+        await db.execute(claude_id_store.insert_first(workspace_id, claude_session_id, now))
 
     async def _first(self, statement: Any) -> SessionRecord | None:
         """One row through a bare connection: lookups sit on every request's path, and the

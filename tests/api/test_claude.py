@@ -89,7 +89,9 @@ def refusing_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     """One relay for every refused request below: a refused request must leave no trace
     (no process, no workspace, no session), so they can share it, and each checks that."""
     folder = tmp_path_factory.mktemp("refusing")
-    relay = serve_relay(folder, claude_bin=fake_claude_bin(folder))
+    # Attachments small enough that the body cap is about the prompt's (below).
+    env = {"CLAUDE_RELAY_MAX_ATTACHMENT_BYTES": "100000"}
+    relay = serve_relay(folder, claude_bin=fake_claude_bin(folder), env=env)
     yield relay
     relay.stop()
 

@@ -240,6 +240,12 @@ class Settings:
         "together may take four times this. Larger get 413.",
         int,
     )
+    fetch_image_urls: bool = _setting(
+        False,
+        "Let the OpenAI/Anthropic-compatible endpoints pass on http(s) image URLs, which the "
+        "model's API then fetches itself; off: they get 400 and images must be sent inline.",
+        _parse_bool,
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     persist_events: bool = _setting(
         True,

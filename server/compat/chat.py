@@ -185,6 +185,7 @@ async def start_turn(
             options=options,
             target=target,
             api_key_id=api_key_id,
+            attachments=request.history.attachments,
         )
     )
     log.info("run %s: chat turn (%s) from %s", run.id, run.placed_by, run.forked_from or "-")

@@ -16,11 +16,20 @@ its workspace, its cache), so it recognises the conversation instead:
 * Explicit ids win: ``X-Claude-Session-Id`` resumes (forks) exactly that id, and
   ``X-Claude-Conversation`` uses the relay's conversation keys.
 
-What a fingerprint covers: the role and text of every user and assistant message, in order.
-System messages are left out on purpose: they go to ``--append-system-prompt`` on every run,
-are not part of Claude Code's transcript, and chat apps rewrite them between turns (dates,
-memory), which would otherwise break continuity for no gain. Text is compared after
-normalising line ends and trimming surrounding whitespace, which clients are known to do.
+What a fingerprint covers: the role and text of every user and assistant message, in order,
+and the images and documents each carries (their media type, name and the sha256 of their
+bytes; an image URL by its URL), so two conversations that differ only in an image never
+continue each other. System messages are left out on purpose: they go to
+``--append-system-prompt`` on every run, are not part of Claude Code's transcript, and chat
+apps rewrite them between turns (dates, memory), which would otherwise break continuity for no
+gain. Text is compared after normalising line ends and trimming surrounding whitespace, which
+clients are known to do.
+
+Images and documents: those of the latest message are the run's attachments. Those of earlier
+messages are already in the transcript a continued turn resumes; a turn that starts a new
+session quotes them as placeholders (``[image]``, ``[document: report.pdf]``) in its history,
+and does not send them again: the engine's attachments go with the run whichever way the
+planner places it, and a continued turn must not send its history's images twice.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from server.engine.attachments import Attachment, Document, Image, ImageURL
 from server.engine.planner import ChatTurn
 from server.errors import InvalidRequest
 from server.storage.fingerprint_store import FingerprintStore
@@ -45,10 +55,17 @@ _FINGERPRINT_VERSION = "v1"
 
 @dataclass(frozen=True)
 class TextMessage:
-    """One user or assistant message, reduced to what the relay can pass on: its text."""
+    """One user or assistant message, reduced to what the relay can pass on: its text, and
+    the images and documents that come with it (sent after the text)."""
 
     role: str
     text: str
+    attachments: tuple[Attachment, ...] = ()
+
+    @property
+    def quoted(self) -> str:
+        """The text as a new session's history quotes it: attachments as placeholders."""
+        return "\n".join(part for part in (self.text, placeholders(self.attachments)) if part)
 
 
 @dataclass(frozen=True)
@@ -65,7 +82,28 @@ class ChatHistory:
 
     @property
     def latest(self) -> str:
-        return self.messages[-1].text
+        """The latest message's text, the run's prompt; for a message of attachments alone,
+        their placeholders (the API refuses an empty text block)."""
+        latest = self.messages[-1]
+        return latest.text if latest.text.strip() else latest.quoted
+
+    @property
+    def attachments(self) -> tuple[Attachment, ...]:
+        """The run's attachments: the latest message's."""
+        return self.messages[-1].attachments
+
+
+def placeholders(attachments: Sequence[Attachment]) -> str:
+    """``[image]``, ``[image: <url>]``, ``[document: <name>]``, one per attachment."""
+    return " ".join(_placeholder(a) for a in attachments)
+
+
+def _placeholder(attachment: Attachment) -> str:
+    if isinstance(attachment, ImageURL):
+        return f"[image: {attachment.url}]"
+    if isinstance(attachment, Document):
+        return f"[document: {attachment.name}]" if attachment.name else "[document]"
+    return "[image]"
 
 
 def normalize(text: str) -> str:
@@ -74,13 +112,33 @@ def normalize(text: str) -> str:
 
 
 def fingerprint(messages: Sequence[TextMessage]) -> str:
-    """sha256 of the canonical JSON of ``[[role, text], ...]`` (see the module docstring)."""
+    """sha256 of the canonical JSON of ``[[role, text], ...]`` (see the module docstring);
+    a message with attachments is ``[role, text, [digest, ...]]``, so text-only
+    conversations keep the fingerprints they had before attachments were accepted."""
     canonical = json.dumps(
-        [_FINGERPRINT_VERSION, [[m.role, normalize(m.text)] for m in messages]],
+        [_FINGERPRINT_VERSION, [_canonical(m) for m in messages]],
         ensure_ascii=False,
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(message: TextMessage) -> list[object]:
+    entry: list[object] = [message.role, normalize(message.text)]
+    if message.attachments:
+        entry.append([_digest(a) for a in message.attachments])
+    return entry
+
+
+def _digest(attachment: Attachment) -> list[str]:
+    if isinstance(attachment, Image):
+        return ["image", attachment.media_type, hashlib.sha256(attachment.data).hexdigest()]
+    if isinstance(attachment, Document):
+        digest = hashlib.sha256(attachment.data).hexdigest()
+        return ["document", attachment.media_type, attachment.name or "", digest]
+    if isinstance(attachment, ImageURL):
+        return ["image_url", attachment.url]
+    return ["file", attachment.path]
 
 
 def context_prompt(history: Sequence[TextMessage], latest: str) -> str:
@@ -97,7 +155,7 @@ def context_prompt(history: Sequence[TextMessage], latest: str) -> str:
         "The conversation so far, from an earlier session (oldest first):",
     ]
     for message in history:
-        parts.append(f'<message role="{message.role}">\n{message.text}\n</message>')
+        parts.append(f'<message role="{message.role}">\n{message.quoted}\n</message>')
     parts.append("</conversation_history>")
     parts.append("Continue this conversation. The user's new message:")
     parts.append(latest)

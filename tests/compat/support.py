@@ -10,6 +10,9 @@ name the earlier turn by the ``X-Claude-Session-Id`` header that turn was answer
 
 from __future__ import annotations
 
+import base64
+import struct
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,53 @@ from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.support import Relay, serve_relay, wait_until
 
 KEY = "relay-test-key"
+
+
+def png(red: int, green: int = 0, blue: int = 0) -> bytes:
+    """A real 1x1 PNG of that colour: two colours, two images with different bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
+    pixels = zlib.compress(bytes([0, red, green, blue]))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+RED, BLUE = png(255), png(0, 0, 255)
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def data_url(media_type: str, data: bytes) -> str:
+    return f"data:{media_type};base64,{b64(data)}"
+
+
+def user_blocks(body: dict[str, Any], index: int = -1) -> list[dict[str, Any]]:
+    """The content blocks of one user message the CLI sent upstream (the last by default)."""
+    content = [m for m in body["messages"] if m["role"] == "user"][index]["content"]
+    return content if isinstance(content, list) else [{"type": "text", "text": content}]
+
+
+def blocks_of(blocks: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [b for b in blocks if b.get("type") == kind]
+
+
+def image_bytes(body: dict[str, Any]) -> list[bytes]:
+    """Every base64 image the CLI sent upstream, in order, over all of its messages."""
+    return [
+        base64.b64decode(block["source"]["data"])
+        for message in body["messages"]
+        if message["role"] == "user" and isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "image" and block["source"]["type"] == "base64"
+    ]
 
 
 def dialogue(body: dict[str, Any]) -> list[tuple[str, str]]:

@@ -8,6 +8,8 @@ conversation are checked here, so a bad one is a 400 before anything runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,10 +26,12 @@ from server.compat.continuity import (
     fingerprint,
     remember_turn,
 )
+from server.engine.attachments import Document, Image, ImageURL
 from server.errors import InvalidRequest
 from server.storage.database import Database
 from server.storage.fingerprint_store import FingerprintStore
 from server.storage.session_store import SessionStore
+from tests.compat.support import BLUE, PDF, RED
 from tests.storage.support import migrated_database, new_run
 
 U1, A1, U2 = (
@@ -56,6 +60,51 @@ def test_fingerprint_ignores_line_ends_and_surrounding_whitespace() -> None:
     assert fingerprint([TextMessage("user", "a\r\nb")]) == same
     assert fingerprint([TextMessage("user", "a\rb")]) == same
     assert fingerprint([TextMessage("user", "a b")]) != fingerprint([TextMessage("user", "a  b")])
+
+
+def test_fingerprint_depends_on_the_bytes_of_images_and_documents() -> None:
+    red, blue = Image("image/png", RED), Image("image/png", BLUE)
+    seen = fingerprint([TextMessage("user", "look", (red,)), A1])
+    assert seen == fingerprint([TextMessage("user", "look", (Image("image/png", RED),)), A1])
+    others = [
+        (blue,),
+        (),
+        (red, red),
+        (ImageURL("https://example.com/red.png"),),
+        (Document("application/pdf", PDF, "a.pdf"),),
+    ]
+    assert len({seen, *(fingerprint([TextMessage("user", "look", o), A1]) for o in others)}) == 6
+    pdf = fingerprint([TextMessage("user", "read", (Document("application/pdf", PDF, "a.pdf"),))])
+    renamed = Document("application/pdf", PDF, "b.pdf")
+    assert pdf != fingerprint([TextMessage("user", "read", (renamed,))])
+
+
+def test_text_only_conversations_keep_the_fingerprints_stored_before_attachments() -> None:
+    canonical = json.dumps(["v1", [["user", "hi"], ["assistant", "hello!"]]], separators=(",", ":"))
+    assert fingerprint([U1, A1]) == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_a_new_session_quotes_earlier_attachments_as_placeholders() -> None:
+    earlier = TextMessage(
+        "user",
+        "compare",
+        (
+            Image("image/png", RED),
+            ImageURL("https://example.com/b.png"),
+            Document("application/pdf", PDF, "spec.pdf"),
+            Document("application/pdf", PDF),
+        ),
+    )
+    latest = TextMessage("user", "", (Image("image/png", BLUE),))
+    turn = chat_turn(history(earlier, A1, latest), session_header=None, conversation_header=None)
+    assert (
+        '<message role="user">\ncompare\n'
+        "[image] [image: https://example.com/b.png] [document: spec.pdf] [document]\n</message>"
+    ) in turn.new_session_prompt
+    # The latest image goes as an attachment; with no text, its placeholder is the prompt.
+    assert turn.new_session_prompt.endswith("The user's new message:\n\n[image]")
+    assert history(earlier, A1, latest).attachments == (Image("image/png", BLUE),)
+    assert turn.history_fingerprint == fingerprint([earlier, A1])
 
 
 def test_context_prompt_quotes_history_then_the_new_message() -> None:

@@ -20,6 +20,7 @@ from server.compat.chat import (
     Outcome,
     StreamShape,
 )
+from server.compat.media import MediaRules
 from server.compat.openai.schemas import resolve_model
 from server.compat.web import (
     ChatOperation,
@@ -75,7 +76,9 @@ async def create_message(
     conversation_header: ConversationHeader = None,
 ) -> ASGIApp:
     turn = await begin_turn(
-        schemas.parse_messages(data.messages, schemas.parse_system(data.system)),
+        schemas.parse_messages(
+            data.messages, schemas.parse_system(data.system), MediaRules.of(settings)
+        ),
         resolve_model(data.model, settings.models),
         session_header=session_header,
         conversation_header=conversation_header,

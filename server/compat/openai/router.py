@@ -19,6 +19,7 @@ from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsD
 from server.api.errors import BODY_OPT, documented_errors, exception_handlers
 from server.compat.chat import Outcome, StreamShape
 from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER
+from server.compat.media import MediaRules
 from server.compat.openai import schemas
 from server.compat.reply import openai_finish_reason
 from server.compat.web import (
@@ -123,7 +124,7 @@ async def chat_completions(
     conversation_header: ConversationHeader = None,
 ) -> ASGIApp:
     turn = await begin_turn(
-        schemas.parse_messages(data.messages),
+        schemas.parse_messages(data.messages, MediaRules.of(settings)),
         schemas.resolve_model(data.model, settings.models),
         effort=schemas.effort_of(data.reasoning_effort),
         session_header=session_header,

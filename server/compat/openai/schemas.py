@@ -10,8 +10,14 @@ Accepted and ignored, because the CLI has no way to honour them: ``max_tokens``,
 ``stop``, ``presence_penalty``, ``frequency_penalty``, ``logit_bias``, ``logprobs``,
 ``top_logprobs``, ``seed``, ``user``, ``metadata``, ``store``, ``service_tier``,
 ``response_format``, ``tools``, ``tool_choice``, ``parallel_tool_calls`` (Claude Code uses its
-own tools), and any other field. A message the relay cannot pass on is refused with 400 and
-named: image, audio and file parts, ``tool`` / ``function`` messages, assistant ``tool_calls``.
+own tools), and any other field.
+
+User messages may carry images (``image_url`` parts: a ``data:`` URL, or an ``http(s)`` URL
+where ``CLAUDE_RELAY_FETCH_IMAGE_URLS`` allows it; ``detail`` is ignored) and files (``file``
+parts with ``file_data``, a ``data:`` URL; a PDF reaches the model as a document, any other file
+is written into the workspace). A message the relay cannot pass on is refused with 400 and
+named: audio parts, a ``file_id`` (the relay has no files API), images in system or assistant
+messages, ``tool`` / ``function`` messages, assistant ``tool_calls``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import msgspec
 
 from server.claude.options import EFFORT_LEVELS
 from server.compat.continuity import ChatHistory, TextMessage
+from server.compat.media import Located, MediaRules, checked, data_url, image_from_url
 from server.compat.reply import openai_finish_reason, openai_usage
+from server.engine.attachments import Document
 from server.errors import (
     CLIUnavailable,
     Conflict,
@@ -45,7 +53,7 @@ CHAT_ROLES = ("user", "assistant")
 
 
 class ChatMessage(msgspec.Struct):
-    """A message of the conversation; content parts other than text are refused, named."""
+    """A message of the conversation; parts the relay cannot pass on are refused, named."""
 
     role: Annotated[
         str,
@@ -112,28 +120,82 @@ def model_list(models: Mapping[str, str | None]) -> ModelList:
     )
 
 
-def _part_text(where: str, part: dict[str, Any]) -> str:
+def _part_text(where: str, part: dict[str, Any], *, media: str) -> str:
     kind, text = part.get("type"), part.get("text")
     if kind == "text" and isinstance(text, str):
         return text
     raise InvalidRequest(
         f"{where} has type {kind!r}, which the relay cannot pass to Claude Code; "
-        "only text parts are supported"
+        f"only {media} are supported"
     )
 
 
 def content_text(where: str, content: str | list[dict[str, Any]] | None) -> str:
-    """A message's text: a string, or its text parts joined by newlines."""
+    """A message's text: a string, or its text parts joined by newlines (nothing else)."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "\n".join(_part_text(f"{where}[{i}]", part) for i, part in enumerate(content))
+    return "\n".join(
+        _part_text(f"{where}[{i}]", part, media="text parts (images and files go in user messages)")
+        for i, part in enumerate(content)
+    )
 
 
-def parse_messages(raw: list[ChatMessage]) -> ChatHistory:
+def _image_part(where: str, part: dict[str, Any]) -> Located:
+    """``{"type":"image_url","image_url":{"url":…,"detail":…}}``; ``detail`` is ignored."""
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    return Located(where, image_from_url(f"{where}.image_url.url", url))
+
+
+def _file_part(where: str, part: dict[str, Any]) -> Located:
+    """``{"type":"file","file":{"file_data":"data:…;base64,…","filename":…}}``."""
+    file = part.get("file")
+    if not isinstance(file, dict):
+        raise InvalidRequest(f"{where}: a file part needs a `file` object")
+    data, name = file.get("file_data"), file.get("filename")
+    if data is None and file.get("file_id") is not None:
+        raise InvalidRequest(
+            f"{where}.file.file_id: the relay has no files API; send the file inline as "
+            "`file_data` (data:<media type>;base64,<data>)"
+        )
+    if not isinstance(data, str) or not data[:5].lower() == "data:":
+        raise InvalidRequest(
+            f"{where}.file.file_data must be a data URL (data:<media type>;base64,<data>)"
+        )
+    media_type, content = data_url(f"{where}.file.file_data", data)
+    return Located(where, Document(media_type, content, name if isinstance(name, str) else None))
+
+
+def user_content(
+    where: str, content: str | list[dict[str, Any]] | None
+) -> tuple[TextMessage, tuple[Located, ...]]:
+    """A user message: its text parts joined by newlines, its image and file parts as
+    attachments (checked against the caps only if it is the latest: see
+    :func:`parse_messages`), and where each of those was."""
+    if not isinstance(content, list):
+        return TextMessage("user", content_text(where, content)), ()
+    texts: list[str] = []
+    found: list[Located] = []
+    for i, part in enumerate(content):
+        at = f"{where}[{i}]"
+        kind = part.get("type")
+        if kind == "image_url":
+            found.append(_image_part(at, part))
+        elif kind == "file":
+            found.append(_file_part(at, part))
+        else:
+            texts.append(_part_text(at, part, media="text, image_url and file parts"))
+    attachments = tuple(item.attachment for item in found)
+    return TextMessage("user", "\n".join(texts), attachments), tuple(found)
+
+
+def parse_messages(raw: list[ChatMessage], rules: MediaRules | None = None) -> ChatHistory:
+    """The conversation; the latest message's attachments checked against ``rules``."""
     system: list[str] = []
     messages: list[TextMessage] = []
+    latest_found: tuple[Located, ...] = ()
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
         role = message.role
@@ -152,14 +214,20 @@ def parse_messages(raw: list[ChatMessage]) -> ChatHistory:
                 f"{where} has `tool_calls`, which the relay cannot pass to Claude Code "
                 "(Claude Code runs its own tools)"
             )
-        messages.append(TextMessage(role, content_text(f"{where}.content", message.content)))
-    return _history(system, messages)
+        if role == "user":
+            parsed, latest_found = user_content(f"{where}.content", message.content)
+            messages.append(parsed)
+        else:
+            messages.append(TextMessage(role, content_text(f"{where}.content", message.content)))
+    history = _history(system, messages)
+    checked(latest_found, rules or MediaRules())
+    return history
 
 
 def _history(system: list[str], messages: list[TextMessage]) -> ChatHistory:
     if not messages or messages[-1].role != "user":
         raise InvalidRequest("the last message must be from the user")
-    if not messages[-1].text.strip():
+    if not messages[-1].text.strip() and not messages[-1].attachments:
         raise InvalidRequest("the last user message must not be empty")
     return ChatHistory("\n\n".join(system) or None, tuple(messages))
 

@@ -110,12 +110,12 @@ def test_errors_raise_the_sdk_classes(relay: Relay, client: anthropic.Anthropic)
             model="claude-opus-4", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
         )
     assert caught.value.body["error"]["type"] == "not_found_error"
-    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A"}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}
     with pytest.raises(anthropic.BadRequestError) as caught:
         client.messages.create(
-            model="claude-code", max_tokens=5, messages=[{"role": "user", "content": [image]}]
+            model="claude-code", max_tokens=5, messages=[{"role": "user", "content": [result]}]
         )
-    assert "'image' block" in caught.value.body["error"]["message"]
+    assert "'tool_result' block" in caught.value.body["error"]["message"]
 
 
 def test_an_api_failure_mid_stream_is_an_error_event(client: anthropic.Anthropic) -> None:

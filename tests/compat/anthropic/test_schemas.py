@@ -14,6 +14,8 @@ import pytest
 
 from server.compat.anthropic import schemas as anthropic
 from server.compat.continuity import TextMessage
+from server.compat.media import MediaRules
+from server.engine.attachments import Document, Image, ImageURL
 from server.errors import (
     CLIUnavailable,
     Conflict,
@@ -27,6 +29,7 @@ from server.errors import (
     TooManyRuns,
     Unauthorized,
 )
+from tests.compat.support import PDF, RED, b64
 
 
 def decode(body: dict[str, Any]) -> anthropic.MessagesRequest:
@@ -77,8 +80,12 @@ def test_blank_system_text_is_no_system_text(system: str | None, expected: str |
     ("messages", "named"),
     [
         (
-            [{"role": "user", "content": [{"type": "image", "source": {"data": "x"}}]}],
-            "messages[0].content[0] is a 'image' block",
+            [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}],
+            "messages[0].content[0] is a 'tool_result' block",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "thinking", "thinking": "hm"}]}],
+            "messages[0].content[0] is a 'thinking' block",
         ),
         (
             [
@@ -103,6 +110,109 @@ def test_messages_the_relay_cannot_pass_on_are_named(
     with pytest.raises(InvalidRequest) as caught:
         anthropic.parse_messages(request.messages, None)
     assert named in caught.value.message
+
+
+def image(media_type: str, data: str) -> dict[str, Any]:
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def parse(content: list[dict[str, Any]], rules: MediaRules | None = None) -> Any:
+    request = decode({"model": "m", "messages": [{"role": "user", "content": content}]})
+    return anthropic.parse_messages(request.messages, None, rules)
+
+
+def test_image_and_pdf_blocks_are_the_latest_messages_attachments() -> None:
+    pdf = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": b64(PDF)},
+        "title": "report.pdf",
+        "cache_control": {"type": "ephemeral"},
+    }
+    history = parse([image("image/png", b64(RED)), {"type": "text", "text": "what is it?"}, pdf])
+    assert history.latest == "what is it?"
+    assert history.attachments == (
+        Image("image/png", RED),
+        Document("application/pdf", PDF, "report.pdf"),
+    )
+
+
+def test_a_text_document_is_put_into_the_message_text() -> None:
+    document = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "line 1\nline 2"},
+        "title": 'notes "v2"',
+        "context": "from the wiki",
+    }
+    history = parse([document, {"type": "text", "text": "summarise"}])
+    assert history.attachments == ()
+    assert history.latest == (
+        '<document title="notes &quot;v2&quot;">\nfrom the wiki\nline 1\nline 2\n</document>'
+        "\nsummarise"
+    )
+
+
+def test_an_image_url_is_passed_on_only_where_the_operator_allows_it() -> None:
+    block = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+    with pytest.raises(InvalidRequest) as caught:
+        parse([block, {"type": "text", "text": "see"}])
+    assert caught.value.message.startswith("messages[0].content[0]: image URLs are not fetched")
+    history = parse([block], MediaRules(fetch_image_urls=True))
+    assert history.attachments == (ImageURL("https://example.com/cat.png"),)
+    assert history.latest == "[image: https://example.com/cat.png]"
+
+
+@pytest.mark.parametrize(
+    ("block", "named"),
+    [
+        (image("image/png", "%%%"), "content[0].source.data: the data is not valid base64"),
+        (image("image/tiff", "SUkqAA=="), "content[0]: unsupported image type 'image/tiff'"),
+        (image("image/gif", b64(RED)), "content[0]: its data is not image/gif"),
+        ({"type": "image"}, "content[0]: the block needs a `source` object"),
+        (
+            {"type": "image", "source": {"type": "file", "file_id": "f"}},
+            "content[0].source has type 'file'",
+        ),
+        (
+            {"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}},
+            "content[0].source has type 'url'",
+        ),
+        (
+            {"type": "document", "source": {"type": "base64", "data": b64(PDF)}},
+            "content[0].source.media_type is missing",
+        ),
+        (
+            {"type": "document", "source": {"type": "text", "data": 5}},
+            "content[0].source.data must be the document's text",
+        ),
+    ],
+)
+def test_blocks_that_cannot_be_passed_on_are_400_naming_them(
+    block: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse([block, {"type": "text", "text": "see"}])
+    assert f"messages[0].{named}" in caught.value.message
+
+
+def test_an_image_over_the_cap_is_413_naming_it() -> None:
+    with pytest.raises(TooLarge) as caught:
+        parse([image("image/png", b64(RED))], MediaRules(max_bytes=10))
+    assert caught.value.message.startswith("messages[0].content[0] is over the relay's cap of 10")
+
+
+def test_images_in_assistant_messages_are_refused() -> None:
+    request = decode(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "draw"},
+                {"role": "assistant", "content": [image("image/png", b64(RED))]},
+                {"role": "user", "content": "again"},
+            ],
+        }
+    )
+    with pytest.raises(InvalidRequest, match=r"messages\[1\]\.content\[0\] is a 'image' block"):
+        anthropic.parse_messages(request.messages, None)
 
 
 def test_system_blocks_other_than_text_are_named() -> None:

@@ -172,14 +172,14 @@ def test_an_unknown_model_raises_not_found(client: openai.OpenAI) -> None:
 
 
 def test_content_the_relay_cannot_pass_on_is_a_400_naming_it(client: openai.OpenAI) -> None:
-    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="claude-code",
-            messages=[{"role": "user", "content": [{"type": "text", "text": "see"}, image]}],
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hear"}, audio]}],
         )
     assert caught.value.body["type"] == "invalid_request_error"
-    assert "image_url" in caught.value.message
+    assert "input_audio" in caught.value.message
     assert "messages[0].content[1]" in caught.value.message
 
 

@@ -2,7 +2,8 @@
 
 OpenAI clients send many knobs the CLI cannot honour; those must be accepted (or the SDKs'
 defaults would fail), while anything the relay would have to drop silently from the
-conversation (images, tool messages) is refused and named, so the user knows why.
+conversation (audio, tool messages) is refused and named, so the user knows why. Images
+and files become the run's attachments, checked as POST /api/claude checks them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import msgspec
 import pytest
 
 from server.compat.continuity import TextMessage
+from server.compat.media import MediaRules
 from server.compat.openai import schemas as openai
 from server.config import Settings
+from server.engine.attachments import Document, Image, ImageURL
 from server.errors import (
     CLIUnavailable,
     Conflict,
@@ -29,6 +32,7 @@ from server.errors import (
     TooManyRuns,
     Unauthorized,
 )
+from tests.compat.support import BLUE, PDF, RED, b64, data_url
 
 MODELS = Settings().models
 
@@ -94,8 +98,8 @@ def test_a_request_without_messages_is_refused_by_the_schema() -> None:
     ("messages", "named"),
     [
         (
-            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
-            "messages[0].content[0] has type 'image_url'",
+            [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}],
+            "messages[0].content[0] has type 'input_audio'",
         ),
         ([{"role": "tool", "content": "42", "tool_call_id": "c"}], "role 'tool'"),
         (
@@ -126,6 +130,133 @@ def test_messages_the_relay_cannot_pass_on_are_named(
     with pytest.raises(InvalidRequest) as caught:
         openai.parse_messages(request.messages)
     assert named in caught.value.message
+
+
+def user_parts(*parts: dict[str, Any], text: str | None = "look") -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": [*([{"type": "text", "text": text}] if text else []), *parts]}
+    ]
+
+
+def image_part(url: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url, **extra}}
+
+
+def file_part(**file: Any) -> dict[str, Any]:
+    return {"type": "file", "file": file}
+
+
+def parse(messages: list[dict[str, Any]], rules: MediaRules | None = None) -> Any:
+    return openai.parse_messages(decode({"model": "m", "messages": messages}).messages, rules)
+
+
+def test_images_and_files_of_the_latest_message_are_its_attachments() -> None:
+    history = parse(
+        user_parts(
+            image_part(data_url("image/png", RED), detail="high"),
+            file_part(file_data=data_url("application/pdf", PDF), filename="report.pdf"),
+            image_part(data_url("image/jpg", b"\xff\xd8\xff\xe0 jpeg")),  # jpg: jpeg
+        )
+    )
+    assert history.latest == "look"
+    assert history.attachments == (
+        Image("image/png", RED),
+        Document("application/pdf", PDF, "report.pdf"),
+        Image("image/jpeg", b"\xff\xd8\xff\xe0 jpeg"),
+    )
+
+
+def test_another_file_is_a_document_for_the_workspace_and_base64_may_be_wrapped() -> None:
+    wrapped = "data:text/csv;base64," + "\n".join(b64(b"a,b\n1,2\n"))
+    history = parse(user_parts(file_part(file_data=wrapped, filename="t.csv")))
+    assert history.attachments == (Document("text/csv", b"a,b\n1,2\n", "t.csv"),)
+
+
+def test_an_image_alone_is_a_message_whose_prompt_is_its_placeholder() -> None:
+    history = parse(user_parts(image_part(data_url("image/png", RED)), text=None))
+    assert history.latest == "[image]"
+    assert history.attachments == (Image("image/png", RED),)
+
+
+def test_an_image_url_is_passed_on_only_where_the_operator_allows_it() -> None:
+    messages = user_parts(image_part("https://example.com/cat.png"))
+    with pytest.raises(InvalidRequest) as caught:
+        parse(messages)
+    assert "messages[0].content[1]" in caught.value.message
+    assert "CLAUDE_RELAY_FETCH_IMAGE_URLS" in caught.value.message
+    history = parse(messages, MediaRules(fetch_image_urls=True))
+    assert history.attachments == (ImageURL("https://example.com/cat.png"),)
+
+
+def test_earlier_images_are_kept_for_the_fingerprint_but_not_checked_or_attached() -> None:
+    # An earlier message is never sent again: its URL is not fetched, its size not capped.
+    history = parse(
+        [
+            *user_parts(
+                image_part("https://example.com/a.png"), image_part(data_url("image/png", BLUE))
+            ),
+            {"role": "assistant", "content": "a cat"},
+            {"role": "user", "content": "and now?"},
+        ],
+        MediaRules(max_bytes=10),
+    )
+    assert history.earlier[0].attachments == (
+        ImageURL("https://example.com/a.png"),
+        Image("image/png", BLUE),
+    )
+    assert history.attachments == ()
+
+
+@pytest.mark.parametrize(
+    ("part", "named"),
+    [
+        (
+            image_part("data:image/png;base64,not base64!"),
+            "content[1].image_url.url: the data is not valid base64",
+        ),
+        (image_part("data:image/png,plain"), "content[1].image_url.url: a data URL must be"),
+        (
+            image_part("data:image/bmp;base64,Qk0="),
+            "content[1]: unsupported image type 'image/bmp'",
+        ),
+        (image_part(data_url("image/png", PDF)), "content[1]: its data is not image/png"),
+        (image_part(data_url("image/png", b"")), "content[1] is empty"),
+        (image_part("ftp://example.com/a.png"), "must be a data: URL or an http(s) URL"),
+        ({"type": "image_url"}, "content[1].image_url.url: the image URL is missing"),
+        (file_part(file_id="file-abc"), "content[1].file.file_id: the relay has no files API"),
+        (file_part(file_data=b64(PDF), filename="x.pdf"), "file_data must be a data URL"),
+        ({"type": "file"}, "content[1]: a file part needs a `file` object"),
+        (file_part(file_data=data_url("application/pdf", b"not a pdf")), "is not application/pdf"),
+    ],
+)
+def test_images_and_files_that_cannot_be_passed_on_are_400_naming_the_part(
+    part: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse(user_parts(part))
+    assert named in caught.value.message
+    assert "messages[0].content[1]" in caught.value.message
+
+
+@pytest.mark.parametrize("role", ["system", "assistant"])
+def test_images_outside_user_messages_are_refused(role: str) -> None:
+    messages = [
+        {"role": role, "content": [image_part(data_url("image/png", RED))]},
+        {"role": "user", "content": "hi"},
+    ]
+    with pytest.raises(InvalidRequest, match=r"messages\[0\]\.content\[0\] has type 'image_url'"):
+        parse(messages)
+
+
+def test_an_image_over_the_cap_is_413_naming_it_and_too_many_are_400() -> None:
+    with pytest.raises(TooLarge) as caught:
+        parse(
+            user_parts(image_part(data_url("image/png", RED))), MediaRules(max_bytes=len(RED) - 1)
+        )
+    assert caught.value.message.startswith("messages[0].content[1] is over the relay's cap")
+    many = [image_part(data_url("image/png", RED))] * 21
+    with pytest.raises(InvalidRequest, match="at most 20 attachments"):
+        parse(user_parts(*many))
 
 
 def test_models_resolve_to_the_clis_model_or_are_not_found() -> None:

@@ -71,8 +71,14 @@ def image_bytes(body: dict[str, Any]) -> list[bytes]:
     ]
 
 
+CLI_NOTES = ("<system", "[Image: source: ")
+"""Text blocks the CLI adds to a user message itself: its reminders, and after each image it
+was given a note of the file it saved the image to."""
+
+
 def dialogue(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """What the CLI sent upstream, as (role, text): its own reminders and system text left out."""
+    """What the CLI sent upstream, as (role, text): its own reminders, image notes and system
+    text left out."""
     turns = []
     for message in body["messages"]:
         if message["role"] not in ("user", "assistant"):
@@ -82,7 +88,8 @@ def dialogue(body: dict[str, Any]) -> list[tuple[str, str]]:
         text = "\n".join(
             b["text"]
             for b in blocks
-            if b.get("type") == "text" and not b["text"].startswith("<system")
+            if b.get("type") == "text"
+            and not (message["role"] == "user" and b["text"].startswith(CLI_NOTES))
         )
         if text:
             turns.append((message["role"], text))

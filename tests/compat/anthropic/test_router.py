@@ -10,17 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import pytest
 
 from tests.compat.support import (
+    BLUE,
     KEY,
+    PDF,
+    RED,
+    b64,
+    blocks_of,
     dialogue,
     forked_in_session_of,
+    image_bytes,
     keyed_relay,
     last_dialogue,
     placement,
+    user_blocks,
 )
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.support import Relay
@@ -163,3 +171,110 @@ def test_a_three_turn_chat_is_one_resumed_session(
     assert forked_in_session_of(relay, raw.headers, ids[1]) == "fingerprint"
     assert raw.headers["x-claude-session-id"] not in ids
     assert last_dialogue(fake_api) == [(m["role"], m["content"]) for m in messages[:5]]
+
+
+# -- images and documents ------------------------------------------------------------------
+
+
+def with_image(text: str, image: bytes) -> dict[str, Any]:
+    source = {"type": "base64", "media_type": "image/png", "data": b64(image)}
+    return {
+        "role": "user",
+        "content": [{"type": "image", "source": source}, {"type": "text", "text": text}],
+    }
+
+
+def test_an_image_reaches_the_model_and_its_conversation_continues_only_with_that_image(
+    client: anthropic.Anthropic, relay: Relay, fake_api: FakeAnthropicAPI
+) -> None:
+    first = with_image("ant pic", BLUE)
+    with client.messages.with_streaming_response.create(
+        model="claude-code", max_tokens=100, messages=[first], stream=True
+    ) as raw:
+        headers1 = raw.headers
+        events = list(raw.parse())
+    reply1 = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+    assert reply1.startswith("reply #1 to: ant pic")
+    assert events[-1].type == "message_stop"
+    assert placement(relay, headers1) == "new"
+    (image,) = blocks_of(user_blocks(fake_api.message_requests()[-1]), "image")
+    assert image["source"] == {"type": "base64", "media_type": "image/png", "data": b64(BLUE)}
+
+    # Not streamed this time; the image resent with the history continues the conversation.
+    history = [first, {"role": "assistant", "content": reply1}, {"role": "user", "content": "and?"}]
+    raw2 = client.messages.with_raw_response.create(
+        model="claude-code", max_tokens=100, messages=history
+    )
+    assert raw2.parse().content[0].text == "reply #2 to: and?"
+    assert forked_in_session_of(relay, raw2.headers, headers1["x-claude-session-id"]) == (
+        "fingerprint"
+    )
+    assert image_bytes(fake_api.message_requests()[-1]) == [BLUE]
+    assert last_dialogue(fake_api) == [("user", "ant pic"), ("assistant", reply1), ("user", "and?")]
+
+    # Another image, the same texts: another conversation.
+    history[0] = with_image("ant pic", RED)
+    raw3 = client.messages.with_raw_response.create(
+        model="claude-code", max_tokens=100, messages=history
+    )
+    assert placement(relay, raw3.headers) == "new"
+    ((_, prompt),) = last_dialogue(fake_api)
+    assert '<message role="user">\nant pic\n[image]\n</message>' in prompt
+    assert image_bytes(fake_api.message_requests()[-1]) == []
+
+
+def test_a_pdf_reaches_the_model_as_a_document_and_a_text_document_as_text(
+    client: anthropic.Anthropic, fake_api: FakeAnthropicAPI
+) -> None:
+    pdf = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": b64(PDF)},
+        "title": "spec.pdf",
+    }
+    notes = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "the notes"},
+        "title": "notes",
+    }
+    message = client.messages.create(
+        model="claude-code",
+        max_tokens=100,
+        messages=[{"role": "user", "content": [pdf, notes, {"type": "text", "text": "read"}]}],
+    )
+    assert message.content[0].text.endswith("</document>\nread")
+    blocks = user_blocks(fake_api.message_requests()[-1])
+    (document,) = blocks_of(blocks, "document")
+    assert document["source"] == {
+        "type": "base64",
+        "media_type": "application/pdf",
+        "data": b64(PDF),
+    }
+    assert last_dialogue(fake_api) == [
+        ("user", '<document title="notes">\nthe notes\n</document>\nread')
+    ]
+
+
+def test_an_image_url_is_a_400_unless_the_operator_allows_it(
+    client: anthropic.Anthropic, fake_api: FakeAnthropicAPI
+) -> None:
+    block = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(
+            model="claude-code", max_tokens=5, messages=[{"role": "user", "content": [block]}]
+        )
+    error = caught.value.body["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "messages[0].content[0]" in error["message"]
+    assert "CLAUDE_RELAY_FETCH_IMAGE_URLS" in error["message"]
+    assert fake_api.message_requests() == []
+
+
+def test_bad_base64_is_a_400_naming_it(client: anthropic.Anthropic) -> None:
+    block = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A"}}
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(
+            model="claude-code", max_tokens=5, messages=[{"role": "user", "content": [block]}]
+        )
+    assert caught.value.body["error"]["message"] == (
+        "messages[0].content[0].source.data: the data is not valid base64"
+    )

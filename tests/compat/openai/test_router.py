@@ -26,13 +26,21 @@ import openai
 import pytest
 
 from tests.compat.support import (
+    BLUE,
     KEY,
+    PDF,
+    RED,
+    b64,
+    blocks_of,
+    data_url,
     dialogue,
     forked_in_session_of,
+    image_bytes,
     keyed_relay,
     last_dialogue,
     placement,
     running_run,
+    user_blocks,
 )
 from tests.conftest import real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
@@ -416,6 +424,112 @@ def test_litellm_streams_and_continues_the_session(
     second = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
     assert second == "reply #2 to: litellm two"
     assert len(last_dialogue(fake_api)) == 3
+
+
+# -- images and documents -------------------------------------------------------------
+
+
+def with_image(text: str, image: bytes, media_type: str = "image/png") -> dict[str, Any]:
+    """A user message as OpenAI clients send a pasted image: text, then a data URL."""
+    part = {
+        "type": "image_url",
+        "image_url": {"url": data_url(media_type, image), "detail": "auto"},
+    }
+    return {"role": "user", "content": [{"type": "text", "text": text}, part]}
+
+
+def test_an_image_reaches_the_model_and_its_conversation_continues_only_with_that_image(
+    client: openai.OpenAI, relay: Relay, fake_api: FakeAnthropicAPI
+) -> None:
+    first = with_image("pic one", RED)
+    reply1, headers1 = ask(client, [first])
+    # The fake API echoes the user's text, which includes the note the CLI adds to an image.
+    assert reply1.startswith("reply #1 to: pic one\n[Image: source: ")
+    assert placement(relay, headers1) == "new"
+    sent = fake_api.message_requests()[-1]
+    (image,) = blocks_of(user_blocks(sent), "image")
+    assert image["source"] == {"type": "base64", "media_type": "image/png", "data": b64(RED)}
+    assert last_dialogue(fake_api) == [("user", "pic one")]
+
+    # The follow-up, streamed, resends the image: the same conversation, continued. The image
+    # is sent upstream once, from the resumed transcript, not attached again.
+    history = [first, assistant(reply1), user("pic two")]
+    with client.chat.completions.with_streaming_response.create(
+        model="claude-code", messages=history, stream=True
+    ) as raw:
+        headers2 = raw.headers
+        reply2 = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert reply2 == "reply #2 to: pic two"
+    assert forked_in_session_of(relay, headers2, headers1["x-claude-session-id"]) == "fingerprint"
+    assert image_bytes(fake_api.message_requests()[-1]) == [RED]
+    assert last_dialogue(fake_api) == [
+        ("user", "pic one"),
+        ("assistant", reply1),
+        ("user", "pic two"),
+    ]
+
+    # The same texts with another image are another conversation: a new session, the image
+    # quoted as a placeholder (and not sent).
+    _, headers3 = ask(client, [with_image("pic one", BLUE), assistant(reply1), user("pic two")])
+    assert placement(relay, headers3) == "new"
+    assert headers3["x-claude-session-id"] != headers1["x-claude-session-id"]
+    ((_, prompt),) = last_dialogue(fake_api)
+    assert '<message role="user">\npic one\n[image]\n</message>' in prompt
+    assert image_bytes(fake_api.message_requests()[-1]) == []
+
+
+def test_a_pdf_file_part_reaches_the_model_as_a_document(
+    client: openai.OpenAI, fake_api: FakeAnthropicAPI
+) -> None:
+    part = {
+        "type": "file",
+        "file": {"file_data": data_url("application/pdf", PDF), "filename": "spec.pdf"},
+    }
+    message = {"role": "user", "content": [{"type": "text", "text": "read it"}, part]}
+    reply, _ = ask(client, [message])
+    assert reply == "reply #1 to: read it"
+    (document,) = blocks_of(user_blocks(fake_api.message_requests()[-1]), "document")
+    assert document["source"] == {
+        "type": "base64",
+        "media_type": "application/pdf",
+        "data": b64(PDF),
+    }
+
+
+def test_an_image_url_is_a_400_unless_the_operator_allows_it(
+    client: openai.OpenAI, fake_api: FakeAnthropicAPI
+) -> None:
+    part = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="claude-code",
+            messages=[{"role": "user", "content": [{"type": "text", "text": "see"}, part]}],
+        )
+    assert "messages[0].content[1]" in caught.value.message
+    assert "CLAUDE_RELAY_FETCH_IMAGE_URLS" in caught.value.message
+    assert fake_api.message_requests() == []
+
+
+def test_a_mislabelled_image_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="claude-code", messages=[with_image("which?", RED, "image/jpeg")]
+        )
+    assert caught.value.body["message"] == "messages[0].content[1]: its data is not image/jpeg"
+
+
+def test_litellm_sends_an_image(relay: Relay, fake_api: FakeAnthropicAPI) -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm = pytest.importorskip("litellm")
+    litellm.suppress_debug_info = True
+    response = litellm.completion(
+        model="openai/claude-code",
+        api_base=relay.url + "/v1",
+        api_key=KEY,
+        messages=[with_image("litellm pic", BLUE)],
+    )
+    assert response.choices[0].message.content.startswith("reply #1 to: litellm pic")
+    assert image_bytes(fake_api.message_requests()[-1]) == [BLUE]
 
 
 # -- settings that need their own relay -------------------------------------------------

@@ -160,7 +160,7 @@ def _file_part(where: str, part: dict[str, Any]) -> Located:
             f"{where}.file.file_id: the relay has no files API; send the file inline as "
             "`file_data` (data:<media type>;base64,<data>)"
         )
-    if not isinstance(data, str) or not data[:5].lower() == "data:":
+    if not isinstance(data, str) or data[:5].lower() != "data:":
         raise InvalidRequest(
             f"{where}.file.file_data must be a data URL (data:<media type>;base64,<data>)"
         )

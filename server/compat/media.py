@@ -38,14 +38,17 @@ class MediaRules:
 
     max_bytes: int = Settings.max_attachment_bytes
     fetch_image_urls: bool = Settings.fetch_image_urls
+    max_workspace_bytes: int = Settings.max_workspace_bytes
 
     @classmethod
     def of(cls, settings: Settings) -> MediaRules:
-        return cls(settings.max_attachment_bytes, settings.fetch_image_urls)
+        return cls(
+            settings.max_attachment_bytes, settings.fetch_image_urls, settings.max_workspace_bytes
+        )
 
     @property
     def caps(self) -> Caps:
-        return Caps(max_bytes=self.max_bytes)
+        return Caps(self.max_bytes, self.max_workspace_bytes)
 
 
 @dataclass(frozen=True)

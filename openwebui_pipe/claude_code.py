@@ -1,7 +1,7 @@
 """
 title: Claude Code
 author: claude-relay
-version: 0.1.0
+version: 0.2.0
 license: MIT
 description: Claude Code as a model: one Claude Code session per chat, run by a claude-relay server.
 required_open_webui_version: 0.6.0
@@ -9,18 +9,29 @@ required_open_webui_version: 0.6.0
 
 # One self-contained file: paste it into Open WebUI (Admin -> Functions). It needs nothing
 # beyond what Open WebUI ships (httpx, pydantic) and keeps no state on the Pipe instance, which
-# Open WebUI shares across all users and requests. Everything is async: a blocking call here
-# would freeze the whole Open WebUI server.
+# Open WebUI shares across all users and requests (the one thing kept between requests, which
+# chat files were sent, is a bounded module-level map per chat). Everything is async: a
+# blocking call here would freeze the whole Open WebUI server.
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import html
+import importlib
+import inspect
 import json
 import logging
+import mimetypes
+import os
 import re
+import stat
 import time
+import urllib.parse
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
@@ -34,6 +45,17 @@ CONNECT_TIMEOUT = 15.0
 ERROR_MESSAGE_CHARS = 600
 APPROVAL_PREVIEW_CHARS = 600  # most of a tool's input shown in the confirmation dialog
 ANSWER_TIMEOUT = 30.0  # seconds to send the relay one answer to a permission request
+# What the relay takes as images (anything else is refused with 400), and per prompt.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+MAX_ATTACHMENTS = 20
+MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*$")  # the relay's pattern
+MAX_NAME_CHARS = 200  # the relay's longest attachment name
+ATTACHED_ONLY = "(See the attached files.)"  # the prompt of a message with files and no text
+# Chat files already sent, per conversation key: Open WebUI sends every file of the chat on
+# every turn. Module state, not the shared Pipe instance's; bounded; lost when Open WebUI
+# reloads the function (then Open WebUI's parent_message, where it has one, still tells).
+SENT_FILES: OrderedDict[str, set[str]] = OrderedDict()
+MAX_REMEMBERED_CHATS = 4096
 
 # What the model reads as the tool's result when the pipe denies a permission request.
 DECLINED = "The user declined this tool use in Open WebUI's confirmation dialog."
@@ -57,6 +79,11 @@ class Pipe:
             default="",
             description="An API key of the relay (CLAUDE_RELAY_API_KEYS); empty if it has none.",
             json_schema_extra={"input": {"type": "password"}},
+        )
+        RELAY_PUBLIC_URL: str = Field(
+            default="",
+            description="The relay's base URL as the browser reaches it, for the links to "
+            "changed files under an answer; empty: RELAY_URL.",
         )
         MODELS: str = Field(
             default="sonnet=Claude Code Sonnet,opus=Claude Code Opus,haiku=Claude Code Haiku",
@@ -100,6 +127,26 @@ class Pipe:
             "that PERMISSION_MODE and ALLOWED_TOOLS do not allow; off: such tools are denied "
             "without asking.",
         )
+        SEND_FILES: bool = Field(
+            default=True,
+            description="Send the images of a message, and the files attached to the chat, to "
+            "Claude Code (files land in the workspace under attachments/).",
+        )
+        MAX_FILE_BYTES: int = Field(
+            default=20 * 1024 * 1024,
+            description="Largest image or file sent; larger ones are skipped, with a note. "
+            "Keep it at or under the relay's CLAUDE_RELAY_MAX_ATTACHMENT_BYTES.",
+        )
+        UPLOAD_DIR: str = Field(
+            default="",
+            description="Open WebUI's upload folder; chat files are read only from inside it. "
+            "Empty: Open WebUI's own (its UPLOAD_DIR, else $DATA_DIR/uploads).",
+        )
+        FILES_CHANGED_MAX: int = Field(
+            default=10,
+            description="Most changed files listed (with download links) under an answer; "
+            "0: no list.",
+        )
 
     class UserValves(BaseModel):
         MODEL: str = Field(
@@ -126,6 +173,7 @@ class Pipe:
         __task__: Any = None,
         __task_body__: dict[str, Any] | None = None,
         __chat_id__: str | None = None,
+        __files__: list[dict[str, Any]] | None = None,
     ) -> str | AsyncIterator[str]:
         if __task__:
             # Title, tags, follow-ups...: never start or resume the agent for these.
@@ -135,7 +183,14 @@ class Pipe:
         metadata = __metadata__ or {}
         chat_id = metadata.get("chat_id") or __chat_id__ or body.get("chat_id")
         return Reply(
-            valves, body, __user__ or {}, chat_id, __event_emitter__, __event_call__
+            valves,
+            body,
+            __user__ or {},
+            chat_id,
+            __event_emitter__,
+            __event_call__,
+            metadata=metadata,
+            files=__files__,
         ).stream()
 
 
@@ -184,7 +239,13 @@ def conversation_key(user: dict[str, Any], chat_id: str | None) -> str | None:
 _RENDERED = re.compile(r"<details\b.*?</details>\s*|<think>.*?</think>\s*", re.S)
 
 
-def message_text(message: dict[str, Any]) -> str:
+IMAGE_PARTS = ("image_url", "image", "input_image")
+EARLIER_IMAGE = "[an image]"  # an image of an earlier message (in the session already, if any)
+TEXT_ONLY_IMAGE = "[an image was attached; the pipe's SEND_FILES valve is off]"
+
+
+def message_text(message: dict[str, Any], image_note: str = EARLIER_IMAGE) -> str:
+    """The text of a message; each image part becomes ``image_note`` (dropped when empty)."""
     content = message.get("content")
     if isinstance(content, str):
         return content
@@ -194,18 +255,28 @@ def message_text(message: dict[str, Any]) -> str:
             continue
         if part.get("type") == "text":
             parts.append(str(part.get("text") or ""))
-        elif part.get("type") in ("image_url", "image", "input_image"):
-            parts.append("[an image was attached; this model only receives text]")
+        elif part.get("type") in IMAGE_PARTS and image_note:
+            parts.append(image_note)
     return "\n".join(parts)
 
 
-def build_prompt(messages: list[dict[str, Any]], resumable: bool) -> str:
-    """The newest user message; without a session to resume, the earlier turns too."""
+def newest_user_message(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next(
+        (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None
+    )
+
+
+def build_prompt(messages: list[dict[str, Any]], resumable: bool, image_note: str = "") -> str:
+    """The newest user message; without a session to resume, the earlier turns too.
+
+    The newest message's images go as attachments (``image_note`` stands for each in its
+    text, empty: nothing); earlier ones are in the resumed session's own history already.
+    """
     turns = [m for m in messages if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
     last = next((i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "user"), None)
     if last is None:
         return ""
-    newest = message_text(turns[last])
+    newest = message_text(turns[last], image_note)
     if resumable or last == 0:
         return newest
     history = []
@@ -424,6 +495,331 @@ def result_error(result: dict[str, Any]) -> str | None:
     return str(result.get("result") or f"the run ended with {subtype or 'an error'}.")
 
 
+# -- images and files ---------------------------------------------------------------------------
+
+# An image part of Open WebUI's message: {"type": "image_url", "image_url": {"url": "data:…"}}
+# (it converts uploaded images to data URLs before a pipe sees them).
+_DATA_URL = re.compile(r"^data:([^;,]*)((?:;[^;,]*)*),(.*)$", re.S)
+
+
+def human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    scaled = float(size)
+    for unit in ("KB", "MB", "GB"):
+        scaled /= 1024
+        if scaled < 1024 or unit == "GB":
+            break
+    return f"{scaled:.1f} {unit}"
+
+
+def image_url_of(part: dict[str, Any]) -> str:
+    value = part.get("image_url") if part.get("type") == "image_url" else part.get("url")
+    if isinstance(value, dict):
+        value = value.get("url")
+    return str(value or "")
+
+
+@dataclass
+class Attached:
+    """What one message sends besides its text: the relay's attachments, notes for the user
+    (what was skipped and why), and the chat file ids that were sent."""
+
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    file_ids: list[str] = field(default_factory=list)
+
+    def add(self, attachment: dict[str, Any], what: str) -> bool:
+        if len(self.attachments) >= MAX_ATTACHMENTS:
+            self.notes.append(f"{what}: the relay takes at most {MAX_ATTACHMENTS} per message")
+            return False
+        self.attachments.append(attachment)
+        return True
+
+
+def image_attachment(url: str, max_bytes: int) -> tuple[dict[str, Any] | None, str | None]:
+    """The relay's ``image`` attachment for a data URL, or why it is not sent."""
+    found = _DATA_URL.match(url)
+    if not found:
+        shown = url if len(url) <= 80 else url[:79] + "…"
+        return None, f"an image given as a link ({shown}): only uploaded images are sent"
+    media_type = found.group(1).strip().lower() or "text/plain"
+    media_type = "image/jpeg" if media_type == "image/jpg" else media_type
+    if media_type not in IMAGE_TYPES:
+        return None, (
+            f"an image of type {media_type}: Claude Code takes PNG, JPEG, GIF and WebP only"
+        )
+    if ";base64" not in found.group(2).lower():
+        return None, "an image that is not base64-encoded"
+    encoded = found.group(3)
+    if len(encoded) > (max_bytes + 2) // 3 * 4 + 4096:  # clearly over: not decoded at all
+        return None, (
+            f"an image of about {human_size(len(encoded) * 3 // 4)}, over the pipe's "
+            f"MAX_FILE_BYTES ({human_size(max_bytes)})"
+        )
+    try:
+        data = base64.b64decode(re.sub(r"\s+", "", encoded), validate=True)
+    except (binascii.Error, ValueError):
+        return None, "an image whose data is not valid base64"
+    if not data:
+        return None, "an empty image"
+    if len(data) > max_bytes:
+        return None, (
+            f"an image of {human_size(len(data))}, over the pipe's MAX_FILE_BYTES "
+            f"({human_size(max_bytes)})"
+        )
+    encoded = base64.b64encode(data).decode()
+    return {"type": "image", "media_type": media_type, "data": encoded}, None
+
+
+def file_id(item: dict[str, Any]) -> str:
+    inner = item.get("file") if isinstance(item.get("file"), dict) else {}
+    return str(item.get("id") or inner.get("id") or "")
+
+
+def turn_files(
+    files: list[dict[str, Any]], metadata: dict[str, Any], conversation: str | None
+) -> list[dict[str, Any]]:
+    """The uploads of the newest message that were not sent to this chat's session yet.
+
+    Open WebUI passes every file of the chat on every turn (``__files__``). Newer versions
+    also pass the user message being answered (``parent_message``), whose ``files`` are that
+    message's own: those are the turn's, whatever this process remembers. Without it, the
+    chat's files minus those sent before (remembered in this process) are.
+    """
+    parent = metadata.get("parent_message")
+    own = parent.get("files") if isinstance(parent, dict) else None
+    candidates = own if isinstance(own, list) else files
+    sent = SENT_FILES.get(conversation or "", set())
+    chosen, seen = [], set()
+    for item in candidates:
+        if not isinstance(item, dict) or item.get("type", "file") != "file":
+            continue  # images come in the message; web pages and collections are Open WebUI's
+        identifier = file_id(item)
+        if identifier and identifier not in sent and identifier not in seen:
+            seen.add(identifier)
+            chosen.append(item)
+    return chosen
+
+
+def remember_sent(conversation: str | None, ids: list[str]) -> None:
+    if not conversation or not ids:
+        return
+    SENT_FILES.setdefault(conversation, set()).update(ids)
+    SENT_FILES.move_to_end(conversation)
+    while len(SENT_FILES) > MAX_REMEMBERED_CHATS:
+        SENT_FILES.popitem(last=False)
+
+
+def open_webui_upload_dir(configured: str) -> str | None:
+    if configured.strip():
+        return configured.strip()
+    with contextlib.suppress(Exception):
+        return str(importlib.import_module("open_webui.config").UPLOAD_DIR)
+    data_dir = os.environ.get("DATA_DIR")
+    return os.path.join(data_dir, "uploads") if data_dir else None
+
+
+async def call(function: Any, *args: Any) -> Any:
+    """Call one of Open WebUI's own functions: async in newer versions, blocking in older
+    ones (then in a thread, so that Open WebUI's event loop goes on)."""
+    if inspect.iscoroutinefunction(function):
+        return await function(*args)
+    result = await asyncio.to_thread(function, *args)
+    return await result if inspect.isawaitable(result) else result
+
+
+class FileRecord(BaseModel):
+    """The parts of Open WebUI's file record the pipe reads."""
+
+    id: str = ""
+    user_id: str = ""
+    filename: str = ""
+    path: str | None = None
+    data: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None
+    trusted: bool = False  # from Open WebUI's database, not from the request
+
+
+async def file_record(item: dict[str, Any], user: dict[str, Any]) -> FileRecord | str:
+    """The file's record, or why it cannot be used.
+
+    Inside Open WebUI the record comes from its database (``open_webui.models.files``), and
+    must belong to the user (or the user be an admin): the request's own copy of the record
+    is the client's to write, path included. Elsewhere (tests, or Open WebUI's internals
+    moved) the request's copy is used, and only a path inside the upload folder is read.
+    """
+    inner = item.get("file") if isinstance(item.get("file"), dict) else {}
+    identifier = file_id(item)
+    try:
+        files = importlib.import_module("open_webui.models.files").Files
+    except ImportError:
+        files = None
+    if files is None:
+        return FileRecord.model_validate(
+            {**inner, "id": identifier, "filename": str(inner.get("filename") or "")}
+        )
+    found = await call(files.get_file_by_id, identifier)
+    if found is None:
+        return "Open WebUI has no such file any more"
+    record = FileRecord.model_validate(
+        {
+            key: getattr(found, key, None) or default
+            for key, default in (("id", ""), ("user_id", ""), ("filename", ""), ("path", None))
+        }
+        | {"data": getattr(found, "data", None), "meta": getattr(found, "meta", None)},
+    )
+    if record.user_id != str(user.get("id") or "") and user.get("role") != "admin":
+        return "it is not one of your files"
+    record.trusted = True
+    return record
+
+
+async def local_path(record: FileRecord, upload_dir: str | None) -> str | None:
+    """Where the file's bytes are on this machine, if anywhere the pipe may read."""
+    path = record.path or ""
+    if not path:
+        return None
+    if "://" in path:  # S3, GCS, Azure: Open WebUI's storage fetches it into its upload folder
+        if not record.trusted:
+            return None
+        try:
+            storage = importlib.import_module("open_webui.storage.provider").Storage
+            return str(await call(storage.get_file, path))
+        except Exception:
+            log.warning("claude_code pipe: could not fetch %s from storage", path, exc_info=True)
+            return None
+    if record.trusted:
+        return path
+    if not upload_dir:
+        return None
+    return await asyncio.to_thread(inside, path, upload_dir)
+
+
+def inside(path: str, folder: str) -> str | None:
+    """``path`` with its links resolved, if that is within ``folder``."""
+    real, folder = os.path.realpath(path), os.path.realpath(folder)
+    return real if os.path.commonpath([real, folder]) == folder and real != folder else None
+
+
+def read_file(path: str, limit: int) -> bytes | int | None:
+    """The file's bytes; its size if over ``limit``; None if it is not a readable file."""
+    try:
+        with open(path, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            if info.st_size > limit:
+                return int(info.st_size)
+            data = file.read(limit + 1)
+    except OSError:
+        return None
+    return len(data) if len(data) > limit else data
+
+
+def media_type_of(name: str, given: Any) -> str:
+    media_type = str(given or "").split(";", 1)[0].strip().lower()
+    if not MEDIA_TYPE.match(media_type):
+        media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return media_type
+
+
+async def file_attachment(
+    item: dict[str, Any], user: dict[str, Any], max_bytes: int, upload_dir: str | None
+) -> tuple[dict[str, Any] | None, str | None, str]:
+    """The relay's ``document`` attachment for one chat file, or why it is not sent; and
+    the file's name, for notes."""
+    inner = item.get("file") if isinstance(item.get("file"), dict) else {}
+    name = str(item.get("name") or (inner.get("meta") or {}).get("name") or "a file")
+    record = await file_record(item, user)
+    if isinstance(record, str):
+        return None, record, name
+    meta = record.meta or {}
+    name = str(meta.get("name") or record.filename or name)
+    name = os.path.basename(name.replace("\\", "/"))[:MAX_NAME_CHARS] or "file"
+    path = await local_path(record, upload_dir)
+    data = await asyncio.to_thread(read_file, path, max_bytes) if path else None
+    if isinstance(data, int):
+        return (
+            None,
+            (f"{human_size(data)}, over the pipe's MAX_FILE_BYTES ({human_size(max_bytes)})"),
+            name,
+        )
+    if data is None:
+        # Open WebUI's extracted text, when the file itself is out of reach.
+        content = (record.data or {}).get("content")
+        if not isinstance(content, str) or not content.strip():
+            return None, "the pipe cannot read it where Open WebUI stored it", name
+        data = content.encode()
+        if len(data) > max_bytes:
+            return (
+                None,
+                (
+                    f"its text is {human_size(len(data))}, over the pipe's MAX_FILE_BYTES "
+                    f"({human_size(max_bytes)})"
+                ),
+                name,
+            )
+        name = name if name.lower().endswith(".txt") else name[: MAX_NAME_CHARS - 4] + ".txt"
+        media_type = "text/plain"
+    else:
+        media_type = media_type_of(name, meta.get("content_type"))
+    if not data:
+        return None, "it is empty", name
+    attachment = {
+        "type": "document",
+        "media_type": media_type,
+        "data": base64.b64encode(data).decode(),
+        "name": name,
+    }
+    return attachment, None, name
+
+
+# -- files changed ------------------------------------------------------------------------------
+
+
+def md_code(text: str) -> str:
+    """Inline code for a path (any backticks in it kept, on one line)."""
+    text = " ".join(text.split())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def files_url(public_url: str, session_id: str, path: str | None = None) -> str:
+    base = f"{public_url.rstrip('/')}/api/sessions/{urllib.parse.quote(session_id, safe='')}/files"
+    if path is None:
+        return base + "?archive=zip"
+    return base + "/" + urllib.parse.quote(path, safe="/")
+
+
+def files_changed_block(event: dict[str, Any], public_url: str, session_id: str, limit: int) -> str:
+    """Markdown under an answer: the run's changed files, each (but the deleted) a link to
+    download it from the relay, then a link to the whole workspace as a zip."""
+    entries = [
+        (kind, str(path))
+        for kind in ("added", "modified", "deleted")
+        for path in event.get(kind) or []
+        if isinstance(path, str | int)
+    ]
+    if not entries:
+        return ""
+    lines = ["**Files changed**", ""]
+    for kind, path in entries[:limit]:
+        if kind == "deleted" or not session_id:
+            lines.append(f"- {md_code(path)} ({kind})")
+        else:
+            lines.append(f"- [{md_code(path)}]({files_url(public_url, session_id, path)}) ({kind})")
+    more = len(entries) - min(limit, len(entries))
+    if more or event.get("complete") is False:
+        lines.append(f"- … and {more} more" if more else "- … and more")
+    if session_id:
+        zip_url = files_url(public_url, session_id)
+        lines += ["", f"[All files of this chat's workspace (zip)]({zip_url})"]
+    return "\n".join(lines) + "\n"
+
+
 # -- one reply ----------------------------------------------------------------------------------
 
 
@@ -438,11 +834,19 @@ class Reply:
         chat_id: str | None,
         emitter: Emitter,
         event_call: EventCall = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        files: list[dict[str, Any]] | None = None,
     ) -> None:
         self.valves = valves
         self.body = body
         self.user = user
+        self.metadata = metadata or {}
+        # Open WebUI moves the request's "files" into the metadata (``__files__``).
+        chat_files = files if files is not None else self.metadata.get("files") or body.get("files")
+        self.files = [f for f in chat_files or [] if isinstance(f, dict)]
         self.conversation = conversation_key(user, chat_id)
+        self.session_id = ""  # the relay's X-Session-Id, for the changed files' links
         self.emitter = emitter
         self.show_thinking = bool(valves.SHOW_THINKING) and bool(
             user_valve(user, "SHOW_THINKING", True)
@@ -518,16 +922,25 @@ class Reply:
             return offered[0]
         raise ValueError(f"model {sub!r} is no longer offered; pick another model")
 
-    def payload(self) -> dict[str, Any]:
-        prompt = build_prompt(self.body.get("messages") or [], self.conversation is not None)
+    def payload(self, attached: Attached | None = None) -> dict[str, Any]:
+        send = bool(self.valves.SEND_FILES)
+        prompt = build_prompt(
+            self.body.get("messages") or [],
+            self.conversation is not None,
+            "" if send else TEXT_ONLY_IMAGE,
+        )
         if not prompt.strip():
-            raise ValueError("the newest message has no text to send")
+            if not attached or not attached.attachments:
+                raise ValueError("the newest message has no text to send")
+            prompt = ATTACHED_ONLY
         payload: dict[str, Any] = {
             "prompt": prompt,
             "model": self.model(),
             "include_partial_messages": True,
             "permission_mode": self.valves.PERMISSION_MODE,
         }
+        if attached and attached.attachments:
+            payload["attachments"] = attached.attachments
         if self.conversation:
             payload["conversation"] = self.conversation
         allowed, disallowed = (
@@ -546,19 +959,56 @@ class Reply:
             payload["approvals"] = True
         return payload
 
+    async def attached(self) -> Attached:
+        """The newest message's images and the chat's files not sent yet, as attachments."""
+        attached = Attached()
+        if not self.valves.SEND_FILES:
+            return attached
+        limit = max(0, int(self.valves.MAX_FILE_BYTES))
+        newest = newest_user_message(self.body.get("messages") or [])
+        content = newest.get("content") if newest else None
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") in IMAGE_PARTS:
+                image, problem = image_attachment(image_url_of(part), limit)
+                if image is None:
+                    attached.notes.append(f"{problem or 'an image'}")
+                else:
+                    attached.add(image, "an image")
+        chosen = turn_files(self.files, self.metadata, self.conversation)
+        upload_dir = open_webui_upload_dir(self.valves.UPLOAD_DIR) if chosen else None
+        for item in chosen:
+            document, problem, name = await file_attachment(item, self.user, limit, upload_dir)
+            if document is None:
+                attached.notes.append(f"{md_code(name)}: {problem}")
+            elif attached.add(document, md_code(name)):
+                attached.file_ids.append(file_id(item))
+        return attached
+
+    def notes(self, out: list[str], attached: Attached) -> None:
+        for note in attached.notes:
+            self.block(out, f"_Not sent to Claude Code: {note}._")
+        if attached.notes:
+            self.text(out, "\n")
+
     async def stream(self) -> AsyncIterator[str]:
         ended = False  # stays False when the consumer stops us (Stop button, disconnect)
         try:
             try:
-                payload = self.payload()
+                self.model()  # a wrong model is said before any file is read
+                attached = await self.attached()
+                payload = self.payload(attached)
             except ValueError as exc:
                 out: list[str] = []
                 self.error(out, str(exc))
                 ended = True
                 yield "".join(out)
                 return
+            if attached.notes:
+                out = []
+                self.notes(out, attached)
+                yield "".join(out)
             await self.status("Starting Claude Code…")
-            async with contextlib.aclosing(self._relay(payload)) as chunks:
+            async with contextlib.aclosing(self._relay(payload, attached)) as chunks:
                 async for chunk in chunks:
                     yield chunk
             ended = True
@@ -573,7 +1023,7 @@ class Reply:
                 final = "Failed" if self.failed else "Done"
                 await self.status(final if ended else "Stopped", done=True)
 
-    async def _relay(self, payload: dict[str, Any]) -> AsyncIterator[str]:
+    async def _relay(self, payload: dict[str, Any], attached: Attached) -> AsyncIterator[str]:
         url = self.valves.RELAY_URL.rstrip("/") + "/api/claude"
         total = max(1, int(self.valves.REQUEST_TIMEOUT or 1))
         deadline = time.monotonic() + total
@@ -590,6 +1040,9 @@ class Reply:
                     self.error(out, await self._http_error(response, url))
                     yield "".join(out)
                     return
+                # The relay took the prompt: its files are in the session's workspace now.
+                remember_sent(self.conversation, attached.file_ids)
+                self.session_id = response.headers.get("x-session-id", "")
                 answers = (
                     self.valves.RELAY_URL.rstrip("/")
                     + f"/api/runs/{response.headers.get('x-run-id', '')}/permissions/"
@@ -758,12 +1211,23 @@ class Reply:
             self._on_permission_request(line)
         elif kind == "relay" and line.get("subtype") == "permission_resolved":
             self._on_permission_resolved(line, out)
+        elif kind == "relay" and line.get("subtype") == "files_changed":
+            self._on_files_changed(line, out)
         elif kind == "relay" and line.get("subtype") == "error":
             if not self.failed:
                 self.error(out, str(line.get("message") or "the run failed"))
             if not self.finished:
                 self._queue_status("Failed", True)
             self.finished = True
+
+    def _on_files_changed(self, line: dict[str, Any], out: list[str]) -> None:
+        limit = max(0, int(self.valves.FILES_CHANGED_MAX))
+        if not limit:
+            return
+        public = (self.valves.RELAY_PUBLIC_URL or "").strip() or self.valves.RELAY_URL
+        block = files_changed_block(line, public, self.session_id, limit)
+        if block:
+            self.block(out, ("\n" if self.tail else "") + block)
 
     def _on_stream_event(self, event: dict[str, Any], out: list[str]) -> None:
         kind = event.get("type")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import html
 import inspect
 import json
@@ -106,14 +107,26 @@ class OpenWebUI:
         task: str | None = None,
         task_body: dict[str, Any] | None = None,
         event_call: Any = None,
+        files: list[dict[str, Any]] | None = None,
+        parent_files: list[dict[str, Any]] | None = None,
         call: Call,
     ) -> dict[str, Any]:
         body = {"stream": True, "model": f"{FUNCTION_ID}.{model}", "messages": messages}
-        metadata: dict[str, Any] = {"user_id": user_id}
+        # Open WebUI moves the request's "files" (every file of the chat) into the metadata,
+        # and passes them as __files__; newer versions also pass the message being answered.
+        metadata: dict[str, Any] = {"user_id": user_id, "files": files}
         if chat_id:
             metadata.update(
                 chat_id=chat_id, message_id=str(uuid.uuid4()), session_id="socket-session"
             )
+        if parent_files is not None:
+            newest = messages[-1]["content"]
+            metadata["parent_message"] = {
+                "id": str(uuid.uuid4()),
+                "role": "user",
+                "content": newest if isinstance(newest, str) else "",
+                "files": parent_files,
+            }
         if task:
             metadata.update(task=task, task_body=task_body)
             body["stream"] = False
@@ -138,6 +151,7 @@ class OpenWebUI:
             "__task__": task,
             "__task_body__": task_body,
             "__chat_id__": chat_id,
+            "__files__": files,  # None without files, as Open WebUI passes it
         }
 
     async def start(self, messages: list[dict[str, Any]] | str, **kw: Any) -> tuple[Call, Any]:
@@ -807,3 +821,375 @@ async def test_refused_requests_are_a_readable_message(
     call.assert_readable_error(needle)
     call.assert_status_closed()
     assert not relay_runs(real_relay)
+
+
+# -- images and files ---------------------------------------------------------------------------
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+def data_url(media_type: str, data: bytes) -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+def image_message(text: str, *urls: str) -> dict[str, Any]:
+    """A user message with images, as Open WebUI sends it to a pipe (OpenAI content parts)."""
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return {"role": "user", "content": parts}
+
+
+def newest_user_blocks(api: FakeAnthropicAPI) -> list[dict[str, Any]]:
+    """The content blocks of the newest typed user message the model received."""
+    messages = api.message_requests()[-1]["messages"]
+    typed = [
+        m
+        for m in messages
+        if m["role"] == "user"
+        and not (
+            isinstance(m["content"], list)
+            and any(b.get("type") == "tool_result" for b in m["content"])
+        )
+    ]
+    content = typed[-1]["content"]
+    return content if isinstance(content, list) else [{"type": "text", "text": content}]
+
+
+def blocks_text(blocks: list[dict[str, Any]]) -> str:
+    return "\n".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
+
+
+class Uploads:
+    """Open WebUI's upload folder: each upload is ``<id>_<name>`` on disk, and the chat's file
+    item carries the file's record (``file``: id, path, meta...), as its upload route answers."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(exist_ok=True)
+
+    def add(
+        self, name: str, data: bytes, content_type: str = "text/csv", user_id: str = "user-1"
+    ) -> dict[str, Any]:
+        identifier = str(uuid.uuid4())
+        path = self.folder / f"{identifier}_{name}"
+        path.write_bytes(data)
+        return file_item(identifier, name, str(path), data, content_type, user_id)
+
+
+def file_item(
+    identifier: str, name: str, path: str, data: bytes, content_type: str, user_id: str
+) -> dict[str, Any]:
+    record = {
+        "id": identifier,
+        "user_id": user_id,
+        "hash": None,
+        "filename": name,
+        "path": path,
+        "data": {"status": "completed", "content": data.decode(errors="replace")},
+        "meta": {
+            "name": name,
+            "content_type": content_type,
+            "size": len(data),
+            "data": {},
+            "collection_name": f"file-{identifier}",
+        },
+        "created_at": 1700000000,
+        "updated_at": 1700000000,
+        "status": True,
+    }
+    return {
+        "type": "file",
+        "file": record,
+        "id": identifier,
+        "url": f"/api/v1/files/{identifier}",
+        "name": name,
+        "collection_name": f"file-{identifier}",
+        "status": "uploaded",
+        "size": len(data),
+        "error": "",
+        "itemId": str(uuid.uuid4()),
+    }
+
+
+def sent_attachments(relay: Relay, name: str) -> Path:
+    return workspace(relay) / "attachments" / name
+
+
+async def test_an_image_in_the_message_reaches_the_model_as_an_image_block(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI
+) -> None:
+    """Real CLI: the image goes through the relay and the CLI to the model, byte for byte."""
+    ui = OpenWebUI(owui, real_relay.url)
+    chat_id = chat()
+    first = image_message("[[say:a red dot]] what is this?", data_url("image/png", PNG))
+    call = await ui.run([first], chat_id=chat_id)
+    assert call.content == "a red dot"
+    blocks = newest_user_blocks(fake_api)
+    (image,) = [b for b in blocks if b["type"] == "image"]
+    assert image["source"] == {
+        "type": "base64",
+        "media_type": "image/png",
+        "data": base64.b64encode(PNG).decode(),
+    }
+    assert "what is this?" in blocks_text(blocks)
+    assert "[an image" not in blocks_text(blocks)
+    call.assert_status_closed()
+
+    # The next message of the chat resumes the session: the image is in its history once,
+    # and is not sent again with the new message.
+    history = [first, {"role": "assistant", "content": call.content}]
+    again = await ui.run([*history, image_message("and now?")], chat_id=chat_id)
+    assert again.content == "reply #2 to: and now?"
+    messages = fake_api.message_requests()[-1]["messages"]
+    images = [b for m in messages if isinstance(m["content"], list) for b in m["content"]]
+    assert [b["source"]["data"] for b in images if b["type"] == "image"] == [
+        base64.b64encode(PNG).decode()
+    ]
+    assert not [b for b in newest_user_blocks(fake_api) if b["type"] == "image"]
+
+
+async def test_an_image_the_relay_does_not_take_is_a_note_not_a_failure(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI
+) -> None:
+    """Real CLI: an AVIF image and an image link are skipped, said so; the PNG still goes."""
+    ui = OpenWebUI(owui, real_relay.url)
+    message = image_message(
+        "[[say:seen]] look",
+        data_url("image/avif", b"\x00\x00\x00\x1cftypavif"),
+        "https://example.com/cat.png",
+        data_url("image/png", PNG),
+    )
+    call = await ui.run([message], chat_id=chat())
+    assert call.content.startswith(
+        "_Not sent to Claude Code: an image of type image/avif: Claude Code takes PNG, JPEG, "
+        "GIF and WebP only._\n"
+        "_Not sent to Claude Code: an image given as a link (https://example.com/cat.png): "
+        "only uploaded images are sent._\n"
+    )
+    assert call.content.endswith("\nseen")
+    assert "⚠️" not in call.content and "Traceback" not in call.content
+    (image,) = [b for b in newest_user_blocks(fake_api) if b["type"] == "image"]
+    assert base64.b64decode(image["source"]["data"]) == PNG
+    call.assert_status_closed()
+
+    # Only an image, no text: the prompt says to look at it (the relay needs a prompt).
+    only = await ui.run([image_message("", data_url("image/png", PNG))], chat_id=chat())
+    assert only.content.startswith(f"reply #1 to: {owui.ATTACHED_ONLY}")
+    assert [b["type"] for b in newest_user_blocks(fake_api)].count("image") == 1
+
+
+def test_image_data_urls(owui) -> None:
+    """No CLI: which data URLs become the relay's image attachments, and what the rest say."""
+    jpeg = b"\xff\xd8\xff\xe0 jpeg"
+    image, problem = owui.image_attachment(data_url("image/jpg", jpeg), 100)
+    assert problem is None  # Open WebUI's (and browsers') jpg spelling is a JPEG
+    assert image == {
+        "type": "image",
+        "media_type": "image/jpeg",
+        "data": base64.b64encode(jpeg).decode(),
+    }
+    wrapped = "data:image/png;base64," + "\n".join(base64.b64encode(PNG).decode())
+    assert owui.image_attachment(wrapped, 1000)[0]["data"] == base64.b64encode(PNG).decode()
+    for url, said in [
+        (data_url("image/png", PNG), "an image of 70 bytes, over the pipe's MAX_FILE_BYTES"),
+        ("data:image/png;base64,###", "not valid base64"),
+        ("data:image/png,rawbytes", "not base64-encoded"),
+        ("data:image/svg+xml;base64,PHN2Zz4=", "an image of type image/svg+xml"),
+        ("data:image/png;base64," + "A" * 400, "over the pipe's MAX_FILE_BYTES (60 bytes)"),
+        ("/api/v1/files/123/content", "an image given as a link (/api/v1/files/123/content)"),
+    ]:
+        image, problem = owui.image_attachment(url, 60)
+        assert image is None and said in problem, (url, problem)
+
+
+async def test_a_chat_file_is_written_into_the_workspace_and_named_in_the_prompt(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    """Real CLI: the file goes into the session's workspace; the CLI's prompt names it."""
+    uploads = Uploads(tmp_path / "uploads")
+    data = b"n\n1\n2\n"
+    report = uploads.add("report.csv", data)
+    ui = OpenWebUI(owui, real_relay.url, UPLOAD_DIR=str(uploads.folder))
+    call = await ui.run("[[say:read it]] sum the column", chat_id=chat(), files=[report])
+    assert call.content == "read it"
+    assert sent_attachments(real_relay, "report.csv").read_bytes() == data
+    text = blocks_text(newest_user_blocks(fake_api))
+    assert "sum the column" in text and "attachments/report.csv" in text
+    call.assert_status_closed()
+
+
+@pytest.mark.parametrize("parent", [False, True], ids=["files-only", "parent-message"])
+async def test_the_same_chat_file_is_not_sent_twice(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI, tmp_path: Path, parent: bool
+) -> None:
+    """Real CLI: Open WebUI passes every file of the chat on every turn; only new ones go.
+
+    With ``parent_message`` (newer Open WebUI) the message's own files tell, even after the
+    function is reloaded (a fresh module: nothing remembered); without it, the pipe remembers
+    what it sent in this process.
+    """
+    uploads = Uploads(tmp_path / "uploads")
+    first_file = uploads.add("a.csv", b"a\n1\n")
+    ui = OpenWebUI(owui, real_relay.url, UPLOAD_DIR=str(uploads.folder))
+    chat_id = chat()
+    one = [{"role": "user", "content": "first"}]
+    kw: dict[str, Any] = {"chat_id": chat_id}
+    await ui.run(
+        one, files=[first_file], **kw, **({"parent_files": [first_file]} if parent else {})
+    )
+    assert "attachments/a.csv" in blocks_text(newest_user_blocks(fake_api))
+    (workspace(real_relay) / "attachments" / "a.csv").write_text("changed by the agent\n")
+
+    if parent:  # Open WebUI reloaded the function: a new module, a new Pipe
+        ui = OpenWebUI(load_pipe_module(), real_relay.url, UPLOAD_DIR=str(uploads.folder))
+    two = [*one, {"role": "assistant", "content": "reply"}, {"role": "user", "content": "second"}]
+    second = await ui.run(two, files=[first_file], **kw, **({"parent_files": []} if parent else {}))
+    assert second.content == "reply #2 to: second"
+    assert "Attached files" not in blocks_text(newest_user_blocks(fake_api))
+    # Not written again over what the agent made of it.
+    assert sent_attachments(real_relay, "a.csv").read_text() == "changed by the agent\n"
+
+    # A file attached to a later message goes with that message, alone.
+    second_file = uploads.add("b.txt", b"bee\n", "text/plain")
+    three = [*two, {"role": "assistant", "content": "reply"}, {"role": "user", "content": "third"}]
+    both = [first_file, second_file]
+    await ui.run(three, files=both, **kw, **({"parent_files": [second_file]} if parent else {}))
+    text = blocks_text(newest_user_blocks(fake_api))
+    assert "attachments/b.txt" in text and "attachments/a.csv" not in text
+    assert sent_attachments(real_relay, "b.txt").read_bytes() == b"bee\n"
+
+
+async def test_a_file_over_the_cap_or_outside_the_uploads_is_skipped_with_a_note(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    """Real CLI: the message still runs, without the files the pipe would not send."""
+    uploads = Uploads(tmp_path / "uploads")
+    big = uploads.add("big.bin", b"x" * 100, "application/octet-stream")
+    small = uploads.add("small.txt", b"ok\n", "text/plain")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not an upload\n")
+    # A request names any path it likes in its copy of the record: only the upload folder is
+    # read (inside Open WebUI, the record comes from its database instead).
+    stray = file_item(str(uuid.uuid4()), "secret.txt", str(secret), b"", "text/plain", "user-1")
+    stray["file"]["data"] = {}
+    ui = OpenWebUI(owui, real_relay.url, UPLOAD_DIR=str(uploads.folder), MAX_FILE_BYTES=50)
+    call = await ui.run("[[say:done]] go", chat_id=chat(), files=[big, small, stray])
+    assert (
+        "_Not sent to Claude Code: `big.bin`: 100 bytes, over the pipe's MAX_FILE_BYTES "
+        "(50 bytes)._" in call.content
+    )
+    assert "_Not sent to Claude Code: `secret.txt`: the pipe cannot read it" in call.content
+    assert call.content.endswith("done")
+    attachments = workspace(real_relay) / "attachments"
+    assert sorted(p.name for p in attachments.iterdir()) == ["small.txt"]
+    text = blocks_text(newest_user_blocks(fake_api))
+    assert "attachments/small.txt" in text and "big.bin" not in text
+    call.assert_status_closed()
+
+
+async def test_with_send_files_off_nothing_is_attached(
+    owui, real_relay: Relay, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    uploads = Uploads(tmp_path / "uploads")
+    item = uploads.add("a.csv", b"a\n")
+    ui = OpenWebUI(owui, real_relay.url, UPLOAD_DIR=str(uploads.folder), SEND_FILES=False)
+    message = image_message("[[say:ok]] look", data_url("image/png", PNG))
+    call = await ui.run([message], chat_id=chat(), files=[item])
+    assert call.content == "ok"
+    blocks = newest_user_blocks(fake_api)
+    assert {b["type"] for b in blocks} == {"text"}
+    assert "SEND_FILES valve is off" in blocks_text(blocks)
+    assert "Attached files" not in blocks_text(blocks)
+    assert not (workspace(real_relay) / "attachments").exists()
+
+
+# -- files changed ------------------------------------------------------------------------------
+
+
+def test_the_files_changed_list_links_each_path(owui) -> None:
+    """No CLI: the Markdown for odd paths, the cap, and deleted files (no link)."""
+    event = {
+        "type": "relay",
+        "subtype": "files_changed",
+        "added": ["out/my file (1).txt", "a`b]c#?.md"],
+        "modified": ["src/app.py"],
+        "deleted": ["old.txt"],
+        "complete": True,
+    }
+    sid = "4f1c1a52-7d3e-4d9b-9f5c-1d2e3f4a5b6c"
+    block = owui.files_changed_block(event, "https://relay.example/", sid, 10)
+    base = f"https://relay.example/api/sessions/{sid}/files"
+    assert block.splitlines() == [
+        "**Files changed**",
+        "",
+        f"- [`out/my file (1).txt`]({base}/out/my%20file%20%281%29.txt) (added)",
+        f"- [``a`b]c#?.md``]({base}/a%60b%5Dc%23%3F.md) (added)",
+        f"- [`src/app.py`]({base}/src/app.py) (modified)",
+        "- `old.txt` (deleted)",
+        "",
+        f"[All files of this chat's workspace (zip)]({base}?archive=zip)",
+    ]
+    cut = owui.files_changed_block(event, "https://relay.example", sid, 2).splitlines()
+    assert cut[2:5] == [
+        f"- [`out/my file (1).txt`]({base}/out/my%20file%20%281%29.txt) (added)",
+        f"- [``a`b]c#?.md``]({base}/a%60b%5Dc%23%3F.md) (added)",
+        "- … and 2 more",
+    ]
+    partial = owui.files_changed_block({**event, "complete": False}, "http://r", sid, 10)
+    assert "- … and more" in partial
+    assert owui.files_changed_block({"added": [], "complete": True}, "http://r", sid, 10) == ""
+
+
+async def test_files_a_run_changed_are_listed_with_download_links(
+    owui, relay_factory, real_cli: Path, fake_api: FakeAnthropicAPI
+) -> None:
+    """Real CLI: Bash really writes the files; the relay's files_changed event lists them, and
+    each link downloads the file from the relay (with the API key: the relay has keys)."""
+    relay = relay_factory(claude_bin=real_cli, env=real_cli_env(fake_api), api_key="k")
+    ui = OpenWebUI(owui, relay.url, RELAY_API_KEY="k", ALLOWED_TOOLS="Bash", FILES_CHANGED_MAX=3)
+    chat_id = chat()
+    command = "mkdir -p out && printf 'hello' > 'out/my file.txt'"
+    call = await ui.run(f"[[tool:Bash:{json.dumps({'command': command})}]] go", chat_id=chat_id)
+    content = call.content
+    assert content.index("tool result:") < content.index("**Files changed**")
+    (link,) = re.findall(r"- \[`out/my file\.txt`\]\(([^)]+)\) \(added\)", content)
+    session_id = link.split("/api/sessions/", 1)[1].split("/", 1)[0]
+    assert link == f"{relay.url}/api/sessions/{session_id}/files/out/my%20file.txt"
+    zip_url = f"{relay.url}/api/sessions/{session_id}/files?archive=zip"
+    assert f"[All files of this chat's workspace (zip)]({zip_url})" in content
+    with relay.client() as client:
+        (session,) = client.get("/api/sessions").json()["sessions"]
+        assert client.get(f"/api/sessions/{session_id}").json()["workspace"] == session["workspace"]
+        download = client.get(link)
+        assert download.status_code == 200 and download.content == b"hello"
+        archive = client.get(f"{relay.url}/api/sessions/{session_id}/files?archive=zip")
+        assert archive.status_code == 200 and archive.content[:2] == b"PK"
+    with relay.anonymous_client() as browser:  # a click in the browser sends no key
+        assert browser.get(link).status_code == 401
+    call.assert_status_closed()
+
+    # More changes than FILES_CHANGED_MAX, a deletion (no link), and the browser's address.
+    ui.pipe.valves.RELAY_PUBLIC_URL = "https://relay.example.com/"
+    command = "rm 'out/my file.txt' && for i in 1 2 3 4; do echo $i > f$i.txt; done"
+    later = await ui.run(
+        [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": f"[[tool:Bash:{json.dumps({'command': command})}]] more"},
+        ],
+        chat_id=chat_id,
+    )
+    listed = later.content[later.content.index("**Files changed**") :].splitlines()
+    public = "https://relay.example.com/api/sessions/"
+    assert re.fullmatch(
+        rf"- \[`f1\.txt`\]\({re.escape(public)}[0-9a-f-]+/files/f1\.txt\) \(added\)", listed[2]
+    )
+    assert listed[4].startswith("- [`f3.txt`](") and listed[5] == "- … and 2 more"
+    assert "(deleted)" not in later.content  # cut by the cap: the added come first
+    assert later.content.count("**Files changed**") == 1
+
+    # Nothing changed: no list.
+    quiet = await ui.run("[[say:nothing to do]] hi", chat_id=chat())
+    assert "Files changed" not in quiet.content

@@ -777,7 +777,9 @@ async def test_a_busy_session_is_a_readable_message(owui, real_relay: Relay) -> 
 
 async def test_request_timeout_stops_the_run(owui, real_relay: Relay) -> None:
     """Real CLI: a real CLI run waiting on a stalled model API is what must be stopped."""
-    ui = OpenWebUI(owui, real_relay.url, REQUEST_TIMEOUT=3)
+    # Long enough for a CLI on a loaded machine to name its session first: a new session
+    # whose CLI never did is forgotten with its run when the run ends (nothing to resume).
+    ui = OpenWebUI(owui, real_relay.url, REQUEST_TIMEOUT=10)
     call = await ui.run("[[hang:120]] wait", chat_id=chat())
     call.assert_readable_error("(REQUEST_TIMEOUT)")
     call.assert_status_closed()

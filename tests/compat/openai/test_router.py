@@ -221,7 +221,7 @@ def test_an_api_failure_mid_stream_is_an_error_event_then_done(
 
 def test_a_busy_conversation_is_a_409(client: openai.OpenAI, relay: Relay) -> None:
     first, _ = ask(client, [user("busy one")])
-    history = [user("busy one"), assistant(first), user("slow [[slow:6:0.5]]")]
+    history = [user("busy one"), assistant(first), user("slow [[slow:60:1]]")]
     with (
         relay.client(120) as http,
         http.stream(

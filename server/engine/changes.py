@@ -9,9 +9,11 @@ run, which is what lets the relay tell a file merely touched from one rewritten 
 size, and what a unified diff is made from. A larger file that moved is *modified*, without a
 diff.
 
-The walk never follows a symbolic link (``os.fwalk`` with ``follow_symlinks=False``, files
-opened with ``O_NOFOLLOW`` relative to their directory's descriptor): a tool can plant links
-anywhere in its workspace, and the relay must not read through them. ``.git`` folders are not
+The walk never follows a symbolic link (folders and files are opened with ``O_NOFOLLOW``
+relative to their parent's descriptor): a tool can plant links anywhere in its workspace, and
+the relay must not read through them. A session's next turn starts from its last turn's
+snapshot (:class:`Snapshots`): a file whose size, times and inode did not move since is the
+same file, so only the files written in between are read again. ``.git`` folders are not
 walked (a ``git commit`` would otherwise list every object it wrote), and a workspace of more
 than :data:`MAX_ENTRIES` files is walked only that far (``complete`` is then False).
 """
@@ -23,6 +25,7 @@ import difflib
 import hashlib
 import os
 import stat
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,8 @@ KEEP_TOTAL_BYTES = 8 * 1024 * 1024
 """At most this much of a workspace is kept per run (the first files walked, in order)."""
 MAX_ENTRIES = 50_000
 """A snapshot stops after this many files: a workspace is a project, not a file system."""
+MAX_DEPTH = 64
+"""Folders deeper than this are not walked (the snapshot is then incomplete)."""
 MAX_DIFF_BYTES = 256 * 1024
 """A diff longer than this is cut, with a note saying so."""
 MAX_RUN_DIFF_BYTES = 4 * 1024 * 1024
@@ -42,6 +47,7 @@ SKIPPED_DIRS = frozenset({".git"})
 NO_NEWLINE = "\\ No newline at end of file"
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -50,15 +56,45 @@ class Entry:
 
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
+    ino: int = 0
     link: str | None = None
     content: bytes | None = None
     """The whole file, when it was small enough to keep."""
+
+    def same_as(self, other: Entry) -> bool:
+        """The very file ``other`` was, unwritten since: no write leaves its ctime as it was
+        (``utime`` can put back a modification time, not a change time)."""
+        mine = (self.size, self.mtime_ns, self.ctime_ns, self.ino, self.link)
+        return mine == (other.size, other.mtime_ns, other.ctime_ns, other.ino, other.link)
+
+    def kept(self, content: bytes | None) -> Entry:
+        return dataclasses.replace(self, content=content)
 
 
 @dataclass
 class Snapshot:
     entries: dict[str, Entry] = field(default_factory=dict)
     complete: bool = True
+
+
+class Snapshots:
+    """The last snapshot of the workspaces used most recently: a session's next turn starts
+    from its last one's, and reads again only the files written since (by a tool, the file
+    API or anyone else). At most ``capacity`` are held, each with up to
+    :data:`KEEP_TOTAL_BYTES` of kept content."""
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._held: OrderedDict[str, Snapshot] = OrderedDict()
+
+    def take(self, workspace_id: str) -> Snapshot | None:
+        return self._held.pop(workspace_id, None)
+
+    def put(self, workspace_id: str, snapshot: Snapshot) -> None:
+        self._held[workspace_id] = snapshot
+        while len(self._held) > self.capacity:
+            self._held.popitem(last=False)
 
 
 @dataclass
@@ -99,18 +135,21 @@ def _read(dir_fd: int, name: str, limit: int | None) -> tuple[bytes | None, str 
     return (b"".join(kept) if kept is not None else None), digest.hexdigest()
 
 
-def _is_link(dir_fd: int, name: str) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
+class _Full(Exception):
+    """The walk reached :data:`MAX_ENTRIES`."""
 
 
 class _Walk:
-    """One pass over a workspace; with ``before``, also what changed since it."""
+    """One pass over a workspace, by directory descriptor, never through a link.
 
-    def __init__(self, before: Snapshot | None) -> None:
-        self.before = before
+    ``reference`` is an earlier snapshot: before a run, the workspace's last one (its kept
+    contents are reused for files not written since); after it, the run's before-snapshot
+    (files not written since are unchanged, and only the others are read).
+    """
+
+    def __init__(self, reference: Snapshot | None, *, comparing: bool) -> None:
+        self.reference = reference.entries if reference is not None else {}
+        self.comparing = comparing
         self.snapshot = Snapshot()
         self.kept = 0
         self.digests: dict[str, str] = {}
@@ -118,78 +157,98 @@ class _Walk:
 
     def run(self, workspace: Path) -> None:
         try:
-            walk = os.fwalk(workspace, follow_symlinks=False)
-            for folder, dirs, files, dir_fd in walk:
-                # fwalk lists a link to a folder among the folders (and does not follow it).
-                links = [d for d in dirs if _is_link(dir_fd, d)]
-                dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and d not in links)
-                relative = os.path.relpath(folder, workspace)
-                for name in sorted([*files, *links]):
-                    if len(self.snapshot.entries) >= MAX_ENTRIES:
-                        self.snapshot.complete = False
-                        return
-                    path = name if relative == "." else f"{relative}/{name}"
-                    self._visit(path, name, dir_fd)
+            fd = os.open(workspace, _DIR_FLAGS)
         except OSError:
             self.snapshot.complete = False
-
-    def _visit(self, path: str, name: str, dir_fd: int) -> None:
+            return
         try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            self._folder(fd, "", 0)
+        except _Full:
+            self.snapshot.complete = False
+        finally:
+            os.close(fd)
+
+    def _folder(self, fd: int, prefix: str, depth: int) -> None:
+        try:
+            with os.scandir(fd) as listing:
+                found = sorted(listing, key=lambda e: e.name)
+        except OSError:
+            self.snapshot.complete = False
+            return
+        for item in found:
+            if item.is_dir(follow_symlinks=False):
+                if item.name not in SKIPPED_DIRS:
+                    self._subfolder(fd, item.name, f"{prefix}{item.name}/", depth + 1)
+                continue
+            if len(self.snapshot.entries) >= MAX_ENTRIES:
+                raise _Full
+            self._visit(f"{prefix}{item.name}", item, fd)
+
+    def _subfolder(self, fd: int, name: str, prefix: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            self.snapshot.complete = False
+            return
+        try:
+            sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            self.snapshot.complete = False
+            return
+        try:
+            self._folder(sub, prefix, depth)
+        finally:
+            os.close(sub)
+
+    def _visit(self, path: str, item: os.DirEntry[str], dir_fd: int) -> None:
+        try:
+            info = item.stat(follow_symlinks=False)
+            link = os.readlink(item.name, dir_fd=dir_fd) if stat.S_ISLNK(info.st_mode) else None
         except OSError:
             return
-        if stat.S_ISLNK(info.st_mode):
-            try:
-                target = os.readlink(name, dir_fd=dir_fd)
-            except OSError:
-                return
-            self.snapshot.entries[path] = Entry(info.st_size, info.st_mtime_ns, link=target)
+        if link is None and not stat.S_ISREG(info.st_mode):
             return
-        if not stat.S_ISREG(info.st_mode):
-            return
-        entry = Entry(info.st_size, info.st_mtime_ns)
-        if self.before is None:
-            entry = self._keep(entry, name, dir_fd)
-        else:
-            self._compare(path, entry, name, dir_fd)
+        entry = Entry(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, link)
+        if link is None:
+            entry = self._regular(path, entry, item.name, dir_fd)
         self.snapshot.entries[path] = entry
 
-    def _keep(self, entry: Entry, name: str, dir_fd: int) -> Entry:
-        """Before the run: keep small files while the budget lasts."""
-        if entry.size > KEEP_FILE_BYTES or self.kept + entry.size > KEEP_TOTAL_BYTES:
-            return entry
-        content, _ = _read(dir_fd, name, KEEP_FILE_BYTES)
-        if content is None:
-            return entry
-        self.kept += len(content)
-        return Entry(entry.size, entry.mtime_ns, content=content)
-
-    def _compare(self, path: str, entry: Entry, name: str, dir_fd: int) -> None:
-        """After the run: read a file only if it is new or its size or time moved."""
-        assert self.before is not None
-        old = self.before.entries.get(path)
-        unmoved = old is not None and (old.size, old.mtime_ns) == (entry.size, entry.mtime_ns)
-        if unmoved and old is not None and old.link is None:
-            return
+    def _regular(self, path: str, entry: Entry, name: str, dir_fd: int) -> Entry:
+        old = self.reference.get(path)
+        if old is not None and old.same_as(entry):
+            # Not written since: the entry (and its kept content, if any) stays; nothing is read.
+            return old if old.content is None else self._keep(old, old.content)
+        if not self.comparing:
+            if entry.size > KEEP_FILE_BYTES or self.kept + entry.size > KEEP_TOTAL_BYTES:
+                return entry
+            content, _ = _read(dir_fd, name, KEEP_FILE_BYTES)
+            return self._keep(entry, content)
         keep = KEEP_FILE_BYTES if (old is None or old.content is not None) else None
         content, digest = _read(dir_fd, name, keep)
-        if digest is None:
-            return
-        self.digests[path] = digest
+        if digest is not None:
+            self.digests[path] = digest
         if content is not None:
             self.contents[path] = content
+        return self._keep(entry, content)
+
+    def _keep(self, entry: Entry, content: bytes | None) -> Entry:
+        """``entry`` with ``content`` while the budget lasts (the next turn starts from it)."""
+        if content is None or self.kept + len(content) > KEEP_TOTAL_BYTES:
+            return entry if entry.content is None else entry.kept(None)
+        self.kept += len(content)
+        return entry if entry.content is content else entry.kept(content)
 
 
-def snapshot(workspace: Path) -> Snapshot:
-    """The workspace before a run."""
-    walk = _Walk(None)
+def snapshot(workspace: Path, last: Snapshot | None = None) -> Snapshot:
+    """The workspace before a run; ``last`` (its previous after-snapshot) saves reading the
+    files not written since."""
+    walk = _Walk(last, comparing=False)
     walk.run(workspace)
     return walk.snapshot
 
 
-def changes_since(before: Snapshot, workspace: Path) -> Changes:
-    """What changed in ``workspace`` since ``before`` was taken."""
-    walk = _Walk(before)
+def changes_since(before: Snapshot, workspace: Path) -> tuple[Changes, Snapshot]:
+    """What changed in ``workspace`` since ``before`` was taken, and the workspace as it is
+    now (the next run's starting point)."""
+    walk = _Walk(before, comparing=True)
     walk.run(workspace)
     after = walk.snapshot
     found = Changes(complete=before.complete and after.complete)
@@ -203,7 +262,7 @@ def changes_since(before: Snapshot, workspace: Path) -> Changes:
             if diff_budget < 0:
                 change = dataclasses.replace(change, diff=None)
         found.changes.append(change)
-    return found
+    return found, after
 
 
 def _change(path: str, old: Entry | None, new: Entry | None, walk: _Walk) -> FileChange | None:
@@ -218,10 +277,14 @@ def _change(path: str, old: Entry | None, new: Entry | None, walk: _Walk) -> Fil
     content = walk.contents.get(path)
     if old is None:
         return FileChange(path, "added", new.size, digest, _diff(path, None, content, None, new))
-    if digest is None:
-        return None  # size and time unchanged (or it vanished while being read)
-    if old.content is not None and content == old.content:
-        return None  # rewritten with the same bytes
+    if digest is None and old.link is None:
+        return None  # not written since (or it vanished while being read)
+    if old.link is None:
+        if old.content is not None and content is not None:
+            if content == old.content:
+                return None  # rewritten with the same bytes
+        elif (old.size, old.mtime_ns) == (new.size, new.mtime_ns):
+            return None  # too large to compare: its metadata moved (a chmod), not its time
     return FileChange(
         path, "modified", new.size, digest, _diff(path, old.content, content, old, new)
     )

@@ -25,6 +25,7 @@ from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
 from server.engine import attachments, session_config
+from server.engine.changes import Snapshots
 from server.engine.launcher import Launcher, choose
 from server.engine.live_sessions import LiveProcess, LiveSessions
 from server.engine.planner import (
@@ -173,6 +174,7 @@ class RunManager:
             approval_timeout=settings.approval_timeout,
         )
         self._attachment_caps = attachments.Caps.of(settings)
+        self.snapshots = Snapshots()
         self.live = LiveSessions(
             max_live=settings.max_live,
             idle_seconds=settings.live_idle_seconds,
@@ -504,6 +506,7 @@ class RunManager:
             workspace=self.workspaces.path_for(target.workspace_id)
             if self.settings.track_changes
             else None,
+            snapshots=self.snapshots,
         )
         self.runs[run_id] = run
         run.start(proc, target.prompt, blocks)

@@ -154,6 +154,8 @@ class Run:
     approvals: Approvals = field(default_factory=Approvals)
     workspace: Path | None = None
     """Its session's workspace, when the relay records what each run changes there."""
+    snapshots: workspace_changes.Snapshots | None = None
+    """Where the last turn's snapshot of each workspace waits for the next turn."""
     changes: workspace_changes.Changes | None = None
     """What the run added, modified and deleted in its workspace (once it is over)."""
     _before: workspace_changes.Snapshot | None = None
@@ -418,8 +420,9 @@ class Run:
         """The workspace as the prompt finds it, taken before the prompt is sent."""
         if self.workspace is None:
             return
+        last = self.snapshots.take(self.workspace_id) if self.snapshots is not None else None
         try:
-            self._before = await asyncio.to_thread(workspace_changes.snapshot, self.workspace)
+            self._before = await asyncio.to_thread(workspace_changes.snapshot, self.workspace, last)
         except Exception:
             log.exception("run %s: could not take its workspace's snapshot", self.id)
 
@@ -429,9 +432,11 @@ class Run:
         if self.workspace is None or self._before is None:
             return
         try:
-            self.changes = await asyncio.to_thread(
+            self.changes, after = await asyncio.to_thread(
                 workspace_changes.changes_since, self._before, self.workspace
             )
+            if self.snapshots is not None:
+                self.snapshots.put(self.workspace_id, after)
         except Exception:
             log.exception("run %s: could not list what it changed", self.id)
         self._before = None

@@ -33,7 +33,7 @@ def test_added_modified_and_deleted_files_with_text_diffs(tmp_path: Path) -> Non
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "new.py").write_text("print(1)")
 
-    found = changes_since(before, tmp_path)
+    found, _ = changes_since(before, tmp_path)
     by_path = _by_path(found)
     assert found.paths("added") == ["src/new.py"]
     assert found.paths("modified") == ["edit.txt"]
@@ -54,7 +54,7 @@ def test_a_file_touched_or_rewritten_with_the_same_bytes_is_not_modified(tmp_pat
     before = snapshot(tmp_path)
     (tmp_path / "a.txt").write_text("content\n")
     _bump(tmp_path / "a.txt")
-    assert not changes_since(before, tmp_path)
+    assert not changes_since(before, tmp_path)[0]
 
 
 def test_a_rewrite_of_the_same_size_is_found_by_its_content(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_a_rewrite_of_the_same_size_is_found_by_its_content(tmp_path: Path) -> N
     before = snapshot(tmp_path)
     (tmp_path / "a.txt").write_text("xyz\n")
     _bump(tmp_path / "a.txt")
-    assert changes_since(before, tmp_path).paths("modified") == ["a.txt"]
+    assert changes_since(before, tmp_path)[0].paths("modified") == ["a.txt"]
 
 
 def test_nothing_changed_reads_no_file(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_nothing_changed_reads_no_file(tmp_path: Path) -> None:
     before = snapshot(tmp_path)
     for i in range(50):
         (tmp_path / f"f{i}").chmod(0)  # unreadable now: reading one would make a change
-    found = changes_since(before, tmp_path)
+    found, _ = changes_since(before, tmp_path)
     assert not found and found.complete
 
 
@@ -85,7 +85,7 @@ def test_large_and_binary_files_are_modified_without_a_diff(tmp_path: Path) -> N
     _bump(big)
     (tmp_path / "small.bin").write_bytes(b"\0\1\3")
     _bump(tmp_path / "small.bin")
-    by_path = _by_path(changes_since(before, tmp_path))
+    by_path = _by_path(changes_since(before, tmp_path)[0])
     assert by_path["big.bin"].kind == "modified" and by_path["big.bin"].diff is None
     assert by_path["small.bin"].kind == "modified" and by_path["small.bin"].diff is None
 
@@ -101,7 +101,7 @@ def test_a_planted_symbolic_link_is_listed_but_never_followed(tmp_path: Path) ->
     (workspace / "link.txt").symlink_to(outside / "secret.txt")
     (workspace / "linkdir").symlink_to(outside)
 
-    found = changes_since(before, workspace)
+    found, _ = changes_since(before, workspace)
     assert found.paths("added") == ["link.txt", "linkdir"]
     # Neither hashed nor diffed: the secret behind the link was never read.
     assert all(change.diff is None and change.sha256 is None for change in found.changes)
@@ -112,7 +112,7 @@ def test_git_folders_are_not_walked(tmp_path: Path) -> None:
     (tmp_path / ".git" / "objects").mkdir(parents=True)
     (tmp_path / ".git" / "objects" / "ab").write_bytes(b"x")
     (tmp_path / "README").write_text("r")
-    assert changes_since(before, tmp_path).paths("added") == ["README"]
+    assert changes_since(before, tmp_path)[0].paths("added") == ["README"]
 
 
 def test_a_workspace_past_the_entry_cap_is_marked_incomplete(
@@ -123,7 +123,7 @@ def test_a_workspace_past_the_entry_cap_is_marked_incomplete(
         (tmp_path / f"f{i}").write_text("x")
     before = snapshot(tmp_path)
     assert not before.complete
-    assert not changes_since(before, tmp_path).complete
+    assert not changes_since(before, tmp_path)[0].complete
 
 
 def test_diffs_stop_at_the_runs_budget_but_every_file_is_listed(
@@ -133,6 +133,44 @@ def test_diffs_stop_at_the_runs_budget_but_every_file_is_listed(
     before = snapshot(tmp_path)
     for i in range(5):
         (tmp_path / f"f{i}.txt").write_text("x" * 40 + "\n")
-    found = changes_since(before, tmp_path)
+    found, _ = changes_since(before, tmp_path)
     assert len(found.paths("added")) == 5
     assert [c.diff is not None for c in found.changes] == [True, False, False, False, False]
+
+
+def test_the_next_turn_starts_from_the_last_turns_snapshot_without_reading(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.txt").write_text("one\n")
+    first = snapshot(tmp_path)
+    (tmp_path / "b.txt").write_text("new\n")
+    _, after = changes_since(first, tmp_path)
+    (tmp_path / "a.txt").chmod(0)  # unreadable: the next snapshot must not need to read it
+    (tmp_path / "b.txt").chmod(0)
+    second = snapshot(tmp_path, after)
+    assert second.entries["a.txt"].content == b"one\n"
+    assert second.entries["b.txt"].content == b"new\n"
+
+    (tmp_path / "a.txt").chmod(0o600)
+    (tmp_path / "a.txt").write_text("two\n")
+    found, _ = changes_since(second, tmp_path)
+    assert "-one\n+two\n" in (_by_path(found)["a.txt"].diff or "")
+
+
+def test_a_file_written_between_turns_is_read_again(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one\n")
+    _, after = changes_since(snapshot(tmp_path), tmp_path)
+    (tmp_path / "a.txt").write_text("two\n")  # an upload between the turns
+    info = (tmp_path / "a.txt").stat()
+    os.utime(tmp_path / "a.txt", ns=(info.st_atime_ns, after.entries["a.txt"].mtime_ns))
+    assert snapshot(tmp_path, after).entries["a.txt"].content == b"two\n"
+
+
+def test_a_chmod_alone_is_not_a_change(tmp_path: Path) -> None:
+    (tmp_path / "big.bin").write_bytes(b"a" * (changes.KEEP_FILE_BYTES + 1))
+    (tmp_path / "small.txt").write_text("x\n")
+    before = snapshot(tmp_path)
+    (tmp_path / "big.bin").chmod(0o600)
+    (tmp_path / "small.txt").chmod(0o600)
+    found, _ = changes_since(before, tmp_path)
+    assert not found, found.changes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -16,7 +17,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
-from server.api import claude, files, runs, sessions
+from server.api import audit, claude, files, runs, sessions
 from server.api.auth import api_key_guard
 from server.api.dependencies import Relay, dependencies
 from server.api.errors import exception_handlers, relay_error_body
@@ -27,6 +28,7 @@ from server.compat.openai import router as openai
 from server.compat.openai import schemas as openai_schemas
 from server.config import VERSION, Settings
 from server.engine.housekeeping import housekeeping_loop
+from server.engine.keys import Keyring
 from server.engine.manager import RunManager
 from server.engine.recovery import recover
 from server.engine.runtime import open_runtime
@@ -49,6 +51,7 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
         runtime.event_writer.start()
         manager.start_upkeep()
         relay.runtime, relay.manager = runtime, manager
+        reloads = _reload_keys_on_sighup(relay.keyring)
         housekeeping = asyncio.create_task(housekeeping_loop(runtime), name="housekeeping")
         log.info(
             "workspaces under %s, database %s", runtime.workspaces.root, runtime.database.engine.url
@@ -56,12 +59,28 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
         try:
             yield
         finally:
+            reloads()
             housekeeping.cancel()
             await manager.shutdown()
             await runtime.close()
             relay.runtime = relay.manager = None
 
     return lifespan
+
+
+def _reload_keys_on_sighup(keyring: Keyring) -> Callable[[], None]:
+    """SIGHUP reads the keys file again (only a relay on the main thread gets signals: an
+    in-process test relay does not); the function returned stops that."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, keyring.reload)
+    except (ValueError, RuntimeError, NotImplementedError):
+        return lambda: None
+
+    def stop() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return stop
 
 
 def max_body_size(settings: Settings) -> int:
@@ -71,10 +90,12 @@ def max_body_size(settings: Settings) -> int:
     return settings.max_prompt_bytes * 2 + attachments + 1024 * 1024
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    """The relay as an ASGI app; settings default to the ``CLAUDE_RELAY_*`` environment."""
+def create_app(settings: Settings | None = None, *, keyring: Keyring | None = None) -> Litestar:
+    """The relay as an ASGI app; settings default to the ``CLAUDE_RELAY_*`` environment, and
+    the keys to the settings' (a :class:`~server.errors.ConfigError` if the file is bad)."""
     settings = settings or Settings.from_env()
-    relay = Relay(settings)
+    keyring = keyring or Keyring.from_settings(settings)
+    relay = Relay(settings, keyring)
     cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
     return Litestar(
         route_handlers=[
@@ -83,10 +104,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             sessions.router(settings),
             files.router(settings),
             runs.router,
+            audit.router,
             openai.router,
             anthropic.router,
         ],
-        guards=[api_key_guard(settings.api_keys)],
+        guards=[api_key_guard(keyring)],
         dependencies=dependencies(relay),
         exception_handlers=exception_handlers(
             relay_error_body,

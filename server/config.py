@@ -152,9 +152,16 @@ class Settings:
     )
     api_keys: tuple[str, ...] = _setting(
         tuple,
-        "Comma-separated bearer keys. When set, every route but /health needs one.",
+        "Comma-separated bearer keys, each a user key (KEYS_FILE gives names, roles and "
+        "policies). When set, every route but /health needs one.",
         _parse_list,
         repr=False,
+    )
+    keys_file: Path | None = _setting(
+        None,
+        "A TOML (or .json) file of named keys, each a user or an admin with a policy (see the "
+        "README's Keys, owners and budgets); read again on SIGHUP. Keys of API_KEYS are users.",
+        Path,
     )
     insecure_no_auth: bool = _setting(
         False, "Allow listening on a non-loopback address without API keys.", _parse_bool
@@ -346,7 +353,7 @@ class Settings:
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
+        return bool(self.api_keys) or self.keys_file is not None
 
 
 def _parse_setting(f: dataclasses.Field[Any], raw: str, name: str) -> Any:
@@ -363,7 +370,7 @@ def _shown(f: dataclasses.Field[Any]) -> str:
         default = f.default
     else:
         default = f.default_factory()  # type: ignore[operator]
-    if default in ((), {}):
+    if default is None or default in ((), {}):
         return ""
     if isinstance(default, Path) and not default.is_absolute():
         return f"./{default}"

@@ -10,13 +10,15 @@
     └── Refused                 a request the relay will not carry out (nothing was started)
         ├── InvalidRequest      malformed body, unknown field, invalid value
         ├── Unauthorized        missing or wrong API key
-        ├── Forbidden           refused by the operator's policy (dangerous modes)
+        ├── Forbidden           refused by the operator's policy (dangerous modes, a key's
+        │                       policy: the message names the rule)
         ├── NotFound            unknown session, run or model
         │   └── ModelNotFound   unknown model id on a compatible endpoint
         ├── Conflict            the session is already running / the run has ended
         ├── TooLarge            prompt, body or file over the configured cap
         ├── RangeNotSatisfiable a download's ``Range`` holds no byte of the file (``size``)
         ├── TooManyRuns         the concurrent-run cap is reached (``retry_after`` seconds)
+        │   └── OverBudget      the key's daily spending limit is reached (until UTC midnight)
         ├── CLIUnavailable      the Claude Code executable cannot be run
         ├── StorageUnavailable  the database or workspaces root is read-only, gone or
         │   │                   unreachable (``retry_after`` seconds)
@@ -101,6 +103,15 @@ class TooManyRuns(Refused):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class OverBudget(TooManyRuns):
+    """The key has spent its daily budget; it resets at ``resets_at`` (Unix seconds, the next
+    UTC midnight), ``retry_after`` seconds from now."""
+
+    def __init__(self, message: str, *, retry_after: int, resets_at: float) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.resets_at = resets_at
 
 
 class CLIUnavailable(Refused):

@@ -1,4 +1,6 @@
-"""The ``claude-relay`` command: ``serve``, ``migrate``, ``sessions`` and ``gc``.
+"""The ``claude-relay`` command: ``serve``, ``migrate``, ``sessions``, ``gc``, ``audit`` and
+``keys``. Commands that read the database act as the operator: an admin that sees every
+session.
 
 (Named ``main`` rather than ``cli``: in this code base "the CLI" is Claude Code's.)
 
@@ -147,6 +149,7 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 def sessions_command(settings: Settings, args: argparse.Namespace) -> int:
     from server.api.schemas import run_out, session_out, to_builtins
     from server.api.session_lookup import find_session
+    from server.engine.callers import OPERATOR
     from server.engine.housekeeping import forget_session
     from server.errors import Refused
 
@@ -159,7 +162,7 @@ def sessions_command(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 _print_table(rows, ["session_id", "state", "runs", "last_used_at", "title"])
             return 0
-        record = await find_session(runtime, args.session_id)
+        record = await find_session(runtime, args.session_id, OPERATOR)
         if args.action == "show":
             summary = await runtime.catalog.summary(record.workspace_id)
             body = to_builtins(session_out(summary, runtime.workspaces))
@@ -191,6 +194,7 @@ def sessions_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def gc_command(settings: Settings, args: argparse.Namespace) -> int:
     from server.config import parse_duration
+    from server.engine.callers import OPERATOR
     from server.engine.housekeeping import collect_garbage
 
     try:
@@ -199,7 +203,7 @@ def gc_command(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(f"--idle-for: {exc}") from None
 
     async def work(runtime: Any) -> list[str]:
-        return await collect_garbage(runtime, idle_for=idle_for, dry_run=args.dry_run)
+        return await collect_garbage(runtime, idle_for=idle_for, dry_run=args.dry_run, by=OPERATOR)
 
     removed = _with_runtime(settings, work)
     if args.json:
@@ -209,6 +213,37 @@ def gc_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{verb} {len(removed)} session(s) idle for {args.idle_for}")
         for session_id in removed:
             print(f"  {session_id}")
+    return 0
+
+
+def audit_command(settings: Settings, args: argparse.Namespace) -> int:
+    from server.api.schemas import audit_out, to_builtins
+
+    async def work(runtime: Any) -> list[Any]:
+        return list(await runtime.audit.page(limit=args.limit, action=args.action))
+
+    rows = to_builtins([audit_out(entry) for entry in _with_runtime(settings, work)])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            row["detail"] = json.dumps(row["detail"], separators=(",", ":"))
+        _print_table(rows, ["at", "key_name", "action", "target", "detail"])
+    return 0
+
+
+def keys_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``keys hash``: the SHA-256 of a key read from stdin, for ``key_sha256`` in the file."""
+    from server.engine.keys import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        print(
+            "claude-relay: give the key on stdin (echo -n KEY | claude-relay keys hash)",
+            file=sys.stderr,
+        )
+        return 1
+    print(hash_key(key))
     return 0
 
 
@@ -244,6 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--json", action="store_true", help="machine-readable output")
     gc.add_argument("--database-url", dest="database_url")
     gc.add_argument("--workspaces-dir", dest="workspaces_dir")
+
+    audit = commands.add_parser("audit", help="what keys did, newest first")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--action", help="only this action (run.start, session.delete, ...)")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.add_argument("--database-url", dest="database_url")
+    audit.add_argument("--workspaces-dir", dest="workspaces_dir")
+
+    keys = commands.add_parser("keys", help="help with API keys")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("hash", help="print the SHA-256 of a key read from stdin")
     return parser
 
 
@@ -252,6 +298,8 @@ COMMANDS: dict[str, Any] = {
     "migrate": lambda settings, _args: migrate(settings),
     "sessions": sessions_command,
     "gc": gc_command,
+    "audit": audit_command,
+    "keys": keys_command,
 }
 
 

@@ -1,30 +1,27 @@
-"""Bearer-key authentication for every route but ``/health``.
+"""Bearer-key authentication for every route but ``/health``: who is asking.
 
-Keys come from ``CLAUDE_RELAY_API_KEYS``. Both ``Authorization: Bearer <key>`` and the
-Anthropic SDK's ``x-api-key`` header are accepted. Every configured key is compared in
-constant time, all of them on every request, so timing reveals neither key nor position.
-The key that matched is remembered (as a short hash, never the key) for scoping per caller.
+Keys are the :class:`~server.engine.keys.Keyring`'s (``CLAUDE_RELAY_API_KEYS`` and the keys
+file). Both ``Authorization: Bearer <key>`` and the Anthropic SDK's ``x-api-key`` header are
+accepted. The keyring compares the presented key's hash with every configured one in constant
+time. The guard leaves the :class:`~server.engine.callers.Caller` it found on the request for
+the ``caller`` dependency; without keys every request is the anonymous caller.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from server.engine.manager import ANONYMOUS
+from server.engine.callers import ANONYMOUS, Caller, Role
+from server.engine.keys import Keyring
 from server.errors import Unauthorized
 
 PUBLIC_OPT = "public"
-
-
-def key_id(key: str) -> str:
-    """A stable, non-secret name for an API key."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+NOBODY = Caller("", "nobody", Role.USER)
+"""The caller of a public route when keys are on: it owns nothing and sees nothing."""
 
 
 def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -36,40 +33,35 @@ def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None
     return connection.headers.get("x-api-key") or None
 
 
-def _matches(presented: str, keys: tuple[str, ...]) -> str | None:
-    found = None
-    candidate = presented.encode()
-    for key in keys:
-        if hmac.compare_digest(candidate, key.encode()):
-            found = key
-    return found
-
-
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
 
 
-def api_key_guard(keys: tuple[str, ...]) -> Guard:
+def api_key_guard(keyring: Keyring) -> Guard:
     """A Litestar guard: pass when keys are off, the route is public, or a key matches."""
 
     def require_api_key(
         connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
     ) -> None:
-        if not keys:
-            connection.state.api_key_id = ANONYMOUS
+        if not keyring.enabled:
+            connection.state.caller = ANONYMOUS
             return
         if handler.opt.get(PUBLIC_OPT):
+            connection.state.caller = NOBODY
             return
         presented = _presented_key(connection)
         if presented is None:
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-        key = _matches(presented, keys)
-        if key is None:
+        caller = keyring.match(presented)
+        if caller is None:
             raise Unauthorized("invalid API key")
-        connection.state.api_key_id = key_id(key)
+        connection.state.caller = caller
 
     return require_api_key
 
 
-def caller_id(request: ASGIConnection[Any, Any, Any, Any]) -> str:
-    """The dependency ``api_key_id``: who is asking, as the guard found it."""
-    return getattr(request.state, "api_key_id", ANONYMOUS)
+def current_caller(request: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    """The dependency ``caller``: who is asking, as the guard found it."""
+    caller = getattr(request.state, "caller", None)
+    if not isinstance(caller, Caller):
+        raise Unauthorized("no API key was checked for this route")
+    return caller

@@ -16,6 +16,7 @@ from server.api.sse import run_stream
 from server.claude.options import check_conversation_key, check_prompt
 from server.config import Settings
 from server.engine.attachments import Attachment, Caps, check
+from server.engine.callers import Caller
 from server.engine.manager import RunRequest
 from server.engine.planner import ByConversation, ResumeLatest, Target
 from server.errors import InvalidRequest
@@ -39,13 +40,13 @@ def _target(body: ClaudeRequest) -> Target:
     return None
 
 
-def run_request(body: ClaudeRequest, settings: Settings, api_key_id: str) -> RunRequest:
+def run_request(body: ClaudeRequest, settings: Settings, caller: Caller) -> RunRequest:
     """The engine's request for a client's body, refused if any value is not allowed."""
     return RunRequest(
         prompt=check_prompt(body.prompt, settings.max_prompt_bytes),
         options=body.options().check(allow_dangerous=settings.allow_dangerous),
         target=_target(body),
-        api_key_id=api_key_id,
+        caller=caller,
         detach=bool(body.detach),
         attachments=checked_attachments(body.attachments or (), settings),
     )
@@ -75,9 +76,9 @@ def checked_attachments(
     ),
 )
 async def run_claude(
-    data: JSONBody[ClaudeRequest], settings: SettingsDep, manager: ManagerDep, api_key_id: CallerDep
+    data: JSONBody[ClaudeRequest], settings: SettingsDep, manager: ManagerDep, caller: CallerDep
 ) -> ASGIApp:
-    run = await manager.start(run_request(data, settings, api_key_id))
+    run = await manager.start(run_request(data, settings, caller))
     return run_stream(
         run,
         ping_interval=settings.ping_interval,

@@ -1,6 +1,6 @@
 """What route handlers receive by Litestar's dependency injection.
 
-Handlers name what they need (``settings``, ``runtime``, ``manager``, ``api_key_id``) as
+Handlers name what they need (``settings``, ``runtime``, ``manager``, ``caller``) as
 parameters; nothing looks up ``app.state``. The runtime and the run manager exist only while
 the app runs (its lifespan opens the database), so providers read them from a
 :class:`Relay` that the lifespan fills in.
@@ -13,8 +13,10 @@ from typing import Any
 
 from litestar.di import NamedDependency, Provide
 
-from server.api.auth import caller_id
+from server.api.auth import current_caller
 from server.config import Settings
+from server.engine.callers import Caller
+from server.engine.keys import Keyring
 from server.engine.manager import RunManager
 from server.engine.runtime import Runtime
 
@@ -24,6 +26,7 @@ class Relay:
     """The relay while it serves: set up by the app's lifespan, torn down after it."""
 
     settings: Settings
+    keyring: Keyring
     runtime: Runtime | None = None
     manager: RunManager | None = None
 
@@ -41,8 +44,8 @@ class Relay:
 SettingsDep = NamedDependency[Settings]
 RuntimeDep = NamedDependency[Runtime]
 ManagerDep = NamedDependency[RunManager]
-CallerDep = NamedDependency[str]
-"""``api_key_id``: a short hash of the caller's API key (``anonymous`` without keys)."""
+CallerDep = NamedDependency[Caller]
+"""``caller``: who is asking (its key's id, name, role and policy; anonymous without keys)."""
 
 
 def dependencies(relay: Relay) -> dict[str, Any]:
@@ -51,5 +54,5 @@ def dependencies(relay: Relay) -> dict[str, Any]:
         "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
         "runtime": Provide(relay.get_runtime, sync_to_thread=False),
         "manager": Provide(relay.get_manager, sync_to_thread=False),
-        "api_key_id": Provide(caller_id, sync_to_thread=False),
+        "caller": Provide(current_caller, sync_to_thread=False),
     }

@@ -141,12 +141,13 @@ def from_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> Refuse
 MEANING = {
     400: "Malformed body, unknown field or invalid value (the message names it).",
     401: "Missing or wrong API key.",
-    403: "Refused by the operator's policy.",
+    403: "Refused by the operator's policy (a key's policy: the message names the rule).",
     404: "Unknown session, run, model or route.",
     409: "The session is already running, or the run has already ended.",
     413: "The prompt, body or file is over the relay's cap.",
     416: "The Range holds no byte of the file (Content-Range gives its size).",
-    429: "Too many runs at once; see Retry-After.",
+    429: "Too many runs at once (the relay's or the key's cap), or the key's daily budget is"
+    " spent (the message says when it resets); see Retry-After.",
     500: "The run behind a non-streaming answer failed.",
     503: "The Claude Code CLI cannot be run, or the database or workspaces root is read-only,"
     " gone or unreachable (the message says which; see Retry-After).",

@@ -56,7 +56,7 @@ from multipart import (  # type: ignore[import-untyped]
     PushMultipartParser,
 )
 
-from server.api.dependencies import RuntimeDep, SettingsDep
+from server.api.dependencies import CallerDep, RuntimeDep, SettingsDep
 from server.api.errors import documented_errors
 from server.api.schemas import (
     ErrorBody,
@@ -68,7 +68,8 @@ from server.api.schemas import (
 )
 from server.api.session_lookup import SessionId, find_session
 from server.config import Settings
-from server.engine import workspace_files
+from server.engine import audit, workspace_files
+from server.engine.callers import Caller
 from server.engine.runtime import Runtime
 from server.engine.workspace_files import WrittenFile
 from server.errors import Conflict, InvalidRequest, TooLarge
@@ -200,10 +201,11 @@ class Target:
     session_id: str
 
 
-async def _target(runtime: Runtime, session_id: str, *, writing: bool) -> Target:
-    """The session's workspace, refused (409) when it is broken or, for a write, while a run
-    holds the session; writes are also refused when the workspaces root is full."""
-    record = await find_session(runtime, session_id)
+async def _target(runtime: Runtime, session_id: str, caller: Caller, *, writing: bool) -> Target:
+    """The session's workspace (404 if the caller may not see the session), refused (409)
+    when it is broken or, for a write, while a run holds the session; writes are also
+    refused when the workspaces root is full."""
+    record = await find_session(runtime, session_id, caller)
     why = runtime.workspaces.broken(record.workspace_id)
     if why is not None:
         raise Conflict(
@@ -263,9 +265,10 @@ async def put_file(
     request: Request[Any, Any, Any],
     runtime: RuntimeDep,
     settings: SettingsDep,
+    caller: CallerDep,
 ) -> FilesWritten:
     relpath = workspace_files.check_path(sent_path(request, path))
-    target = await _target(runtime, session_id, writing=True)
+    target = await _target(runtime, session_id, caller, writing=True)
     announced = request.content_length
     if announced is not None and announced > settings.max_upload_bytes:
         raise TooLarge(
@@ -274,7 +277,24 @@ async def put_file(
     written = await workspace_files.write_file(
         target.workspace, relpath, request.stream(), **write_caps(settings)
     )
+    await _audit_writes(runtime, caller, target, [written])
     return files_written([written])
+
+
+async def _audit_writes(
+    runtime: Runtime, caller: Caller, target: Target, written: list[WrittenFile]
+) -> None:
+    """One audit entry per request: a file names ``<session id>/<path>``, several the
+    session, with each path and size."""
+    where = f"{target.session_id}/{written[0].path}" if len(written) == 1 else target.session_id
+    await audit.record(
+        runtime.audit,
+        caller,
+        "file.write",
+        where,
+        session_id=target.session_id,
+        files=[{"path": item.path, "size": item.size} for item in written],
+    )
 
 
 async def _parse(
@@ -390,9 +410,12 @@ async def post_files(
     request: Request[Any, Any, Any],
     runtime: RuntimeDep,
     settings: SettingsDep,
+    caller: CallerDep,
 ) -> FilesWritten:
-    target = await _target(runtime, session_id, writing=True)
-    return files_written(await receive_form(request, target.workspace, settings))
+    target = await _target(runtime, session_id, caller, writing=True)
+    written = await receive_form(request, target.workspace, settings)
+    await _audit_writes(runtime, caller, target, written)
+    return files_written(written)
 
 
 @delete(
@@ -402,11 +425,24 @@ async def post_files(
     responses=WRITE_ERRORS,
 )
 async def delete_file(
-    session_id: SessionId, path: FilePath, request: Request[Any, Any, Any], runtime: RuntimeDep
+    session_id: SessionId,
+    path: FilePath,
+    request: Request[Any, Any, Any],
+    runtime: RuntimeDep,
+    caller: CallerDep,
 ) -> FileDeleted:
     relpath = workspace_files.check_path(sent_path(request, path))
-    target = await _target(runtime, session_id, writing=True)
+    target = await _target(runtime, session_id, caller, writing=True)
     kind = await workspace_files.delete_path(target.workspace, relpath)
+    await audit.record(
+        runtime.audit,
+        caller,
+        "file.delete",
+        f"{target.session_id}/{relpath}",
+        session_id=target.session_id,
+        path=relpath,
+        type=kind,
+    )
     return FileDeleted(deleted=relpath, type=kind)
 
 
@@ -435,12 +471,13 @@ ARCHIVE_TYPES = {"tar.gz": "application/gzip", "zip": "application/zip"}
 async def list_files(
     session_id: SessionId,
     runtime: RuntimeDep,
+    caller: CallerDep,
     under: Under = None,
     sha256: WithSha256 = False,
     archive: ArchiveFormat = None,
 ) -> FileList | Stream:
     folder = workspace_files.check_folder(under)
-    target = await _target(runtime, session_id, writing=False)
+    target = await _target(runtime, session_id, caller, writing=False)
     if archive is None:
         listing = await workspace_files.list_files(target.workspace, folder, sha256=sha256)
         return file_list(listing)
@@ -469,10 +506,11 @@ async def download_file(
     path: FilePath,
     request: Request[Any, Any, Any],
     runtime: RuntimeDep,
+    caller: CallerDep,
     range_header: RangeHeader = None,
 ) -> Stream:
     relpath = workspace_files.check_path(sent_path(request, path))
-    target = await _target(runtime, session_id, writing=False)
+    target = await _target(runtime, session_id, caller, writing=False)
     reader = await workspace_files.open_file(target.workspace, relpath)
     try:
         wanted = workspace_files.byte_range(range_header, reader.size)

@@ -25,8 +25,11 @@ from server.api.schemas import (
     iso,
     run_out,
 )
+from server.api.session_lookup import find_run
 from server.api.sse import encoded, sse_response
+from server.engine import audit
 from server.engine.approvals import Answer, Behavior, Permission
+from server.engine.callers import Caller, check_approval
 from server.engine.manager import RunManager
 from server.engine.replay import follow_run
 from server.engine.run import Run, StopReason
@@ -61,16 +64,11 @@ LastEventId = Annotated[
 ]
 
 
-async def find_run(runtime: Runtime, run_id: str) -> RunRecord:
-    record = await runtime.runs.get(run_id)
-    if record is None:
-        raise NotFound(f"unknown run {run_id}")
-    return record
-
-
 @get("/{run_id:str}", summary="One run and its outcome", responses=ERRORS)
-async def get_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep) -> RunOut:
-    record = manager.current(await find_run(runtime, run_id))
+async def get_run(
+    run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep, caller: CallerDep
+) -> RunOut:
+    record = manager.current(await find_run(runtime, run_id, caller))
     live = manager.get(run_id)
     return run_out(record, events=live.last_seq if live is not None else None)
 
@@ -83,9 +81,13 @@ async def get_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDe
     responses=ERRORS,
 )
 async def run_changes(
-    run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep, diff: FromQuery[bool] = False
+    run_id: FromPath[str],
+    runtime: RuntimeDep,
+    manager: ManagerDep,
+    caller: CallerDep,
+    diff: FromQuery[bool] = False,
 ) -> RunChanges:
-    record = manager.current(await find_run(runtime, run_id))
+    record = manager.current(await find_run(runtime, run_id, caller))
     changes = await runtime.changes.for_run(run_id, diffs=diff) if record.files_changed else []
     counts = record.files_changed or {"added": 0, "modified": 0, "deleted": 0}
     return RunChanges(
@@ -144,10 +146,11 @@ async def run_events(
     runtime: RuntimeDep,
     manager: ManagerDep,
     settings: SettingsDep,
+    caller: CallerDep,
     after: After = None,
     last_event_id: LastEventId = None,
 ) -> ASGIApp:
-    record = await find_run(runtime, run_id)
+    record = await find_run(runtime, run_id, caller)
     position = start_position(last_event_id, after)
     await check_reachable(position, record, manager, runtime.events)
     batches = follow_run(
@@ -162,9 +165,11 @@ async def run_events(
 
 
 @post("/{run_id:str}/cancel", status_code=200, summary="Stop a run", responses=ERRORS)
-async def cancel_run(run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep) -> RunOut:
+async def cancel_run(
+    run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep, caller: CallerDep
+) -> RunOut:
     """SIGINT first, so the CLI writes its final result; answers once the run has ended."""
-    record = await find_run(runtime, run_id)
+    record = await find_run(runtime, run_id, caller)
     live = manager.get(run_id)
     if live is None:
         if record.status is RunStatus.RUNNING:
@@ -172,10 +177,13 @@ async def cancel_run(run_id: FromPath[str], runtime: RuntimeDep, manager: Manage
         raise Conflict(f"run {run_id} has already ended ({record.status})")
     if not live.request_stop(StopReason.CANCELLED) and live.stop_reason is None:
         raise Conflict(f"run {run_id} has already ended")
+    await audit.record(
+        runtime.audit, caller, "run.cancel", run_id, session_id=record.claude_session_id
+    )
     limits = live.limits
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(live.wait(), limits.interrupt_grace + limits.terminate_grace + 10)
-    return run_out(await find_run(runtime, run_id))
+    return run_out(await find_run(runtime, run_id, caller))
 
 
 def permission_out(permission: Permission) -> PermissionOut:
@@ -190,12 +198,13 @@ def permission_out(permission: Permission) -> PermissionOut:
     )
 
 
-async def asking_run(run_id: str, runtime: Runtime, manager: RunManager, api_key_id: str) -> Run:
+async def asking_run(run_id: str, runtime: Runtime, manager: RunManager, caller: Caller) -> Run:
     """The run whose questions the caller may see and answer: one this relay is running,
-    started with the caller's key (another key's run is as unknown as a missing one)."""
+    started with the caller's key, or any for an admin (another key's run is as unknown as
+    a missing one)."""
+    await find_run(runtime, run_id, caller)  # 404 if it never existed or is not the caller's
     run = manager.get(run_id)
-    if run is None or run.api_key_id != api_key_id:
-        await find_run(runtime, run_id)  # 404 if it never existed
+    if run is None or not (caller.is_admin or run.api_key_id == caller.id):
         raise NotFound(f"run {run_id} is not running here, so it has no permission requests")
     return run
 
@@ -208,9 +217,9 @@ async def asking_run(run_id: str, runtime: Runtime, manager: RunManager, api_key
     responses=ERRORS,
 )
 async def list_permissions(
-    run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep, api_key_id: CallerDep
+    run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep, caller: CallerDep
 ) -> PermissionList:
-    run = await asking_run(run_id, runtime, manager, api_key_id)
+    run = await asking_run(run_id, runtime, manager, caller)
     return PermissionList([permission_out(p) for p in run.approvals.pending()])
 
 
@@ -228,11 +237,25 @@ async def answer_permission(
     data: JSONBody[PermissionAnswer],
     runtime: RuntimeDep,
     manager: ManagerDep,
-    api_key_id: CallerDep,
+    caller: CallerDep,
 ) -> PermissionOut:
-    run = await asking_run(run_id, runtime, manager, api_key_id)
+    run = await asking_run(run_id, runtime, manager, caller)
     answer = Answer(Behavior(data.behavior), data.message, data.updated_input, by="client")
-    return permission_out(await run.answer(request_id, answer))
+    if answer.behavior is Behavior.ALLOW:
+        asked = next((p for p in run.approvals.pending() if p.request_id == request_id), None)
+        if asked is not None:
+            check_approval(caller, asked.tool_name)
+    answered = permission_out(await run.answer(request_id, answer))
+    await audit.record(
+        runtime.audit,
+        caller,
+        "approval.answer",
+        run_id,
+        request_id=request_id,
+        behavior=answer.behavior.value,
+        tool_name=answered.tool_name,
+    )
+    return answered
 
 
 router = Router(

@@ -27,6 +27,7 @@ from server.engine.attachments import (
 )
 from server.engine.workspace_files import Listing, WrittenFile
 from server.engine.workspaces import Workspaces
+from server.storage.audit_store import AuditRecord
 from server.storage.catalog import SessionSummary
 from server.storage.run_store import RunRecord
 
@@ -194,6 +195,9 @@ class SessionOut(msgspec.Struct):
     A broken session can still be shown, deleted and purged."""
     live: bool = False
     """A relay keeps the session's CLI process alive: its next turn starts at once."""
+    owner_key_id: str | None = None
+    """The id of the API key that made it (``anonymous`` without keys; null: unknown, from
+    before sessions had owners, so only admin keys see it)."""
 
 
 def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
@@ -211,6 +215,7 @@ def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
         state="running" if record.active_run_id else "idle",
         active_run_id=record.active_run_id,
         live=record.live,
+        owner_key_id=record.owner_key_id,
     )
 
 
@@ -429,6 +434,38 @@ class ErrorBody(msgspec.Struct):
     """Every error of the relay's own API before a stream starts."""
 
     error: str
+
+
+class AuditOut(msgspec.Struct):
+    """One thing a key did."""
+
+    id: int
+    at: str | None
+    key_id: str
+    key_name: str
+    action: str
+    """``run.start``, ``run.cancel``, ``approval.answer``, ``session.create``,
+    ``session.delete``, ``session.purge``, ``file.write``, ``file.delete`` or ``gc.purge``."""
+    target: str
+    """A run id, a session id, or ``<session id>/<path>`` for a file."""
+    detail: dict[str, Any]
+
+
+def audit_out(record: AuditRecord) -> AuditOut:
+    return AuditOut(
+        id=record.id,
+        at=iso(record.at),
+        key_id=record.key_id,
+        key_name=record.key_name,
+        action=record.action,
+        target=record.target,
+        detail=record.detail,
+    )
+
+
+class AuditPage(msgspec.Struct):
+    entries: list[AuditOut]
+    next_cursor: str | None
 
 
 def to_builtins(value: Any) -> Any:

@@ -53,9 +53,13 @@ Cursor = Annotated[
 
 @get("/", summary="List sessions, newest first", responses=ERRORS)
 async def list_sessions(
-    runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
+    runtime: RuntimeDep, caller: CallerDep, limit: Limit = 50, cursor: Cursor = None
 ) -> SessionPage:
-    page = await runtime.catalog.page(limit=limit, before=decode_cursor(cursor))
+    page = await runtime.catalog.page(
+        limit=limit,
+        before=decode_cursor(cursor),
+        owner_key_id=None if caller.is_admin else caller.id,
+    )
     last = page[-1].record if len(page) == limit else None
     return SessionPage(
         sessions=[session_out(item, runtime.workspaces) for item in page],
@@ -64,8 +68,8 @@ async def list_sessions(
 
 
 @get("/{session_id:str}", summary="One session, by any of its ids", responses=ERRORS)
-async def get_session(session_id: SessionId, runtime: RuntimeDep) -> SessionOut:
-    record = await find_session(runtime, session_id)
+async def get_session(session_id: SessionId, runtime: RuntimeDep, caller: CallerDep) -> SessionOut:
+    record = await find_session(runtime, session_id, caller)
     summary = await runtime.catalog.summary(record.workspace_id)
     if summary is None:
         raise NotFound(f"unknown session {session_id}")
@@ -73,8 +77,10 @@ async def get_session(session_id: SessionId, runtime: RuntimeDep) -> SessionOut:
 
 
 @get("/{session_id:str}/last", summary="The last answer", responses=ERRORS)
-async def last_assistant_text(session_id: SessionId, runtime: RuntimeDep) -> LastAnswer:
-    record = await find_session(runtime, session_id)
+async def last_assistant_text(
+    session_id: SessionId, runtime: RuntimeDep, caller: CallerDep
+) -> LastAnswer:
+    record = await find_session(runtime, session_id, caller)
     text = await runtime.catalog.last_result_text(record.workspace_id)
     if text is None:
         raise NotFound(f"session {session_id} has no answer yet")
@@ -83,9 +89,13 @@ async def last_assistant_text(session_id: SessionId, runtime: RuntimeDep) -> Las
 
 @get("/{session_id:str}/runs", summary="A session's runs, newest first", responses=ERRORS)
 async def list_session_runs(
-    session_id: SessionId, runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
+    session_id: SessionId,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> RunPage:
-    record = await find_session(runtime, session_id)
+    record = await find_session(runtime, session_id, caller)
     runs = await runtime.runs.for_session(
         record.workspace_id, limit=limit, before=decode_cursor(cursor)
     )
@@ -103,10 +113,10 @@ async def list_session_runs(
     responses=ERRORS,
 )
 async def delete_session(
-    session_id: SessionId, runtime: RuntimeDep, purge: FromQuery[bool] = False
+    session_id: SessionId, runtime: RuntimeDep, caller: CallerDep, purge: FromQuery[bool] = False
 ) -> Deleted:
-    record = await find_session(runtime, session_id)
-    forgotten = await forget_session(runtime, record.workspace_id, purge=purge)
+    record = await find_session(runtime, session_id, caller)
+    forgotten = await forget_session(runtime, record.workspace_id, purge=purge, by=caller)
     return Deleted(
         deleted=record.latest_claude_session_id,
         purged=purge,
@@ -179,7 +189,7 @@ async def create_session(
     request: Request[Any, Any, Any],
     runtime: RuntimeDep,
     settings: SettingsDep,
-    api_key_id: CallerDep,
+    caller: CallerDep,
 ) -> NewSession:
     kind, _ = request.content_type
     title = conversation = None
@@ -197,11 +207,11 @@ async def create_session(
         fill = session_creation.writing(given, **write_caps(settings))
         title = body.title
         if body.conversation is not None:
-            conversation = (api_key_id, check_conversation_key("conversation", body.conversation))
+            conversation = (caller.id, check_conversation_key("conversation", body.conversation))
     else:
         raise InvalidRequest("send JSON (files base64) or multipart/form-data")
     created = await session_creation.create_session(
-        runtime, fill, title=title, conversation=conversation
+        runtime, fill, caller=caller, title=title, conversation=conversation
     )
     return NewSession(
         session_id=created.record.latest_claude_session_id,

@@ -26,6 +26,7 @@ from server.claude.options import RunOptions
 from server.compat.continuity import SESSION_HEADER, ChatHistory, chat_turn, remember_turn
 from server.compat.reply import ReplyReader
 from server.config import Settings
+from server.engine.callers import Caller
 from server.engine.manager import RunManager, RunRequest
 from server.engine.run import Run, StopReason
 from server.errors import Lagged, RunFailed
@@ -162,7 +163,7 @@ class TurnRequest:
 async def start_turn(
     request: TurnRequest,
     *,
-    api_key_id: str,
+    caller: Caller,
     settings: Settings,
     manager: RunManager,
     fingerprints: FingerprintStore,
@@ -184,12 +185,12 @@ async def start_turn(
             prompt=request.history.latest,
             options=options,
             target=target,
-            api_key_id=api_key_id,
+            caller=caller,
             attachments=request.history.attachments,
         )
     )
     log.info("run %s: chat turn (%s) from %s", run.id, run.placed_by, run.forked_from or "-")
-    turn = Turn(run, request.history, api_key_id, fingerprints, ReplyReader(settings.openai_tools))
+    turn = Turn(run, request.history, caller.id, fingerprints, ReplyReader(settings.openai_tools))
     try:
         await turn.wait_for_session()
     except BaseException:

@@ -29,6 +29,7 @@ from server.compat.chat import (
 )
 from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER, ChatHistory
 from server.config import Settings
+from server.engine.callers import Caller
 from server.engine.manager import RunManager
 from server.engine.runtime import Runtime
 from server.errors import Refused, RunFailed
@@ -83,7 +84,7 @@ async def begin_turn(
     settings: Settings,
     runtime: Runtime,
     manager: RunManager,
-    api_key_id: str,
+    caller: Caller,
 ) -> Turn:
     """Start the turn a chat request asks for (its headers may name the session)."""
     turn_request = TurnRequest(
@@ -95,7 +96,7 @@ async def begin_turn(
     )
     return await start_turn(
         turn_request,
-        api_key_id=api_key_id,
+        caller=caller,
         settings=settings,
         manager=manager,
         fingerprints=runtime.fingerprints,

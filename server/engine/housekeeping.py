@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 
 from server.claude import transcripts
+from server.engine import audit
+from server.engine.callers import HOUSEKEEPING, OPERATOR, Caller
 from server.engine.runtime import Runtime
 from server.errors import Conflict
 
@@ -29,13 +31,29 @@ class Forgotten:
     transcripts_removed: int
 
 
-async def forget_session(runtime: Runtime, workspace_id: str, *, purge: bool) -> Forgotten:
-    """Delete a session's rows; with ``purge`` also its workspace and transcripts.
+async def forget_session(
+    runtime: Runtime,
+    workspace_id: str,
+    *,
+    purge: bool,
+    by: Caller = OPERATOR,
+    action: str | None = None,
+) -> Forgotten:
+    """Delete a session's rows; with ``purge`` also its workspace and transcripts. Recorded
+    in the audit log (``action``, by default ``session.delete`` or ``session.purge``) as done
+    by ``by``, in the deletion's transaction.
 
     Raises :class:`Conflict` while a run holds the session.
     """
     claude_session_ids = await runtime.catalog.claude_session_ids(workspace_id)
-    if not await runtime.sessions.delete(workspace_id, only_if_idle=True):
+    record = audit.entry(
+        by,
+        action or ("session.purge" if purge else "session.delete"),
+        claude_session_ids[-1] if claude_session_ids else workspace_id,
+        workspace_id=workspace_id,
+        session_ids=claude_session_ids,
+    )
+    if not await runtime.sessions.delete(workspace_id, only_if_idle=True, audit=record):
         raise Conflict("the session is running; cancel its run or wait for it to end")
     if not purge:
         return Forgotten(workspace_id, False, 0)
@@ -49,8 +67,11 @@ async def forget_session(runtime: Runtime, workspace_id: str, *, purge: bool) ->
     return Forgotten(workspace_id, removed_workspace, removed_transcripts)
 
 
-async def collect_garbage(runtime: Runtime, *, idle_for: float, dry_run: bool = False) -> list[str]:
-    """Purge sessions unused for ``idle_for`` seconds; the ids (relay ids) affected."""
+async def collect_garbage(
+    runtime: Runtime, *, idle_for: float, dry_run: bool = False, by: Caller = HOUSEKEEPING
+) -> list[str]:
+    """Purge sessions unused for ``idle_for`` seconds; the ids (relay ids) affected. Each is
+    recorded as ``gc.purge`` by ``by`` (the hourly loop, or the operator's command)."""
     cutoff = time.time() - idle_for
     candidates = await runtime.catalog.idle_since(cutoff)
     if dry_run:
@@ -58,7 +79,9 @@ async def collect_garbage(runtime: Runtime, *, idle_for: float, dry_run: bool = 
     removed = []
     for session in candidates:
         try:
-            await forget_session(runtime, session.workspace_id, purge=True)
+            await forget_session(
+                runtime, session.workspace_id, purge=True, by=by, action="gc.purge"
+            )
         except Conflict:
             continue  # a run started since the listing: it is not idle any more
         except Exception:

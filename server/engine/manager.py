@@ -25,6 +25,7 @@ from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
 from server.engine import attachments, session_config
+from server.engine.callers import ANONYMOUS, Caller, check_daily_budget, check_options
 from server.engine.changes import Snapshots
 from server.engine.launcher import Launcher, choose
 from server.engine.live_sessions import LiveProcess, LiveSessions
@@ -52,7 +53,6 @@ STORED_PAGE = 8
 """Stored chunks a lagging follower reads at a time (a chunk holds at most 4 MiB)."""
 RECORD_RETRY_MAX = 5.0
 """Longest wait between attempts to record a run's end while storage fails."""
-ANONYMOUS = "anonymous"
 LIVE_LEASE_SECONDS = 60.0
 """How long a claim on a live session lasts unless renewed; renewed every third of it."""
 POOL_OPTIONS = RunOptions()
@@ -124,11 +124,16 @@ class RunRequest:
     prompt: str
     options: RunOptions = field(default_factory=RunOptions)
     target: Target = None
-    api_key_id: str = ANONYMOUS
-    """Who is asking (a hash of their API key): conversation keys are scoped to it."""
+    caller: Caller = ANONYMOUS
+    """Who is asking: its key's policy applies, and it sees only the sessions it may."""
     detach: bool = False
     attachments: tuple[attachments.Attachment, ...] = ()
     """Images, PDFs and files for the prompt, checked (``attachments.check``) already."""
+
+    @property
+    def api_key_id(self) -> str:
+        """The caller's key id: conversation keys and fingerprints are scoped to it."""
+        return self.caller.id
 
 
 def _name_of(wanted: Target, placed: Placement) -> str:
@@ -160,6 +165,8 @@ class RunManager:
         """Each run's command prefix: its sandbox, or (off) as root, no capabilities."""
         self.runs: dict[str, Run] = {}
         self._slots = 0
+        self._key_slots: dict[str, int] = {}
+        """Runs in progress by key id, for each key's ``max_concurrent_runs``."""
         self._new_sessions: set[str] = set()
         self._retries: set[asyncio.Task[None]] = set()
         self._unrecorded: dict[str, bool] = {}
@@ -246,25 +253,43 @@ class RunManager:
 
     async def start(self, request: RunRequest) -> Run:
         """Start a run for ``request`` or raise the error the client should see."""
+        caller = request.caller
+        request = dataclasses.replace(request, options=check_options(caller, request.options))
+        await check_daily_budget(self.runtime.runs, caller)
+        # From here to taking the slots nothing awaits: two requests cannot both pass a cap.
         if self._slots >= self.settings.max_concurrent_runs:
             raise TooManyRuns(
                 f"{self._slots} runs are in progress, the relay's limit; try again shortly",
                 retry_after=RETRY_AFTER_SECONDS,
             )
+        mine, cap = self._key_slots.get(caller.id, 0), caller.policy.max_concurrent_runs
+        if cap is not None and mine >= cap:
+            raise TooManyRuns(
+                f"key {caller.name!r} has {mine} runs in progress, its limit "
+                "(`max_concurrent_runs`); try again once one ends",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
         self._slots += 1
+        self._key_slots[caller.id] = mine + 1
         try:
             return await self._start(request)
         except BaseException:
-            self._slots -= 1
+            self._give_back_slot(caller.id)
             raise
+
+    def _give_back_slot(self, key_id: str) -> None:
+        self._slots -= 1
+        left = self._key_slots.get(key_id, 1) - 1
+        if left > 0:
+            self._key_slots[key_id] = left
+        else:
+            self._key_slots.pop(key_id, None)
 
     async def _start(self, request: RunRequest) -> Run:
         """Place the turn; run it on the session's live process if it has one that fits,
         else on a new process (:meth:`_start_cold`)."""
         run_id = str(uuid.uuid4())
-        target = await self.planner.place(
-            request.target, request.prompt, api_key_id=request.api_key_id
-        )
+        target = await self.planner.place(request.target, request.prompt, caller=request.caller)
         self._check_size(target)
         prepared = await self._attach(request, target)
         target = dataclasses.replace(target, prompt=prepared.prompt(target.prompt))
@@ -480,6 +505,7 @@ class RunManager:
             placement=target.how,
             resumed_from=target.resume_from,
             process=process_kind,
+            key_name=request.caller.name,
         )
 
     def _launch(
@@ -679,7 +705,7 @@ class RunManager:
         if run.process_kind == "pool":
             self.pool.served()
         log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
-        self._slots -= 1
+        self._give_back_slot(run.api_key_id)
         self._unrecorded[run.id] = created
         if await self._try_record_end(run):
             return

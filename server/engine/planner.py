@@ -9,7 +9,8 @@ The targets:
 
 * none: a new session, with a Claude session id the relay picks.
 * :class:`ResumeLatest`: any Claude session id the relay ever returned; the conversation's
-  *latest* id is resumed, so old ids keep working after the CLI changed them.
+  *latest* id is resumed, so old ids keep working after the CLI changed them. A session the
+  caller may not see (another key's) is as unknown as one that never was.
 * :class:`ByConversation`: a caller's own key (scoped to its API key); new the first time.
 * :class:`ChatTurn`: a turn of a stateless chat API (OpenAI, Anthropic). It is recognised by
   an explicit Claude session id, a conversation key, or the fingerprint of its history (see
@@ -23,6 +24,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from server.engine.callers import Caller
 from server.errors import NotFound
 from server.storage.fingerprint_store import FingerprintStore
 from server.storage.session_store import SessionRecord, SessionStore
@@ -127,27 +129,30 @@ class Planner:
         self._sessions = sessions
         self._fingerprints = fingerprints
 
-    async def place(self, target: Target, prompt: str, *, api_key_id: str) -> Placement:
+    async def place(self, target: Target, prompt: str, *, caller: Caller) -> Placement:
         if isinstance(target, ResumeLatest):
-            return resume(await self._known(target.claude_session_id), prompt, "resume")
+            return resume(await self._known(target.claude_session_id, caller), prompt, "resume")
         if isinstance(target, ByConversation):
-            found = await self._sessions.find_by_conversation(api_key_id, target.key)
+            found = await self._sessions.find_by_conversation(caller.id, target.key)
             if found is None:
                 return new_placement(prompt, target.key)
-            return resume(found, prompt, "conversation")
+            return resume(
+                _visible(found, caller, f"of conversation {target.key!r}"), prompt, "conversation"
+            )
         if isinstance(target, ChatTurn):
-            return await self._place_chat_turn(target, prompt, api_key_id)
+            return await self._place_chat_turn(target, prompt, caller)
         return new_placement(prompt)
 
-    async def _known(self, claude_session_id: str) -> SessionRecord:
+    async def _known(self, claude_session_id: str, caller: Caller) -> SessionRecord:
         record = await self._sessions.find_by_claude_session_id(claude_session_id)
         if record is None:
             raise NotFound(f"unknown session {claude_session_id}")
-        return record
+        return _visible(record, caller, claude_session_id)
 
-    async def _place_chat_turn(self, turn: ChatTurn, prompt: str, api_key_id: str) -> Placement:
+    async def _place_chat_turn(self, turn: ChatTurn, prompt: str, caller: Caller) -> Placement:
+        api_key_id = caller.id
         if turn.claude_session_id is not None:
-            record = await self._known(turn.claude_session_id)
+            record = await self._known(turn.claude_session_id, caller)
             return fork(record, turn.claude_session_id, prompt, "explicit")
         match = None
         if turn.history_fingerprint is not None:
@@ -156,12 +161,20 @@ class Planner:
             found = await self._sessions.find_by_conversation(api_key_id, turn.conversation_key)
             if found is None:
                 return new_placement(turn.new_session_prompt, turn.conversation_key)
+            found = _visible(found, caller, f"of conversation {turn.conversation_key!r}")
             # Within the conversation, a matching fingerprint still picks the branch point.
             if match is not None and match.workspace_id == found.workspace_id:
                 return fork(found, match.claude_session_id, prompt, "conversation")
             return fork(found, found.latest_claude_session_id, prompt, "conversation")
         if match is not None:
             matched = await self._sessions.find_by_claude_session_id(match.claude_session_id)
-            if matched is not None:
+            if matched is not None and caller.sees(matched.owner_key_id):
                 return fork(matched, match.claude_session_id, prompt, "fingerprint")
         return new_placement(turn.new_session_prompt)
+
+
+def _visible(record: SessionRecord, caller: Caller, name: str) -> SessionRecord:
+    """The session, if the caller may see it; else as unknown as a session that never was."""
+    if not caller.sees(record.owner_key_id):
+        raise NotFound(f"unknown session {name}")
+    return record

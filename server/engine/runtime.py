@@ -14,6 +14,7 @@ from server.config import Settings
 from server.engine.key_proxy import KeyProxy, key_proxy_for
 from server.engine.session_config import SessionConfigs
 from server.engine.workspaces import Workspaces
+from server.storage.audit_store import AuditStore
 from server.storage.catalog import SessionCatalog
 from server.storage.change_store import ChangeStore
 from server.storage.database import Database, create_engine, migrate
@@ -37,6 +38,7 @@ class Runtime:
     workspaces: Workspaces
     session_configs: SessionConfigs
     """Each session's own CLI config directory (its settings, hooks and transcripts)."""
+    audit: AuditStore
     key_proxy: KeyProxy | None = None
     """Started by the app's lifespan (:meth:`start_key_proxy`); the command line needs none."""
 
@@ -83,4 +85,5 @@ async def open_runtime(settings: Settings) -> Runtime:
         fingerprints=FingerprintStore(database),
         workspaces=workspaces,
         session_configs=SessionConfigs(workspaces.root, operator_env, catalog.claude_session_ids),
+        audit=AuditStore(database),
     )

@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.engine import workspace_files
+from server.engine import audit, workspace_files
+from server.engine.callers import Caller
 from server.engine.runtime import Runtime
 from server.engine.workspace_files import WrittenFile
 from server.errors import Conflict
@@ -36,16 +37,25 @@ async def create_session(
     runtime: Runtime,
     fill: Fill,
     *,
+    caller: Caller,
     title: str | None = None,
     conversation: tuple[str, str] | None = None,
 ) -> CreatedSession:
-    """A new session whose workspace ``fill`` writes; with ``conversation`` (API key id,
-    key) that key names it from now on (409 if the key names a session already)."""
+    """A new session whose workspace ``fill`` writes, owned by ``caller``; with
+    ``conversation`` (API key id, key) that key names it from now on (409 if the key names a
+    session already)."""
     workspace_id, claude_session_id = str(uuid.uuid4()), str(uuid.uuid4())
     workspace = runtime.workspaces.prepare(workspace_id)
     try:
         record = await runtime.sessions.create_empty(
-            workspace_id, claude_session_id, title=title, conversation=conversation
+            workspace_id,
+            claude_session_id,
+            owner_key_id=caller.id,
+            title=title,
+            conversation=conversation,
+            audit=audit.entry(
+                caller, "session.create", claude_session_id, workspace_id=workspace_id
+            ),
         )
     except ConversationTaken:
         runtime.workspaces.remove(workspace_id)

@@ -34,10 +34,17 @@ class SessionCatalog:
         self._database = database
 
     async def page(
-        self, *, limit: int, before: tuple[float, str] | None = None
+        self,
+        *,
+        limit: int,
+        before: tuple[float, str] | None = None,
+        owner_key_id: str | None = None,
     ) -> list[SessionSummary]:
-        """Newest first, by creation: a session's place never moves, so cursors are stable."""
+        """Newest first, by creation: a session's place never moves, so cursors are stable.
+        With ``owner_key_id``, only the sessions that key made."""
         query = select(*_SUMMARY_COLUMNS)
+        if owner_key_id is not None:
+            query = query.where(SessionRow.owner_key_id == owner_key_id)
         if before is not None:
             created, workspace_id = before
             query = query.where(

@@ -112,6 +112,8 @@ class NewRun:
     placement: str = "new"
     resumed_from: str | None = None
     process: str = "cold"
+    key_name: str = ""
+    """The name of the key that started it, for the audit log."""
 
 
 def insert_statement(run: NewRun, workspace_id: str) -> Any:
@@ -211,6 +213,17 @@ class RunStore:
         query = query.order_by(RunRow.started_at.desc(), RunRow.id.desc()).limit(limit)
         async with self._database.read() as db:
             return [run_record(row) for row in await db.scalars(query)]
+
+    async def cost_since(self, api_key_id: str, since: float) -> float:
+        """What the key's runs started at or after ``since`` cost, as the CLI reported it
+        (runs still going, or that ended without a cost, count nothing)."""
+        async with self._database.connect() as conn:
+            spent = await conn.scalar(
+                select(func.coalesce(func.sum(RunRow.total_cost_usd), 0.0)).where(
+                    RunRow.api_key_id == api_key_id, RunRow.started_at >= since
+                )
+            )
+            return float(spent or 0.0)
 
     async def running(self) -> list[RunRecord]:
         async with self._database.read() as db:

@@ -16,15 +16,39 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from server.storage import (
+    audit_store,
     change_store,
     claude_id_store,
     conversation_store,
     event_store,
     run_store,
 )
+from server.storage.audit_store import AuditEntry
 from server.storage.database import Database
 from server.storage.run_store import NewRun, RunOutcome
 from server.storage.tables import ClaudeSessionIdRow, ConversationRow, SessionRow
+
+
+async def _insert_run(db: Any, run: NewRun, workspace_id: str) -> None:
+    """The run's row, and its start in the audit log, in the caller's transaction."""
+    await db.execute(run_store.insert_statement(run, workspace_id))
+    await db.execute(
+        audit_store.insert_statement(
+            AuditEntry(
+                run.api_key_id,
+                run.key_name or run.api_key_id,
+                "run.start",
+                run.id,
+                {
+                    "session_id": run.claude_session_id,
+                    "workspace_id": workspace_id,
+                    "placement": run.placement,
+                    "process": run.process,
+                },
+            ),
+            time.time(),
+        )
+    )
 
 
 class ConversationTaken(Exception):
@@ -47,6 +71,8 @@ class SessionRecord:
     """The run that started that process (its processes carry this id)."""
     has_conversation: bool = True
     """False for a session made without a prompt, until a run of it starts its conversation."""
+    owner_key_id: str | None = None
+    """The API key id that made it (None: unknown, from before sessions had owners)."""
 
     @property
     def live(self) -> bool:
@@ -64,6 +90,7 @@ SESSION_COLUMNS = (
     SessionRow.live_until,
     SessionRow.live_run_id,
     SessionRow.has_conversation,
+    SessionRow.owner_key_id,
 )
 
 
@@ -79,6 +106,7 @@ def session_record(row: Any) -> SessionRecord:
         row.live_until,
         row.live_run_id,
         bool(row.has_conversation),
+        row.owner_key_id,
     )
 
 
@@ -126,10 +154,19 @@ class SessionStore:
         """A new session, already locked by the run that creates it (recorded too).
 
         With ``conversation`` (api key id, key), the key is bound in the same transaction;
-        if another request bound it first, :class:`ConversationTaken` is raised.
+        if another request bound it first, :class:`ConversationTaken` is raised. The session
+        belongs to the run's key.
         """
         now = time.time()
-        record = SessionRecord(workspace_id, claude_session_id, now, now, run.id, run.owner)
+        record = SessionRecord(
+            workspace_id,
+            claude_session_id,
+            now,
+            now,
+            run.id,
+            run.owner,
+            owner_key_id=run.api_key_id,
+        )
         # Core inserts, not ORM objects: this is on the path of every new conversation.
         try:
             async with self._database.write() as db:
@@ -142,10 +179,11 @@ class SessionStore:
                         active_run_id=run.id,
                         active_owner=run.owner,
                         title=title,
+                        owner_key_id=run.api_key_id,
                     )
                 )
                 await db.execute(claude_id_store.insert_first(workspace_id, claude_session_id, now))
-                await db.execute(run_store.insert_statement(run, workspace_id))
+                await _insert_run(db, run, workspace_id)
                 if conversation is not None:
                     api_key_id, key = conversation
                     await db.execute(
@@ -160,16 +198,23 @@ class SessionStore:
         workspace_id: str,
         claude_session_id: str,
         *,
+        owner_key_id: str,
         title: str | None = None,
         conversation: tuple[str, str] | None = None,
+        audit: AuditEntry | None = None,
     ) -> SessionRecord:
         """A session without a conversation yet (files first, prompt later): its first run
         starts the conversation under ``claude_session_id``. With ``conversation`` (api key
-        id, key), the key is bound to it; :class:`ConversationTaken` if it is bound already."""
+        id, key), the key is bound to it; :class:`ConversationTaken` if it is bound already.
+        ``audit`` is recorded with it."""
         now = time.time()
         try:
             async with self._database.write() as db:
-                await self._insert_empty(db, workspace_id, claude_session_id, title, now)
+                await self._insert_empty(
+                    db, workspace_id, claude_session_id, title, now, owner_key_id
+                )
+                if audit is not None:
+                    await db.execute(audit_store.insert_statement(audit, now))
                 if conversation is not None:
                     api_key_id, key = conversation
                     await db.execute(
@@ -178,12 +223,24 @@ class SessionStore:
         except IntegrityError:
             raise ConversationTaken(conversation) from None
         return SessionRecord(
-            workspace_id, claude_session_id, now, now, None, None, has_conversation=False
+            workspace_id,
+            claude_session_id,
+            now,
+            now,
+            None,
+            None,
+            has_conversation=False,
+            owner_key_id=owner_key_id,
         )
 
     @staticmethod
     async def _insert_empty(
-        db: Any, workspace_id: str, claude_session_id: str, title: str | None, now: float
+        db: Any,
+        workspace_id: str,
+        claude_session_id: str,
+        title: str | None,
+        now: float,
+        owner_key_id: str,
     ) -> None:
         await db.execute(
             insert(SessionRow).values(
@@ -193,6 +250,7 @@ class SessionStore:
                 last_used_at=now,
                 title=title,
                 has_conversation=False,
+                owner_key_id=owner_key_id,
             )
         )
         await db.execute(claude_id_store.insert_first(workspace_id, claude_session_id, now))
@@ -243,7 +301,7 @@ class SessionStore:
             )
             if getattr(result, "rowcount", 0) != 1:
                 return False
-            await db.execute(run_store.insert_statement(run, workspace_id))
+            await _insert_run(db, run, workspace_id)
             return True
 
     async def release(self, workspace_id: str, *, run_id: str) -> None:
@@ -322,15 +380,21 @@ class SessionStore:
                 .values(latest_claude_session_id=claude_session_id, last_used_at=now)
             )
 
-    async def delete(self, workspace_id: str, *, only_if_idle: bool = True) -> bool:
+    async def delete(
+        self, workspace_id: str, *, only_if_idle: bool = True, audit: AuditEntry | None = None
+    ) -> bool:
         """Forget a session; its ids, runs, events and keys go with it (every foreign key
-        cascades). False if it is unknown or, with ``only_if_idle``, a run holds it."""
+        cascades). False if it is unknown or, with ``only_if_idle``, a run holds it.
+        ``audit`` is recorded in the same transaction, if the session went."""
         statement = delete(SessionRow).where(SessionRow.workspace_id == workspace_id)
         if only_if_idle:
             statement = statement.where(SessionRow.active_run_id.is_(None))
         async with self._database.write() as db:
             result = await db.execute(statement)
-            return getattr(result, "rowcount", 0) == 1
+            deleted = getattr(result, "rowcount", 0) == 1
+            if deleted and audit is not None:
+                await db.execute(audit_store.insert_statement(audit, time.time()))
+            return deleted
 
     async def locked(self) -> list[SessionRecord]:
         """Sessions whose run lock is taken (by a live run, or by a relay that died)."""

@@ -62,6 +62,9 @@ class SessionRow(Base):
     has_conversation: Mapped[bool] = mapped_column(Boolean, default=True)
     """False for a session made with ``POST /api/sessions`` until a run of it has started its
     conversation: its first run creates the Claude session id instead of resuming it."""
+    owner_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    """The id of the API key that made it (``anonymous`` without keys): a ``user`` key sees
+    only its own sessions. NULL for one whose maker is unknown (admins only)."""
 
 
 class ClaudeSessionIdRow(Base):
@@ -177,3 +180,20 @@ class FingerprintRow(Base):
     )
     claude_session_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class AuditRow(Base):
+    """What was done, when, by which key: run starts, cancels, approval answers, deletions,
+    purges, file writes. Not tied to the sessions it names: it outlives them."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    key_name: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    target: Mapped[str] = mapped_column(Text)
+    """What it was done to: a run id, a session id, ``<session id>/<path>`` for a file."""
+    detail: Mapped[str] = mapped_column(Text)
+    """A JSON object with what else is worth knowing (the session of a run, a file's size)."""

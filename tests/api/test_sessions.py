@@ -178,6 +178,10 @@ def test_conversation_keys_resume_and_never_cross_api_keys(
     assert two.headers["x-session-id"] == one.headers["x-session-id"]
     assert other.of_type("result")[0]["result"] == "reply #1 to: who am I"
     assert other.headers["x-session-id"] != one.headers["x-session-id"]
+    # Each key sees its own runs only (k2 asked last): another key's run is unknown to it.
+    with relay.client() as client:
+        assert client.get(f"/api/runs/{two.headers['x-run-id']}").status_code == 404
+    relay.api_key = "k1"
     assert relay.get_run(two.headers["x-run-id"])["placement"] == "conversation"
     clash = ask("k1", "x", session_id=one.headers["x-session-id"])
     assert clash.status == 400

@@ -24,6 +24,7 @@ from server.compat.continuity import (
     fingerprint,
     remember_turn,
 )
+from server.engine.callers import Caller, Role
 from server.engine.planner import (
     ByConversation,
     ChatTurn,
@@ -86,10 +87,22 @@ class World:
     ) -> Placement:
         chat = ChatHistory("be brief", messages)
         turn = chat_turn(chat, session_header=session, conversation_header=key)
-        return await self.planner.place(turn, chat.latest, api_key_id=api_key)
+        return await self.planner.place(turn, chat.latest, caller=user(api_key))
 
-    async def place(self, target: Target, prompt: str = "go", api_key: str = "k1") -> Placement:
-        return await self.planner.place(target, prompt, api_key_id=api_key)
+    async def place(
+        self,
+        target: Target,
+        prompt: str = "go",
+        api_key: str = "k1",
+        *,
+        caller: Caller | None = None,
+    ) -> Placement:
+        return await self.planner.place(target, prompt, caller=caller or user(api_key))
+
+
+def user(api_key: str) -> Caller:
+    """A user key whose id is ``api_key``: it sees the sessions made with that id."""
+    return Caller(api_key, f"name-{api_key}", Role.USER)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from server.storage.run_store import RunStatus, RunStore
 from server.storage.session_store import SessionStore
 from server.storage.tables import Base
 
-HEAD = "0005"
+HEAD = "0006"
 """The newest revision: the rows must survive every migration after 0002, not just 0003."""
 WS, OTHER = "0f1e2d3c-0000-4000-8000-000000000001", "0f1e2d3c-0000-4000-8000-000000000002"
 

@@ -71,7 +71,7 @@ async def create_message(
     settings: SettingsDep,
     runtime: RuntimeDep,
     manager: ManagerDep,
-    api_key_id: CallerDep,
+    caller: CallerDep,
     session_header: SessionHeader = None,
     conversation_header: ConversationHeader = None,
 ) -> ASGIApp:
@@ -85,7 +85,7 @@ async def create_message(
         settings=settings,
         runtime=runtime,
         manager=manager,
-        api_key_id=api_key_id,
+        caller=caller,
     )
     mid = schemas.message_id(turn.run.id)
     if data.stream:

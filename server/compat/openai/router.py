@@ -119,7 +119,7 @@ async def chat_completions(
     settings: SettingsDep,
     runtime: RuntimeDep,
     manager: ManagerDep,
-    api_key_id: CallerDep,
+    caller: CallerDep,
     session_header: SessionHeader = None,
     conversation_header: ConversationHeader = None,
 ) -> ASGIApp:
@@ -132,7 +132,7 @@ async def chat_completions(
         settings=settings,
         runtime=runtime,
         manager=manager,
-        api_key_id=api_key_id,
+        caller=caller,
     )
     cid = schemas.completion_id(turn.run.id)
     created = int(time.time())

@@ -191,3 +191,42 @@ async def test_downgrade_gives_the_old_names_back_with_the_rows(
     await upgrade(engine)
     assert await current_revision(engine) == HEAD
     assert await sql(engine, "SELECT workspace_id FROM sessions") == [(OTHER,)]
+
+
+# Sessions as a relay at 0005 left them: one run by k1 then one by k2, and one never run.
+ROWS_AT_0005 = [
+    "INSERT INTO sessions (workspace_id, latest_claude_session_id, created_at, last_used_at, "
+    "has_conversation) VALUES ('ws-run', 'c-run', 100, 200, 1), ('ws-empty', 'c-empty', 100, "
+    "100, 0)",
+    "INSERT INTO claude_session_ids (claude_session_id, workspace_id, seen_at) "
+    "VALUES ('c-run', 'ws-run', 100), ('c-empty', 'ws-empty', 100)",
+    "INSERT INTO runs (id, workspace_id, claude_session_id, status, owner, detached, api_key_id, "
+    "prompt_head, started_at, last_seq) VALUES "
+    "('r-late', 'ws-run', 'c-run', 'succeeded', 'host:1', 0, 'k2', 'later', 150, 0), "
+    "('r-first', 'ws-run', 'c-run', 'succeeded', 'host:1', 0, 'k1', 'first', 110, 0)",
+]
+
+
+async def test_upgrade_gives_each_session_the_key_of_its_first_run(tmp_path: Path) -> None:
+    """Sessions were stored by key id before they had owners: the key of a session's first
+    run made it. One never run has no known maker: NULL, which only admin keys see."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(alembic(command.upgrade, "0005"))
+        for statement in ROWS_AT_0005:
+            await sql(engine, statement)
+        await upgrade(engine)
+        assert await sql(engine, "SELECT workspace_id, owner_key_id FROM sessions ORDER BY 1") == [
+            ("ws-empty", None),
+            ("ws-run", "k1"),
+        ]
+        found = await SessionStore(Database(engine)).find_by_claude_session_id("c-run")
+        assert found is not None and found.owner_key_id == "k1"
+        assert await sql(engine, "SELECT count(*) FROM audit") == [(0,)]
+        async with engine.begin() as conn:
+            await conn.run_sync(alembic(command.downgrade, "0005"))
+        assert "owner_key_id" not in await columns(engine, "sessions")
+        assert await sql(engine, "SELECT count(*) FROM runs") == [(2,)]
+    finally:
+        await engine.dispose()

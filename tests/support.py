@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -352,6 +353,52 @@ def running(relay: Relay) -> Iterator[Relay]:
         yield relay
     finally:
         relay.stop()
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def write_keys_file(
+    path: Path, keys: list[dict[str, Any]], defaults: dict[str, Any] | None = None
+) -> Path:
+    """A keys file (``CLAUDE_RELAY_KEYS_FILE``) as an operator writes one: TOML, or JSON
+    when ``path`` ends in ``.json``. Each key is a dict (``name``, ``key`` or
+    ``key_sha256``, ``role``, ``policy``); written to a new file and renamed over ``path``,
+    so a relay reloading it never reads half of it."""
+    if path.suffix == ".json":
+        text = json.dumps({"defaults": defaults or {}, "keys": keys})
+    else:
+        lines = []
+        if defaults:
+            lines.append("[defaults]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in defaults.items()]
+        for key in keys:
+            lines.append("\n[[keys]]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in key.items()]
+        text = "\n".join(lines) + "\n"
+    partial = path.with_name(path.name + ".new")
+    partial.write_text(text)
+    partial.replace(path)
+    return path
+
+
+def as_key(relay: Relay, key: str | None) -> Relay:
+    """The same relay, asked with another key (stop the relay itself, not this view)."""
+    return dataclasses.replace(relay, api_key=key)
 
 
 # -- in this process --------------------------------------------------------------------------

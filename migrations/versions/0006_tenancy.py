@@ -8,12 +8,20 @@ and never run) stays NULL: visible to admin keys only.
 
 ``audit`` records who started, cancelled, answered, deleted, purged and wrote what.
 
+``spend`` adds up what each key's runs cost by UTC day, for daily budgets; it is filled from
+the runs of the last two days (older days no budget reads), grouped in Python so that the day
+is computed the same way on every database.
+
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-03
 """
 
 from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
 
 import sqlalchemy as sa
 from alembic import op
@@ -53,9 +61,32 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_at", "audit", ["at"])
     op.create_index("ix_audit_action", "audit", ["action"])
+    spend = op.create_table(
+        "spend",
+        sa.Column("key_id", sa.String(32), nullable=False),
+        sa.Column("day", sa.Integer(), nullable=False),
+        sa.Column("cost_usd", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("key_id", "day", name=op.f("pk_spend")),
+    )
+    recent = op.get_bind().execute(
+        sa.text(
+            "SELECT api_key_id, ended_at, total_cost_usd FROM runs "
+            "WHERE total_cost_usd > 0 AND ended_at >= :since"
+        ),
+        {"since": time.time() - 2 * 86400},
+    )
+    days: dict[tuple[str, int], float] = defaultdict(float)
+    for key_id, ended_at, cost in recent:
+        days[(key_id, math.floor(ended_at / 86400))] += cost
+    if days:
+        op.bulk_insert(
+            spend,
+            [{"key_id": k, "day": d, "cost_usd": cost} for (k, d), cost in days.items()],
+        )
 
 
 def downgrade() -> None:
+    op.drop_table("spend")
     op.drop_index("ix_audit_action", table_name="audit")
     op.drop_index("ix_audit_at", table_name="audit")
     op.drop_table("audit")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from server.claude.options import RunOptions
 from server.errors import Forbidden, OverBudget
-from server.storage.run_store import RunStore
+from server.storage.spend_store import SpendStore
 
 DAY = 86400.0
 
@@ -54,8 +54,8 @@ class Policy:
     """The most one run may spend (the CLI's ``--max-budget-usd``): a run that asks for none
     gets this; one that asks for more is refused."""
     daily_budget_usd: float | None = None
-    """The most its runs may cost in a UTC day (summed from recorded run costs); at or past
-    it, 429 until the next UTC midnight."""
+    """The most its runs may cost in a UTC day (the CLI's ``total_cost_usd`` of each run,
+    added up as runs end); at or past it, 429 until the next UTC midnight."""
 
     def over(self, defaults: Policy) -> Policy:
         """This policy, with ``defaults`` for what it does not say."""
@@ -166,16 +166,17 @@ def iso_utc(when: float) -> str:
     return datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
-async def check_daily_budget(runs: RunStore, caller: Caller, now: float | None = None) -> None:
-    """:class:`OverBudget` when the caller's runs since UTC midnight have cost its daily
-    budget or more. Runs still going count once they have ended (their cost is known then),
-    so runs started together may pass the budget by what they spend."""
+async def check_daily_budget(spend: SpendStore, caller: Caller, now: float | None = None) -> None:
+    """:class:`OverBudget` when the caller's runs that ended since UTC midnight have cost its
+    daily budget or more. A run counts once it has ended (its cost is known then), so runs
+    going at once may pass the budget by what they spend; deleting sessions gives nothing
+    back (the spending is kept apart from the runs)."""
     limit = caller.policy.daily_budget_usd
     if limit is None:
         return
     now = time.time() if now is None else now
     start = day_start(now)
-    spent = await runs.cost_since(caller.id, start)
+    spent = await spend.spent(caller.id, now)
     if spent < limit:
         return
     resets = start + DAY

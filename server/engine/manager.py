@@ -103,6 +103,7 @@ def outcome_of(run: Run) -> RunOutcome:
         result=run.result,
         pid=run.pid,
         changes=run.changes.changes if run.changes is not None else None,
+        api_key_id=run.api_key_id,
     )
 
 
@@ -255,7 +256,7 @@ class RunManager:
         """Start a run for ``request`` or raise the error the client should see."""
         caller = request.caller
         request = dataclasses.replace(request, options=check_options(caller, request.options))
-        await check_daily_budget(self.runtime.runs, caller)
+        await check_daily_budget(self.runtime.spend, caller)
         # From here to taking the slots nothing awaits: two requests cannot both pass a cap.
         if self._slots >= self.settings.max_concurrent_runs:
             raise TooManyRuns(

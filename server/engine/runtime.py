@@ -22,6 +22,7 @@ from server.storage.event_store import EventStore, EventWriter
 from server.storage.fingerprint_store import FingerprintStore
 from server.storage.run_store import RunStore
 from server.storage.session_store import SessionStore
+from server.storage.spend_store import SpendStore
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Runtime:
     session_configs: SessionConfigs
     """Each session's own CLI config directory (its settings, hooks and transcripts)."""
     audit: AuditStore
+    spend: SpendStore
+    """What each key spent by day (daily budgets)."""
     key_proxy: KeyProxy | None = None
     """Started by the app's lifespan (:meth:`start_key_proxy`); the command line needs none."""
 
@@ -86,4 +89,5 @@ async def open_runtime(settings: Settings) -> Runtime:
         workspaces=workspaces,
         session_configs=SessionConfigs(workspaces.root, operator_env, catalog.claude_session_ids),
         audit=AuditStore(database),
+        spend=SpendStore(database),
     )

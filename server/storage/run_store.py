@@ -150,6 +150,14 @@ class RunOutcome:
     pid: int | None = None
     changes: list[FileChange] | None = None
     """The files it changed in its workspace (None: not recorded)."""
+    api_key_id: str | None = None
+    """The key that started it: its cost is added to that key's spending of the day."""
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What the CLI says the run cost (``total_cost_usd`` of its result)."""
+        cost: float | None = _number((self.result or {}).get("total_cost_usd"), float)
+        return cost
 
 
 def _number(value: Any, kind: type) -> Any:
@@ -213,17 +221,6 @@ class RunStore:
         query = query.order_by(RunRow.started_at.desc(), RunRow.id.desc()).limit(limit)
         async with self._database.read() as db:
             return [run_record(row) for row in await db.scalars(query)]
-
-    async def cost_since(self, api_key_id: str, since: float) -> float:
-        """What the key's runs started at or after ``since`` cost, as the CLI reported it
-        (runs still going, or that ended without a cost, count nothing)."""
-        async with self._database.connect() as conn:
-            spent = await conn.scalar(
-                select(func.coalesce(func.sum(RunRow.total_cost_usd), 0.0)).where(
-                    RunRow.api_key_id == api_key_id, RunRow.started_at >= since
-                )
-            )
-            return float(spent or 0.0)
 
     async def running(self) -> list[RunRecord]:
         async with self._database.read() as db:

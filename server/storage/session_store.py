@@ -22,6 +22,7 @@ from server.storage import (
     conversation_store,
     event_store,
     run_store,
+    spend_store,
 )
 from server.storage.audit_store import AuditEntry
 from server.storage.database import Database
@@ -330,6 +331,13 @@ class SessionStore:
                     event_store.insert_once(self._database.dialect, run_id, *final_event)
                 )
             await db.execute(run_store.finish_statement(run_id, outcome))
+            cost = outcome.cost_usd
+            if outcome.api_key_id is not None and cost:
+                await db.execute(
+                    spend_store.add_statement(
+                        self._database.dialect, outcome.api_key_id, time.time(), cost
+                    )
+                )
             for statement in change_store.insert_statements(run_id, outcome.changes or []):
                 await db.execute(statement)
             await db.execute(_release(workspace_id, run_id))

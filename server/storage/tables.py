@@ -197,3 +197,16 @@ class AuditRow(Base):
     """What it was done to: a run id, a session id, ``<session id>/<path>`` for a file."""
     detail: Mapped[str] = mapped_column(Text)
     """A JSON object with what else is worth knowing (the session of a run, a file's size)."""
+
+
+class SpendRow(Base):
+    """What each key's runs cost, by UTC day: the daily budgets are checked against it. Kept
+    apart from ``runs`` so that deleting sessions (and their runs) does not give a key its
+    day's money back."""
+
+    __tablename__ = "spend"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """Days since 1970-01-01, UTC."""
+    cost_usd: Mapped[float] = mapped_column(Float)

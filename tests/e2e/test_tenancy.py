@@ -323,6 +323,10 @@ def test_a_key_past_its_daily_budget_gets_429_until_utc_midnight(
     assert "`daily_budget_usd`" in message and "resets at" in message, message
     assert "T00:00:00Z" in message
     assert 0 < int(over.headers["retry-after"]) <= 86400
+    # Deleting the session (and its runs with it) gives the day's money back to nobody.
+    session = first.headers["x-session-id"]
+    assert call(erin, "DELETE", f"/api/sessions/{session}?purge=true").status_code == 200
+    assert erin.run({"prompt": "now?"}).status == 429
     # Another key's budget is its own.
     assert as_key(relay, "frank-key-1").run({"prompt": "hi"}).status == 200
 

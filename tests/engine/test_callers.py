@@ -7,7 +7,6 @@ import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 
 from server.claude.options import RunOptions
 from server.engine.callers import (
@@ -21,10 +20,9 @@ from server.engine.callers import (
     day_start,
 )
 from server.errors import Forbidden, OverBudget
-from server.storage.database import Database
-from server.storage.run_store import RunStore
+from server.storage.run_store import RunOutcome, RunStatus
 from server.storage.session_store import SessionStore
-from server.storage.tables import RunRow
+from server.storage.spend_store import SpendStore
 from tests.storage.support import migrated_database, new_run
 
 ALICE = Caller("a" * 16, "alice", Role.USER)
@@ -88,26 +86,34 @@ def test_the_day_starts_at_utc_midnight() -> None:
     assert day_start(noon) == midnight == day_start(midnight)
 
 
-async def set_cost(database: Database, run_id: str, cost: float) -> None:
-    async with database.write() as db:
-        await db.execute(update(RunRow).where(RunRow.id == run_id).values(total_cost_usd=cost))
-
-
-async def test_the_daily_budget_sums_the_keys_runs_of_the_day(tmp_path: Path) -> None:
+async def test_the_daily_budget_adds_up_the_keys_runs_of_the_day(tmp_path: Path) -> None:
     async with migrated_database(tmp_path) as database:
-        sessions, runs = SessionStore(database), RunStore(database)
+        sessions, spend = SessionStore(database), SpendStore(database)
         carol = with_policy(daily_budget_usd=1.0)
-        await check_daily_budget(runs, carol)  # nothing spent yet
-        for n, (key, cost) in enumerate([(carol.id, 0.6), ("someone-else", 5.0)]):
+        await check_daily_budget(spend, carol)  # nothing spent yet
+
+        async def run(n: int, key: str, cost: float) -> None:
+            """A run of ``key`` that ends having cost ``cost``, recorded as the relay does."""
             await sessions.create_locked(f"w{n}", f"c{n}", run=new_run(f"r{n}", api_key_id=key))
-            await set_cost(database, f"r{n}", cost)
-        await check_daily_budget(runs, carol)  # 0.6 of 1.0: another key's spending is not hers
-        await set_cost(database, "r0", 1.0)
+            result = {"type": "result", "total_cost_usd": cost}
+            outcome = RunOutcome(
+                RunStatus.SUCCEEDED, f"c{n}", 0, None, None, 1, result, api_key_id=key
+            )
+            await sessions.finish_run(f"w{n}", f"r{n}", outcome)
+
+        await run(0, carol.id, 0.6)
+        await run(1, "someone-else", 5.0)
+        await check_daily_budget(spend, carol)  # 0.6 of 1.0: another key's spending is not hers
+        await run(2, carol.id, 0.4)
         with pytest.raises(OverBudget) as over:
-            await check_daily_budget(runs, carol)
+            await check_daily_budget(spend, carol)
         assert "resets at" in over.value.message and "Z (UTC midnight)" in over.value.message
         assert "`daily_budget_usd`" in over.value.message
         assert 0 < over.value.retry_after <= 86400
         assert over.value.resets_at == day_start(over.value.resets_at)
-        # Today's runs do not count tomorrow.
-        await check_daily_budget(runs, carol, now=over.value.resets_at + 60)
+        # Deleting the sessions gives nothing back; the next day starts from nothing.
+        for n in range(3):
+            assert await sessions.delete(f"w{n}")
+        with pytest.raises(OverBudget):
+            await check_daily_budget(spend, carol)
+        await check_daily_budget(spend, carol, now=over.value.resets_at + 60)

@@ -10,6 +10,8 @@ filled with plain SQL in the old column names, as a relay before 0003 left it.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -201,9 +203,10 @@ ROWS_AT_0005 = [
     "INSERT INTO claude_session_ids (claude_session_id, workspace_id, seen_at) "
     "VALUES ('c-run', 'ws-run', 100), ('c-empty', 'ws-empty', 100)",
     "INSERT INTO runs (id, workspace_id, claude_session_id, status, owner, detached, api_key_id, "
-    "prompt_head, started_at, last_seq) VALUES "
-    "('r-late', 'ws-run', 'c-run', 'succeeded', 'host:1', 0, 'k2', 'later', 150, 0), "
-    "('r-first', 'ws-run', 'c-run', 'succeeded', 'host:1', 0, 'k1', 'first', 110, 0)",
+    "prompt_head, started_at, ended_at, total_cost_usd, last_seq) VALUES "
+    "('r-late', 'ws-run', 'c-run', 'succeeded', 'host:1', 0, 'k2', 'later', 150, :now, 0.5, 0), "
+    "('r-first', 'ws-run', 'c-run', 'succeeded', 'host:1', 0, 'k1', 'first', 110, :now, 0.25, 0), "
+    "('r-old', 'ws-run', 'c-run', 'succeeded', 'host:1', 0, 'k1', 'old', 105, 106, 9.0, 0)",
 ]
 
 
@@ -214,8 +217,9 @@ async def test_upgrade_gives_each_session_the_key_of_its_first_run(tmp_path: Pat
     try:
         async with engine.begin() as conn:
             await conn.run_sync(alembic(command.upgrade, "0005"))
+        now = time.time()
         for statement in ROWS_AT_0005:
-            await sql(engine, statement)
+            await sql(engine, statement, now=now)
         await upgrade(engine)
         assert await sql(engine, "SELECT workspace_id, owner_key_id FROM sessions ORDER BY 1") == [
             ("ws-empty", None),
@@ -224,9 +228,15 @@ async def test_upgrade_gives_each_session_the_key_of_its_first_run(tmp_path: Pat
         found = await SessionStore(Database(engine)).find_by_claude_session_id("c-run")
         assert found is not None and found.owner_key_id == "k1"
         assert await sql(engine, "SELECT count(*) FROM audit") == [(0,)]
+        # What keys spent in the last two days is where the daily budgets read it.
+        day = math.floor(now / 86400)
+        assert await sql(engine, "SELECT key_id, day, cost_usd FROM spend ORDER BY 1") == [
+            ("k1", day, 0.25),
+            ("k2", day, 0.5),
+        ]
         async with engine.begin() as conn:
             await conn.run_sync(alembic(command.downgrade, "0005"))
         assert "owner_key_id" not in await columns(engine, "sessions")
-        assert await sql(engine, "SELECT count(*) FROM runs") == [(2,)]
+        assert await sql(engine, "SELECT count(*) FROM runs") == [(3,)]
     finally:
         await engine.dispose()

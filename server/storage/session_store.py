@@ -9,6 +9,7 @@ table's own statements, from the module that owns it.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,31 +169,11 @@ class SessionStore:
             run.owner,
             owner_key_id=run.api_key_id,
         )
-        # Core inserts, not ORM objects: this is on the path of every new conversation.
-        try:
-            async with self._database.write() as db:
-                await db.execute(
-                    insert(SessionRow).values(
-                        workspace_id=workspace_id,
-                        latest_claude_session_id=claude_session_id,
-                        created_at=now,
-                        last_used_at=now,
-                        active_run_id=run.id,
-                        active_owner=run.owner,
-                        title=title,
-                        owner_key_id=run.api_key_id,
-                    )
-                )
-                await db.execute(claude_id_store.insert_first(workspace_id, claude_session_id, now))
-                await _insert_run(db, run, workspace_id)
-                if conversation is not None:
-                    api_key_id, key = conversation
-                    await db.execute(
-                        conversation_store.insert_binding(api_key_id, key, workspace_id, now)
-                    )
-        except IntegrityError:
-            raise ConversationTaken(conversation) from None
-        return record
+
+        async def with_run(db: Any) -> None:
+            await _insert_run(db, run, workspace_id)
+
+        return await self._create(record, title, conversation, with_run)
 
     async def create_empty(
         self,
@@ -209,21 +190,7 @@ class SessionStore:
         id, key), the key is bound to it; :class:`ConversationTaken` if it is bound already.
         ``audit`` is recorded with it."""
         now = time.time()
-        try:
-            async with self._database.write() as db:
-                await self._insert_empty(
-                    db, workspace_id, claude_session_id, title, now, owner_key_id
-                )
-                if audit is not None:
-                    await db.execute(audit_store.insert_statement(audit, now))
-                if conversation is not None:
-                    api_key_id, key = conversation
-                    await db.execute(
-                        conversation_store.insert_binding(api_key_id, key, workspace_id, now)
-                    )
-        except IntegrityError:
-            raise ConversationTaken(conversation) from None
-        return SessionRecord(
+        record = SessionRecord(
             workspace_id,
             claude_session_id,
             now,
@@ -234,27 +201,50 @@ class SessionStore:
             owner_key_id=owner_key_id,
         )
 
-    @staticmethod
-    async def _insert_empty(
-        db: Any,
-        workspace_id: str,
-        claude_session_id: str,
+        async def with_audit(db: Any) -> None:
+            if audit is not None:
+                await db.execute(audit_store.insert_statement(audit, now))
+
+        return await self._create(record, title, conversation, with_audit)
+
+    async def _create(
+        self,
+        record: SessionRecord,
         title: str | None,
-        now: float,
-        owner_key_id: str,
-    ) -> None:
-        await db.execute(
-            insert(SessionRow).values(
-                workspace_id=workspace_id,
-                latest_claude_session_id=claude_session_id,
-                created_at=now,
-                last_used_at=now,
-                title=title,
-                has_conversation=False,
-                owner_key_id=owner_key_id,
-            )
-        )
-        await db.execute(claude_id_store.insert_first(workspace_id, claude_session_id, now))
+        conversation: tuple[str, str] | None,
+        also: Callable[[Any], Awaitable[None]],
+    ) -> SessionRecord:
+        """Insert ``record`` with its first Claude session id, ``also``'s rows and the
+        conversation binding, in one transaction. Core inserts, not ORM objects: this is on
+        the path of every new conversation."""
+        workspace_id, now = record.workspace_id, record.created_at
+        try:
+            async with self._database.write() as db:
+                await db.execute(
+                    insert(SessionRow).values(
+                        workspace_id=workspace_id,
+                        latest_claude_session_id=record.latest_claude_session_id,
+                        created_at=now,
+                        last_used_at=now,
+                        active_run_id=record.active_run_id,
+                        active_owner=record.active_owner,
+                        title=title,
+                        has_conversation=record.has_conversation,
+                        owner_key_id=record.owner_key_id,
+                    )
+                )
+                await db.execute(
+                    claude_id_store.insert_first(workspace_id, record.latest_claude_session_id, now)
+                )
+                await also(db)
+                if conversation is not None:
+                    api_key_id, key = conversation
+                    await db.execute(
+                        conversation_store.insert_binding(api_key_id, key, workspace_id, now)
+                    )
+        except IntegrityError:
+            raise ConversationTaken(conversation) from None
+        return record
 
     async def _first(self, statement: Any) -> SessionRecord | None:
         """One row through a bare connection: lookups sit on every request's path, and the

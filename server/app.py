@@ -17,7 +17,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
-from server.api import audit, claude, files, runs, sessions
+from server.api import audit, claude, files, metrics, runs, sessions
 from server.api.auth import api_key_guard
 from server.api.dependencies import Relay, dependencies
 from server.api.errors import exception_handlers, relay_error_body
@@ -47,6 +47,7 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
             runtime.runs,
             me=manager.owner,
             events_stored=runtime.settings.persist_events,
+            metrics=runtime.metrics,
         )
         runtime.event_writer.start()
         manager.start_upkeep()
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, *, keyring: Keyring | None = No
     return Litestar(
         route_handlers=[
             health,
+            metrics.route(settings),
             claude.router,
             sessions.router(settings),
             files.router(settings),

@@ -254,6 +254,12 @@ class Settings:
         _parse_bool,
     )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    metrics_public: bool = _setting(
+        False,
+        "Serve GET /metrics without an API key (for a scraper that cannot send one; keep the "
+        "port private then). By default it needs a key like the API.",
+        _parse_bool,
+    )
     persist_events: bool = _setting(
         True,
         "Store every relayed event, so runs can be replayed and re-attached to.",

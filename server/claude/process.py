@@ -30,7 +30,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,21 +263,28 @@ async def stop(
     interrupt_grace: float,
     terminate_grace: float,
     since: float = 0.0,
+    signalled: Callable[[str], None] | None = None,
 ) -> None:
     """Interrupt, then terminate, then kill the CLI (and, at that last step, all it started).
 
-    Processes that outlive a CLI which exited on its own are :func:`sweep`'s job.
+    ``signalled`` is told each signal of the escalation it sends (``SIGINT``, ...), for the
+    relay's metrics. Processes that outlive a CLI which exited on its own are :func:`sweep`'s
+    job.
     """
+    told = signalled or (lambda _name: None)
     if proc.returncode is None:
         _signal_group(proc.pid, signal.SIGINT)
+        told("SIGINT")
         if not await _wait(proc, interrupt_grace):
             log.info("run %s: no exit %.1fs after SIGINT, sending SIGTERM", marker, interrupt_grace)
             _signal_group(proc.pid, signal.SIGTERM)
+            told("SIGTERM")
             if not await _wait(proc, terminate_grace):
                 log.warning("run %s: no exit after SIGTERM, killing every process", marker)
                 found = [*_tree(proc.pid), *marked_processes(marker, since)]
                 survivors = {p.pid: p for p in found}
                 _signal_group(proc.pid, signal.SIGKILL)
+                told("SIGKILL")
                 _kill_all(survivors.values(), signal.SIGKILL)
                 await proc.exited
 

@@ -29,6 +29,7 @@ from server.engine.callers import ANONYMOUS, Caller, check_daily_budget, check_o
 from server.engine.changes import Snapshots
 from server.engine.launcher import Launcher, choose
 from server.engine.live_sessions import LiveProcess, LiveSessions
+from server.engine.metrics import Load
 from server.engine.planner import (
     ByConversation,
     Placement,
@@ -198,6 +199,20 @@ class RunManager:
         self.pool = WarmPool(
             settings.warm_pool, start=self._start_pooled, discard=self._discard_pooled
         )
+        self.metrics = runtime.metrics
+        self.metrics.watch(self._load)
+
+    def _load(self) -> Load:
+        """What ``GET /metrics`` reads of this relay's state when it is scraped."""
+        going = [run for run in self.runs.values() if not run.done]
+        return Load(
+            active_runs=self._slots,
+            max_runs=self.settings.max_concurrent_runs,
+            running_processes=len(going),
+            live_processes=len(self.live),
+            pooled_processes=len(self.pool),
+            approvals_pending=sum(len(run.approvals.pending()) for run in going),
+        )
 
     def start_upkeep(self) -> None:
         """Begin the upkeep of live sessions (expiry, and renewing this relay's claims)."""
@@ -259,6 +274,7 @@ class RunManager:
         await check_daily_budget(self.runtime.spend, caller)
         # From here to taking the slots nothing awaits: two requests cannot both pass a cap.
         if self._slots >= self.settings.max_concurrent_runs:
+            self.metrics.run_rejected("capacity")
             raise TooManyRuns(
                 f"{self._slots} runs are in progress, the relay's limit; try again shortly",
                 retry_after=RETRY_AFTER_SECONDS,
@@ -488,6 +504,7 @@ class RunManager:
             max_line_bytes=self.settings.max_line_bytes,
             interrupt_grace=self.settings.interrupt_grace,
             terminate_grace=self.settings.terminate_grace,
+            metrics=self.metrics,
         )
         # Its key pass-through token lives as long as the process, whichever turn it serves.
         proc.on_exit(lambda p: self._revoke(p.marker))
@@ -534,8 +551,10 @@ class RunManager:
             if self.settings.track_changes
             else None,
             snapshots=self.snapshots,
+            metrics=self.metrics,
         )
         self.runs[run_id] = run
+        self.metrics.run_started(kind)
         run.start(proc, target.prompt, blocks)
         log.info(
             "run %s started: session %s (%s), %s process %s",
@@ -670,6 +689,9 @@ class RunManager:
 
     async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
         """Stored first, shown after (the writer releases them); unstored ones at once."""
+        self.metrics.relayed(events)
+        if first_seq == 1:
+            self.metrics.first_event_after(run.process_kind, time.time() - run.started_at)
         if self.settings.persist_events:
             self.runtime.event_writer.add(run.id, first_seq, events, run)
         else:
@@ -707,6 +729,13 @@ class RunManager:
             self.pool.served()
         log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
         self._give_back_slot(run.api_key_id)
+        self.metrics.run_ended(
+            status=str(run.status),
+            process=run.process_kind,
+            seconds=(run.ended_at or time.time()) - run.started_at,
+            cost_usd=(run.result or {}).get("total_cost_usd"),
+            api_key_id=run.api_key_id,
+        )
         self._unrecorded[run.id] = created
         if await self._try_record_end(run):
             return

@@ -18,6 +18,7 @@ import socket
 import psutil
 
 from server.claude import process
+from server.engine.metrics import DISCARD, Metrics
 from server.engine.relay_events import relay_error
 from server.storage.run_store import RunStore
 from server.storage.session_store import SessionStore
@@ -65,7 +66,12 @@ CUT_SHORT = (
 
 
 async def recover(
-    store: SessionStore, runs: RunStore, *, me: str, events_stored: bool = True
+    store: SessionStore,
+    runs: RunStore,
+    *,
+    me: str,
+    events_stored: bool = True,
+    metrics: Metrics = DISCARD,
 ) -> int:
     """Fail the runs of dead relays, stop their orphans and free their sessions.
 
@@ -81,6 +87,7 @@ async def recover(
         if not owner_is_dead(run.owner, run.started_at, me):
             continue
         killed = await asyncio.to_thread(process.kill_orphans, run.id)
+        metrics.orphans_swept("recovery", killed)
         await runs.mark_failed(run.id, CUT_SHORT, final_event=final)
         await store.release(run.workspace_id, run_id=run.id)
         log.warning("run %s of a dead relay marked failed; %d orphan(s) killed", run.id, killed)
@@ -89,11 +96,11 @@ async def recover(
         if session.active_owner and owner_is_dead(session.active_owner, session.last_used_at, me):
             await store.release(session.workspace_id, run_id=session.active_run_id or "")
             log.warning("freed session %s locked by a dead relay", session.workspace_id)
-    await _end_dead_live_claims(store, me)
+    await _end_dead_live_claims(store, me, metrics)
     return recovered
 
 
-async def _end_dead_live_claims(store: SessionStore, me: str) -> None:
+async def _end_dead_live_claims(store: SessionStore, me: str, metrics: Metrics) -> None:
     """A dead relay's live processes are orphans like any other: stopped, their claims ended
     (a relay on another host loses its claims when it stops renewing them)."""
     for session in await store.live_elsewhere():
@@ -103,6 +110,7 @@ async def _end_dead_live_claims(store: SessionStore, me: str) -> None:
         killed = 0
         if session.live_run_id:
             killed = await asyncio.to_thread(process.kill_orphans, session.live_run_id)
+            metrics.orphans_swept("recovery", killed)
         await store.end_live(session.workspace_id, owner=owner)
         log.warning(
             "session %s was live in a dead relay; %d orphan(s) killed", session.workspace_id, killed

@@ -47,6 +47,7 @@ from server.engine.approvals import (
     State,
 )
 from server.engine.event_window import EventWindow
+from server.engine.metrics import DISCARD, Metrics
 from server.engine.relay_events import (
     files_changed,
     permission_request,
@@ -158,6 +159,8 @@ class Run:
     """Where the last turn's snapshot of each workspace waits for the next turn."""
     changes: workspace_changes.Changes | None = None
     """What the run added, modified and deleted in its workspace (once it is over)."""
+    metrics: Metrics = DISCARD
+    """Told why it is stopped, the signals that stop it, and its approvals' answers."""
     _before: workspace_changes.Snapshot | None = None
     _window: EventWindow = field(default_factory=EventWindow, init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -205,6 +208,7 @@ class Run:
         if self.done or self._stopper is not None or self._process is None:
             return False
         self.stop_reason = reason
+        self.metrics.run_stopping(str(reason))
         log.info("run %s: stopping (%s)", self.id, reason)
         self._stopper = asyncio.create_task(self._stop(self._process), name=f"stop-{self.id}")
         return True
@@ -226,6 +230,7 @@ class Run:
             interrupt_grace=limits.interrupt_grace,
             terminate_grace=limits.terminate_grace,
             since=proc.spawned_after,
+            signalled=self.metrics.signal_sent,
         )
 
     async def stop_on(self, shutdown: anyio.Event) -> None:
@@ -307,6 +312,7 @@ class Run:
     async def _resolve(self, permission: Permission, answer: Answer) -> None:
         state = State.ALLOWED if answer.behavior is Behavior.ALLOW else State.DENIED
         self.approvals.resolve(permission, state, answer.by)
+        self.metrics.approval_resolved(str(state), answer.by)
         timer = self._timers.pop(permission.request_id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
@@ -335,6 +341,7 @@ class Run:
         self._timers.clear()
         for permission in self.approvals.pending():
             self.approvals.resolve(permission, State.CANCELLED, "relay")
+            self.metrics.approval_resolved(str(State.CANCELLED), "relay")
 
     # -- Turn: what the process hands over -----------------------------------------------
 
@@ -382,6 +389,7 @@ class Run:
         if permission is None or permission.state is not State.PENDING:
             return
         self.approvals.resolve(permission, State.CANCELLED, "cli")
+        self.metrics.approval_resolved(str(State.CANCELLED), "cli")
         timer = self._timers.pop(request_id, None)
         if timer is not None:
             timer.cancel()

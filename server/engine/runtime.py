@@ -7,11 +7,12 @@ The HTTP app (in its lifespan) and the command line (``sessions``, ``gc``) build
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.claude.command import build_env, current_env
 from server.config import Settings
 from server.engine.key_proxy import KeyProxy, key_proxy_for
+from server.engine.metrics import Metrics
 from server.engine.session_config import SessionConfigs
 from server.engine.workspaces import Workspaces
 from server.storage.audit_store import AuditStore
@@ -44,6 +45,8 @@ class Runtime:
     """What each key spent by day (daily budgets)."""
     key_proxy: KeyProxy | None = None
     """Started by the app's lifespan (:meth:`start_key_proxy`); the command line needs none."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """This relay's counters (``GET /metrics``), in a registry of its own."""
 
     @property
     def child_env(self) -> dict[str, str]:

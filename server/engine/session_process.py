@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from server.claude import process, protocol
 from server.claude.lines import Line, LineSplitter, LineTooLong, classify
+from server.engine.metrics import DISCARD, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,11 @@ class SessionProcess:
         max_line_bytes: int,
         interrupt_grace: float,
         terminate_grace: float,
+        metrics: Metrics = DISCARD,
     ) -> None:
         self.child = child
+        self.metrics = metrics
+        """Told the signals that stop it and the leftovers swept after it."""
         self.marker = marker
         """The run id its environment carries: every process it starts has it too."""
         self.spawned_after = spawned_after
@@ -291,12 +295,14 @@ class SessionProcess:
             interrupt_grace=interrupt_grace,
             terminate_grace=terminate_grace,
             since=self.spawned_after,
+            signalled=self.metrics.signal_sent,
         )
         await self.finish(terminate_grace)
 
     async def finish(self, grace: float) -> None:
         """After exit: sweep what it left, let the readers reach end of file, close sockets."""
-        await process.sweep(self.marker, grace=grace, since=self.spawned_after)
+        swept = await process.sweep(self.marker, grace=grace, since=self.spawned_after)
+        self.metrics.orphans_swept("after_run", swept)
         for task, name in ((self._reader, "stdout"), (self._drainer, "stderr")):
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout=5)

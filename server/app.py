@@ -124,4 +124,7 @@ def create_app(settings: Settings | None = None, *, keyring: Keyring | None = No
         cors_config=cors,
         request_max_body_size=max_body_size(settings),
         openapi_config=OpenAPIConfig(title="claude-relay", version=VERSION, path="/schema"),
+        # Logging is the command's (``claude-relay serve``: text or JSON, main.py), not a
+        # root-logger setup of Litestar's that would replace it.
+        logging_config=None,
     )

@@ -254,6 +254,13 @@ class Settings:
         _parse_bool,
     )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    log_format: str = _setting(
+        "text",
+        "Log lines as `text` (for a terminal) or `json`: one object per line with time, level, "
+        "logger, message, and run_id, session_id and key when the line is about a run "
+        "(uvicorn's access log too).",
+        _choice("text", "json"),
+    )
     metrics_public: bool = _setting(
         False,
         "Serve GET /metrics without an API key (for a scraper that cannot send one; keep the "

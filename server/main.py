@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime
 import ipaddress
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 
 from server.claude.privileges import capability_dropper
 from server.config import Settings, describe_settings
+from server.engine import log_context
 from server.errors import ConfigError
 
 
@@ -76,16 +78,44 @@ def check_bind_safety(settings: Settings) -> None:
     )
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message; the run's
+    ``run_id``, ``session_id`` and ``key`` when the line is about one (``log_context``); an
+    access line's client, method, path and status; the traceback as ``exception``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, Any] = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(log_context.current())
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            client, method, path, _version, status = args
+            entry.update(client=client, method=method, path=path, status=status)
+        for name in ("run_id", "session_id", "key"):  # extra= on a call wins
+            if name in record.__dict__:
+                entry[name] = record.__dict__[name]
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def serve(settings: Settings) -> int:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from server.app import create_app
 
@@ -94,13 +124,16 @@ def serve(settings: Settings) -> int:
     from server.engine.launcher import check_before_serving
 
     check_before_serving(settings)  # as must one told to sandbox where it cannot
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     grace = settings.shutdown_grace + settings.interrupt_grace + settings.terminate_grace + 5
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        # JSON: uvicorn's own loggers (its access log among them) go to the root handler
+        # instead of the text handlers uvicorn would set up for them.
+        log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         timeout_graceful_shutdown=int(grace),
         lifespan="on",
     )

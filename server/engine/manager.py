@@ -24,7 +24,7 @@ from pathlib import Path
 from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
-from server.engine import attachments, session_config
+from server.engine import attachments, log_context, session_config
 from server.engine.callers import ANONYMOUS, Caller, check_daily_budget, check_options
 from server.engine.changes import Snapshots
 from server.engine.launcher import Launcher, choose
@@ -307,6 +307,7 @@ class RunManager:
         else on a new process (:meth:`_start_cold`)."""
         run_id = str(uuid.uuid4())
         target = await self.planner.place(request.target, request.prompt, caller=request.caller)
+        self._log_as(run_id, target.claude_session_id, request.api_key_id)
         self._check_size(target)
         prepared = await self._attach(request, target)
         target = dataclasses.replace(target, prompt=prepared.prompt(target.prompt))
@@ -535,6 +536,7 @@ class RunManager:
         kind: str,
         blocks: list[dict[str, object]],
     ) -> Run:
+        self._log_as(run_id, target.claude_session_id, request.api_key_id)  # a pool's id
         run = Run(
             id=run_id,
             workspace_id=target.workspace_id,
@@ -565,6 +567,12 @@ class RunManager:
             proc.pid,
         )
         return run
+
+    def _log_as(self, run_id: str, session_id: str, api_key_id: str) -> None:
+        """What follows in this task, and the tasks it starts, logs as this run's."""
+        log_context.bind(
+            run_id=run_id, session_id=session_id, key=self.metrics.key_label(api_key_id)
+        )
 
     def _check_size(self, target: Placement) -> None:
         """The prompt as placed must fit the cap: a chat turn that starts a new session quotes

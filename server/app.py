@@ -17,11 +17,10 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
-from server.api import audit, claude, files, metrics, runs, sessions
+from server.api import audit, claude, files, health, metrics, runs, sessions
 from server.api.auth import api_key_guard
 from server.api.dependencies import Relay, dependencies
 from server.api.errors import exception_handlers, relay_error_body
-from server.api.health import health
 from server.compat.anthropic import router as anthropic
 from server.compat.anthropic import schemas as anthropic_schemas
 from server.compat.openai import router as openai
@@ -100,7 +99,7 @@ def create_app(settings: Settings | None = None, *, keyring: Keyring | None = No
     cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
     return Litestar(
         route_handlers=[
-            health,
+            *health.routes,
             metrics.route(settings),
             claude.router,
             sessions.router(settings),

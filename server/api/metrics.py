@@ -17,6 +17,8 @@ from prometheus_client.exposition import choose_encoder
 
 from server.api.auth import PUBLIC_OPT
 from server.api.dependencies import RuntimeDep
+from server.api.errors import documented_errors
+from server.api.schemas import ErrorBody
 from server.config import Settings
 
 
@@ -28,13 +30,14 @@ def route(settings: Settings) -> HTTPRouteHandler:
         summary="Prometheus metrics",
         media_type="text/plain",
         responses={
+            **documented_errors(ErrorBody, 401),
             200: ResponseSpec(
                 str,
                 description="The Prometheus text exposition format (OpenMetrics when the "
                 "scraper's Accept header asks for it).",
                 media_type="text/plain",
                 generate_examples=False,
-            )
+            ),
         },
     )
     async def metrics(runtime: RuntimeDep, request: Request[Any, Any, Any]) -> Response[bytes]:

@@ -346,6 +346,29 @@ class CLIHealth(msgspec.Struct):
     path: str | None
     version: str | None
     error: str | None
+    tested: str = ""
+    """The CLI versions the relay's tests run (``TESTED_CLI_VERSIONS``)."""
+    version_check: Literal["tested", "newer", "older", "unknown"] = "unknown"
+    """Its version against those: ``newer`` is a warning, ``older`` an error."""
+
+
+class CredentialsHealth(msgspec.Struct, omit_defaults=True):
+    ok: bool
+    """The CLI has something to authenticate with (its runs may still be refused: a key is
+    not checked without an API call)."""
+    source: str | None = None
+    """``api_key``, ``auth_token``, ``oauth_token``, ``bedrock``, ``vertex``, ``foundry``,
+    ``login`` (``claude login``'s credentials file) or ``api_key_helper``."""
+    error: str | None = None
+    """Why it has none, and how to give it some."""
+
+
+class Problem(msgspec.Struct):
+    """Something an operator should fix: ``error`` (runs fail, or will) or ``warning``."""
+
+    check: Literal["cli", "credentials", "database", "workspaces", "sandbox", "disk"]
+    severity: Literal["error", "warning"]
+    message: str
 
 
 class DatabaseHealth(msgspec.Struct, omit_defaults=True):
@@ -395,12 +418,28 @@ class SandboxHealth(msgspec.Struct, omit_defaults=True):
 
 class Health(msgspec.Struct):
     status: Literal["ok", "unavailable"]
+    """``unavailable`` (503) when the CLI cannot run or storage cannot be written."""
     version: str
     cli: CLIHealth
     database: DatabaseHealth
     workspaces: WorkspacesHealth
     runs: RunsHealth
     sandbox: SandboxHealth
+    credentials: CredentialsHealth | None = None
+    problems: list[Problem] = msgspec.field(default_factory=list)
+    """Everything found wrong, errors first; empty on a relay with nothing to fix."""
+
+
+class Liveness(msgspec.Struct):
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct):
+    ready: bool
+    """The relay can take runs: the CLI runs and the database and workspaces are writable
+    (503 otherwise)."""
+    problems: list[Problem]
+    """What keeps it from taking runs (when not ready)."""
 
 
 class PermissionOut(msgspec.Struct):

@@ -2,14 +2,54 @@
 
 The answer is cached per resolved path and modification time: ``--version`` starts the CLI,
 which costs a fraction of a second, and health checks come often.
+
+The version is judged against :data:`TESTED_CLI_VERSIONS`, the versions the test suite runs:
+the relay depends on the CLI's stream-json protocol, its control requests and its flags,
+which change between releases. A newer CLI is likely fine (a warning: the tests have not
+seen it); an older one may lack what the relay passes (an error).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from dataclasses import dataclass
+from typing import Literal
+
+TESTED_CLI_VERSIONS = ("2.1.329", "2.1.329")
+"""The oldest and the newest Claude Code version the test suite has passed with. The newest
+is the one ``./dev`` pins (``CLAUDE_CODE_VERSION``; a test keeps the two equal): raise both
+when pinning a newer CLI, and lower the oldest only after running the suite against an older
+one (``CLAUDE_RELAY_TEST_CLI=<path> ./dev test``)."""
+
+VersionCheck = Literal["tested", "newer", "older", "unknown"]
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)+")
+
+
+def version_number(text: str | None) -> tuple[int, ...] | None:
+    """``(2, 1, 329)`` from ``2.1.329 (Claude Code)``; None when it names no version."""
+    found = _NUMBER.search(text or "")
+    return tuple(int(part) for part in found.group().split(".")) if found else None
+
+
+def check_version(text: str | None) -> VersionCheck:
+    """Where ``claude --version``'s answer falls against :data:`TESTED_CLI_VERSIONS`."""
+    number = version_number(text)
+    if number is None:
+        return "unknown"
+    oldest, newest = (version_number(v) for v in TESTED_CLI_VERSIONS)
+    assert oldest is not None and newest is not None
+    if number < oldest:
+        return "older"
+    return "newer" if number > newest else "tested"
+
+
+def tested_range() -> str:
+    oldest, newest = TESTED_CLI_VERSIONS
+    return oldest if oldest == newest else f"{oldest} to {newest}"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from server.claude import process
 from server.claude.command import build_argv, build_env, current_env
 from server.claude.options import RunOptions, utf8_size
-from server.engine import attachments, log_context, session_config
+from server.engine import attachments, credentials, log_context, session_config
 from server.engine.callers import ANONYMOUS, Caller, check_daily_budget, check_options
 from server.engine.changes import Snapshots
 from server.engine.launcher import Launcher, choose
@@ -554,6 +554,7 @@ class RunManager:
             else None,
             snapshots=self.snapshots,
             metrics=self.metrics,
+            failure_hint=self._failure_hint,
         )
         self.runs[run_id] = run
         self.metrics.run_started(kind)
@@ -567,6 +568,9 @@ class RunManager:
             proc.pid,
         )
         return run
+
+    def _failure_hint(self, result: dict[str, object]) -> str | None:
+        return credentials.login_hint(result, self.runtime.session_configs.operator_env)
 
     def _log_as(self, run_id: str, session_id: str, api_key_id: str) -> None:
         """What follows in this task, and the tasks it starts, logs as this run's."""

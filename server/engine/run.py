@@ -26,7 +26,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,6 +161,9 @@ class Run:
     """What the run added, modified and deleted in its workspace (once it is over)."""
     metrics: Metrics = DISCARD
     """Told why it is stopped, the signals that stop it, and its approvals' answers."""
+    failure_hint: Callable[[dict[str, Any]], str | None] = lambda _result: None
+    """The relay's message for a ``result`` that needs the operator (no credentials), or
+    None: it becomes the run's final error event."""
     _before: workspace_changes.Snapshot | None = None
     _window: EventWindow = field(default_factory=EventWindow, init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -537,6 +540,9 @@ class Run:
             return _STOP_STATUS[self.stop_reason], self._stop_message(self.stop_reason)
         if self.result is None:
             return RunStatus.FAILED, f"the CLI ended without a result (exit code {code})"
+        hint = self.failure_hint(self.result)
+        if hint is not None:
+            return RunStatus.FAILED, hint
         if code not in (0, None):
             return RunStatus.FAILED, f"the CLI exited with code {code}"
         if self.result.get("is_error"):

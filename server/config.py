@@ -267,6 +267,14 @@ class Settings:
         "port private then). By default it needs a key like the API.",
         _parse_bool,
     )
+    cli_telemetry: bool = _setting(
+        False,
+        "Turn on the CLI's own OpenTelemetry: runs get CLAUDE_CODE_ENABLE_TELEMETRY=1, the "
+        "relay's OTEL_* exporter variables (but not OTEL_*_HEADERS, which tools could read: "
+        "set them in CLAUDE_RELAY_CLAUDE_ENV to pass them anyway), and run_id and session_id "
+        "in OTEL_RESOURCE_ATTRIBUTES.",
+        _parse_bool,
+    )
     persist_events: bool = _setting(
         True,
         "Store every relayed event, so runs can be replayed and re-attached to.",

@@ -77,5 +77,36 @@ def build_env(base: Mapping[str, str], extra: Mapping[str, str], run_id: str) ->
     return env
 
 
+TELEMETRY_SWITCH = "CLAUDE_CODE_ENABLE_TELEMETRY"
+RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+
+
+def is_otel_secret(name: str) -> bool:
+    """``OTEL_EXPORTER_OTLP_HEADERS`` and its per-signal forms: they usually carry the
+    collector's credentials, and every tool of a run can read the CLI's environment."""
+    return name.startswith("OTEL_") and name.endswith("_HEADERS")
+
+
+def telemetry_env(
+    env: Mapping[str, str],
+    *,
+    explicit: Mapping[str, str],
+    run_id: str,
+    session_id: str,
+) -> dict[str, str]:
+    """``env`` with the CLI's OpenTelemetry on, its resource attributes naming the run.
+
+    The ``OTEL_*`` exporter settings are already in ``env`` (the relay's environment reaches
+    the CLI); those of them that hold secrets are dropped unless the operator gave them for
+    the CLI explicitly (``explicit``: ``CLAUDE_RELAY_CLAUDE_ENV``).
+    """
+    child = {k: v for k, v in env.items() if not is_otel_secret(k) or k in explicit}
+    child[TELEMETRY_SWITCH] = "1"
+    ours = f"run_id={run_id},session_id={session_id}"
+    given = child.get(RESOURCE_ATTRIBUTES, "").strip().strip(",")
+    child[RESOURCE_ATTRIBUTES] = f"{given},{ours}" if given else ours
+    return child
+
+
 def current_env() -> dict[str, str]:
     return dict(os.environ)

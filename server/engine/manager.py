@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.claude import process
-from server.claude.command import build_argv, build_env, current_env
+from server.claude.command import build_argv, build_env, current_env, telemetry_env
 from server.claude.options import RunOptions, utf8_size
 from server.engine import attachments, credentials, log_context, session_config
 from server.engine.callers import ANONYMOUS, Caller, check_daily_budget, check_options
@@ -675,6 +675,14 @@ class RunManager:
             build_env(current_env(), self.settings.claude_env, run_id),
             resume_from=target.resume_from,
         )
+        if self.settings.cli_telemetry:
+            # A live or pooled process keeps the ids it was started with for later turns.
+            env = telemetry_env(
+                env,
+                explicit=self.settings.claude_env,
+                run_id=run_id,
+                session_id=target.claude_session_id,
+            )
         key_proxy = self.runtime.key_proxy
         if key_proxy is not None:
             env = key_proxy.child_env(env, key_proxy.issue(run_id))

@@ -749,6 +749,7 @@ class RunManager:
             self.pool.served()
         log.info("run %s ended: %s (exit code %s)", run.id, run.status, run.exit_code)
         self._give_back_slot(run.api_key_id)
+        self._unrecorded[run.id] = created
         self.metrics.run_ended(
             status=str(run.status),
             process=run.process_kind,
@@ -756,7 +757,6 @@ class RunManager:
             cost_usd=(run.result or {}).get("total_cost_usd"),
             api_key_id=run.api_key_id,
         )
-        self._unrecorded[run.id] = created
         if await self._try_record_end(run):
             return
         retry = asyncio.create_task(self._record_end_later(run))

@@ -39,6 +39,7 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = await open_runtime(relay.settings)
+        runtime.metrics.key_label = relay.keyring.name_of  # cost and logs by key name
         await runtime.start_key_proxy()
         manager = RunManager(runtime)
         await recover(

@@ -264,7 +264,7 @@ class Settings:
     metrics_public: bool = _setting(
         False,
         "Serve GET /metrics without an API key (for a scraper that cannot send one; keep the "
-        "port private then). By default it needs a key like the API.",
+        "port private then). By default it needs an admin key: it shows every key's spend.",
         _parse_bool,
     )
     cli_telemetry: bool = _setting(

@@ -97,6 +97,14 @@ class Keyring:
     def callers(self) -> list[Caller]:
         return [entry.caller for entry in self._entries]
 
+    def name_of(self, key_id: str) -> str:
+        """The name of the key with this id, for metrics and logs; the id itself for a key
+        no longer (or never) in force."""
+        for entry in self._entries:
+            if entry.caller.id == key_id:
+                return entry.caller.name
+        return key_id
+
     def match(self, presented: str) -> Caller | None:
         """The caller whose key this is, or None; every hash is compared, in constant time."""
         digest = hashlib.sha256(presented.encode()).digest()

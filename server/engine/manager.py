@@ -43,7 +43,7 @@ from server.engine.run import Limits, Run, StopReason
 from server.engine.runtime import Runtime
 from server.engine.session_process import SessionProcess
 from server.engine.warm_pool import WarmPool
-from server.errors import Conflict, InvalidRequest, TooLarge, TooManyRuns
+from server.errors import Conflict, InvalidRequest, OverBudget, TooLarge, TooManyRuns
 from server.storage.run_store import NewRun, RunOutcome, RunRecord
 from server.storage.session_store import ConversationTaken, LiveClaim
 
@@ -271,7 +271,11 @@ class RunManager:
         """Start a run for ``request`` or raise the error the client should see."""
         caller = request.caller
         request = dataclasses.replace(request, options=check_options(caller, request.options))
-        await check_daily_budget(self.runtime.spend, caller)
+        try:
+            await check_daily_budget(self.runtime.spend, caller)
+        except OverBudget:
+            self.metrics.run_rejected("budget")
+            raise
         # From here to taking the slots nothing awaits: two requests cannot both pass a cap.
         if self._slots >= self.settings.max_concurrent_runs:
             self.metrics.run_rejected("capacity")
@@ -281,6 +285,7 @@ class RunManager:
             )
         mine, cap = self._key_slots.get(caller.id, 0), caller.policy.max_concurrent_runs
         if cap is not None and mine >= cap:
+            self.metrics.run_rejected("key_capacity")
             raise TooManyRuns(
                 f"key {caller.name!r} has {mine} runs in progress, its limit "
                 "(`max_concurrent_runs`); try again once one ends",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.conftest import RelayFactory
 from tests.scrape import scrape, total, value
-from tests.support import Relay, open_stream, scripted, wait_until
+from tests.support import Relay, as_key, open_stream, scripted, wait_until, write_keys_file
 
 
 def test_counters_move_with_runs(fake_relay: Relay) -> None:
@@ -86,21 +86,32 @@ def test_the_stop_escalation_and_the_sweep_are_counted(
     )
 
 
-def test_metrics_need_a_key_unless_the_operator_opens_them(
-    relay_factory: RelayFactory, fake_cli: Path
+def test_metrics_need_an_admin_key_unless_the_operator_opens_them(
+    relay_factory: RelayFactory, fake_cli: Path, tmp_path: Path
 ) -> None:
-    guarded = relay_factory(claude_bin=fake_cli, api_key="sk-relay-metrics")
+    keys = write_keys_file(
+        tmp_path / "keys.toml",
+        [
+            {"name": "ops", "key": "sk-relay-metrics", "role": "admin"},
+            {"name": "dana", "key": "sk-relay-dana"},
+        ],
+    )
+    guarded = relay_factory(claude_bin=fake_cli, env={"CLAUDE_RELAY_KEYS_FILE": str(keys)})
+    guarded = as_key(guarded, "sk-relay-metrics")
     with guarded.anonymous_client() as client:
         assert client.get("/metrics").status_code == 401
+    with as_key(guarded, "sk-relay-dana").client() as client:
+        refused = client.get("/metrics")
+        assert refused.status_code == 403 and "admin" in refused.json()["error"]
     assert "claude_relay_runs_active" in {name for name, _ in scrape(guarded)}
-    # Cost is labelled by the key that started the run.
-    assert guarded.run({"prompt": "hi"}).payloads[-1]["type"] == "result"
+    # Cost is labelled by the name of the key that started the run.
+    assert as_key(guarded, "sk-relay-dana").run({"prompt": "hi"}).payloads[-1]["type"] == "result"
     cost = {
         dict(labels)["key"]
         for name, labels in scrape(guarded)
         if name.startswith("claude_relay_cost")
     }
-    assert len(cost) == 1 and "anonymous" not in cost and "sk-relay-metrics" not in cost
+    assert cost == {"dana"}
     public = relay_factory(
         claude_bin=fake_cli,
         api_key="sk-relay-metrics",

@@ -13,15 +13,20 @@ from pathlib import Path
 from tests.conftest import RelayFactory, real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.scrape import scrape, total, value
-from tests.support import open_stream
+from tests.support import as_key, open_stream, write_keys_file
 
 WRITE = '[[tool:Bash:{"command":"echo approved > out.txt"}]]'
 
 
 def test_counters_follow_a_real_session(
-    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, tmp_path: Path
 ) -> None:
-    relay = relay_factory(claude_bin=real_cli, env=real_cli_env(fake_api), api_key="sk-metrics")
+    # An admin key: /metrics shows every key's spend.
+    keys = write_keys_file(
+        tmp_path / "keys.toml", [{"name": "ops", "key": "sk-metrics", "role": "admin"}]
+    )
+    env = {**real_cli_env(fake_api), "CLAUDE_RELAY_KEYS_FILE": str(keys)}
+    relay = as_key(relay_factory(claude_bin=real_cli, env=env), "sk-metrics")
     stream = open_stream(relay, {"prompt": WRITE, "approvals": True})
     asked = stream.wait_for(lambda p: p.get("subtype") == "permission_request", timeout=60)
     waiting = scrape(relay)

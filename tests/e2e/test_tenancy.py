@@ -306,6 +306,7 @@ def test_a_key_past_its_daily_budget_gets_429_until_utc_midnight(
     keys = [
         {"name": "erin", "key": "erin-key-1", "policy": {"daily_budget_usd": 0.001}},
         {"name": "frank", "key": "frank-key-1"},
+        {"name": "ops", "key": "ops-key-1", "role": "admin"},
     ]
     env = {
         **real_cli_env(fake_api),
@@ -329,6 +330,21 @@ def test_a_key_past_its_daily_budget_gets_429_until_utc_midnight(
     assert erin.run({"prompt": "now?"}).status == 429
     # Another key's budget is its own.
     assert as_key(relay, "frank-key-1").run({"prompt": "hi"}).status == 200
+    # The dashboard sees the cost and the refusals by key name.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped = call(as_key(relay, "ops-key-1"), "GET", "/metrics").text
+    samples = [s for f in text_string_to_metric_families(scraped) for s in f.samples]
+    spent = [
+        s for s in samples if s.name.endswith("cost_usd_total") and s.labels.get("key") == "erin"
+    ]
+    assert spent and abs(spent[0].value - cost) < 1e-9, spent
+    refused = [
+        s
+        for s in samples
+        if s.name.endswith("rejected_total") and s.labels.get("reason") == "budget"
+    ]
+    assert refused and refused[0].value == 2, refused
 
 
 # -- the keys file: start-up and reloads ---------------------------------------------------------

@@ -14,20 +14,23 @@ from server.api.pagination import decode_cursor, encode_cursor
 from server.api.schemas import AuditPage, ErrorBody, audit_out
 from server.api.sessions import Cursor, Limit
 from server.errors import Forbidden, InvalidRequest
+from server.storage.audit_store import ACTIONS
 
+ActionName = Literal[
+    "run.start",
+    "run.cancel",
+    "approval.answer",
+    "session.create",
+    "session.delete",
+    "session.purge",
+    "file.write",
+    "file.delete",
+    "gc.purge",
+]
+# The schema's enum is written out for OpenAPI; it must be the store's list.
+assert ActionName.__args__ == ACTIONS  # type: ignore[attr-defined]
 Action = Annotated[
-    Literal[
-        "run.start",
-        "run.cancel",
-        "approval.answer",
-        "session.create",
-        "session.delete",
-        "session.purge",
-        "file.write",
-        "file.delete",
-        "gc.purge",
-    ]
-    | None,
+    ActionName | None,
     QueryParameter(description="Only entries of this action."),
 ]
 CURSOR_KIND = "audit"

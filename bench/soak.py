@@ -770,6 +770,10 @@ async def crash_cycle(soak: Soak, relay: RelayProcess, runs: list[Tracked]) -> N
     tasks: list[asyncio.Task[Seen]] = []
     async with async_client(relay) as client:
         await asyncio.gather(*(start_tracked(soak, client, r, tasks) for r in runs))
+        # Each turn has reached the model (its prompt is the conversation's from then on):
+        # a kill before that may take the prompt with it, as a turn that never happened.
+        reached = await until(lambda: all(soak.api.saw(r.token) for r in runs))
+        assert reached, "a crash-loop run never reached the model"
         live = [r.clients[-1] for r in runs]
         marks = [len(s.events) for s in live]
         # Every stream still open has received something new since: the relay is mid-run.

@@ -23,7 +23,8 @@
         ├── StorageUnavailable  the database or workspaces root is read-only, gone or
         │   │                   unreachable (``retry_after`` seconds)
         │   └── StorageFull     ... or has no space left
-        └── RunFailed           the run behind a non-streaming answer failed
+        ├── RunFailed           the run behind a non-streaming answer failed
+        └── GitFailed           a git command the relay ran failed or took too long
 
 The web layer maps each class to a status code and a body shape (``server/api/errors.py`` for
 the relay's own API, each compatible router for its API's shape). Errors after a stream has
@@ -141,3 +142,13 @@ class StorageFull(StorageUnavailable):
 
 class RunFailed(Refused):
     """The CLI run behind a non-streaming (or not yet started) answer failed."""
+
+
+class GitFailed(Refused):
+    """A git command the relay ran (on a project repository or a session's clone) failed or
+    timed out. ``message`` is for the client and names no path; ``detail`` is git's own
+    words (they may hold paths) for the log only."""
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail

@@ -168,12 +168,20 @@ class Sandbox:
     """The CLI's effective group (root only): it makes the CLI non-dumpable."""
 
     def prefix(
-        self, *, workspace: Path, config_dir: Path, seccomp_fd: int | None = None
+        self,
+        *,
+        workspace: Path,
+        config_dir: Path,
+        seccomp_fd: int | None = None,
+        shared: Sequence[Path] = (),
     ) -> list[str]:
         """The command that runs the CLI in this run's sandbox; the CLI's argv follows it.
 
         ``workspace`` and ``config_dir`` must be plain directories (checked again here), and
-        ``seccomp_fd`` a descriptor the child inherits, holding :attr:`seccomp`.
+        ``seccomp_fd`` a descriptor the child inherits, holding :attr:`seccomp`. ``shared``
+        are directories of the relay's this run reads but must not change (a project's git
+        object store, ``server.git.clones.sandbox_paths``): bound read-only after everything
+        hidden, at their own paths.
         """
         plain_directory(workspace, "its workspace")
         plain_directory(config_dir, "its CLI config directory")
@@ -193,6 +201,8 @@ class Sandbox:
             argv += ["--ro-bind", "/dev/null", str(path)]
         argv += ["--bind", str(workspace), str(workspace)]
         argv += ["--bind", str(config_dir), str(config_dir)]
+        for path in shared:
+            argv += ["--ro-bind", str(plain_directory(path, "a shared directory")), str(path)]
         if self.credentials is not None:
             argv += ["--ro-bind", str(_real(self.credentials)), str(self.credentials)]
         for source, destination in self.cli:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,13 +57,16 @@ class Launcher:
     def mode(self) -> str:
         return "bwrap" if self.sandbox is not None else "off"
 
-    def for_run(self, workspace: Path, config_dir: Path) -> Launch:
-        """The prefix for one run (Conflict if its directories are not plain ones)."""
+    def for_run(self, workspace: Path, config_dir: Path, *, shared: Sequence[Path] = ()) -> Launch:
+        """The prefix for one run (Conflict if its directories are not plain ones);
+        ``shared`` directories are bound read-only (see :meth:`sandbox.Sandbox.prefix`)."""
         if self.sandbox is None:
             return Launch(list(self.dropper))
         fd = sandbox.seccomp_pipe(self.sandbox)
         try:
-            prefix = self.sandbox.prefix(workspace=workspace, config_dir=config_dir, seccomp_fd=fd)
+            prefix = self.sandbox.prefix(
+                workspace=workspace, config_dir=config_dir, seccomp_fd=fd, shared=shared
+            )
         except BaseException:
             if fd is not None:
                 os.close(fd)

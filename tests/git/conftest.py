@@ -7,14 +7,22 @@ relay must never change.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from server.claude import sandbox
+from server.claude.privileges import capability_dropper
+from server.engine.launcher import Launcher
+from server.errors import SandboxUnavailable
 from server.git.repository import Repository
+from server.git.runner import Confine
 
 IDENTITY = ("Relay Session", "session@relay.invalid")
 TEST_ENV = {
@@ -93,3 +101,41 @@ def operator(tmp: Path) -> Repository:
     sh_git(path, "commit", "-q", "-m", "husky")
     sh_git(path, "config", "core.hooksPath", ".husky")
     return Repository.open(path)
+
+
+ConfineFor = Callable[[Path], Confine]
+
+
+@pytest.fixture
+def confine_for(sandbox_mode: str, tmp: Path) -> ConfineFor:
+    """How the engine confines git for a session: ``Launcher.for_run`` of that session's
+    workspace and CLI config directory, with the project's store bound read-only; under
+    ``bwrap`` the workspaces root (store included) is hidden first, as for runs."""
+    root = tmp / "workspaces"
+    (root / ".claude-config").mkdir(parents=True, exist_ok=True)
+    (tmp / "data").mkdir(exist_ok=True)
+    store = root / ".git-objects" / "project.git"
+    built = None
+    if sandbox_mode == "bwrap":
+        built = sandbox.build(
+            claude_bin=sys.executable,
+            workspaces_root=root,
+            database_file=tmp / "data" / "relay.db",
+            operator_config_dir=None,
+            operator_global_config=None,
+            credentials=None,
+        )
+        scratch = tmp / "probe"
+        scratch.mkdir()
+        try:
+            sandbox.probe(built, scratch)
+        except SandboxUnavailable as exc:
+            pytest.skip(f"BUBBLEWRAP CANNOT RUN HERE: {exc}")
+    launcher = Launcher(sandbox_mode, built, capability_dropper())
+
+    def confine(workspace: Path) -> Confine:
+        config = root / ".claude-config" / workspace.name
+        config.mkdir(parents=True, exist_ok=True)
+        return functools.partial(launcher.for_run, workspace, config, shared=(store,))
+
+    return confine

@@ -106,15 +106,13 @@ def operator(tmp: Path) -> Repository:
 ConfineFor = Callable[[Path], Confine]
 
 
-@pytest.fixture
-def confine_for(sandbox_mode: str, tmp: Path) -> ConfineFor:
-    """How the engine confines git for a session: ``Launcher.for_run`` of that session's
-    workspace and CLI config directory, with the project's store bound read-only; under
-    ``bwrap`` the workspaces root (store included) is hidden first, as for runs."""
+def make_launcher(sandbox_mode: str, tmp: Path) -> Launcher:
+    """The launcher a relay with workspaces root ``tmp/workspaces`` would have; under
+    ``bwrap`` the root (the project's store with it) is hidden from what it confines.
+    Skips where bubblewrap cannot run."""
     root = tmp / "workspaces"
     (root / ".claude-config").mkdir(parents=True, exist_ok=True)
     (tmp / "data").mkdir(exist_ok=True)
-    store = root / ".git-objects" / "project.git"
     built = None
     if sandbox_mode == "bwrap":
         built = sandbox.build(
@@ -126,12 +124,21 @@ def confine_for(sandbox_mode: str, tmp: Path) -> ConfineFor:
             credentials=None,
         )
         scratch = tmp / "probe"
-        scratch.mkdir()
+        scratch.mkdir(exist_ok=True)
         try:
             sandbox.probe(built, scratch)
         except SandboxUnavailable as exc:
             pytest.skip(f"BUBBLEWRAP CANNOT RUN HERE: {exc}")
-    launcher = Launcher(sandbox_mode, built, capability_dropper())
+    return Launcher(sandbox_mode, built, capability_dropper())
+
+
+@pytest.fixture
+def confine_for(sandbox_mode: str, tmp: Path) -> ConfineFor:
+    """How the engine confines git for a session: ``Launcher.for_run`` of that session's
+    workspace and CLI config directory, with the project's store bound read-only."""
+    launcher = make_launcher(sandbox_mode, tmp)
+    root = tmp / "workspaces"
+    store = root / ".git-objects" / "project.git"
 
     def confine(workspace: Path) -> Confine:
         config = root / ".claude-config" / workspace.name

@@ -135,7 +135,20 @@ class Settings:
     port: int = _setting(8787, "TCP port to listen on.", int)
     database_url: str = _setting(
         "sqlite+aiosqlite:///./claude-relay.db",
-        "SQLAlchemy async URL of the session database (an SQLite file by default).",
+        "SQLAlchemy async URL of the session database: an SQLite file by default, or "
+        "postgresql+asyncpg://user:password@host/db for several relays sharing one.",
+    )
+    database_pool_size: int = _setting(
+        5,
+        "PostgreSQL: connections each relay keeps open. Every relay may open this plus "
+        "DATABASE_POOL_OVERFLOW; keep the sum over all relays under the server's "
+        "max_connections.",
+        int,
+    )
+    database_pool_overflow: int = _setting(
+        10,
+        "PostgreSQL: connections opened beyond the pool under load, closed when returned.",
+        int,
     )
     workspaces_dir: Path = _setting(
         lambda: Path("./workspaces"),
@@ -349,6 +362,8 @@ class Settings:
         """Refuse settings that cannot work, with a message naming the setting."""
         checks = {
             "port": 0 <= self.port <= 65535,
+            "database_pool_size": self.database_pool_size >= 1,
+            "database_pool_overflow": self.database_pool_overflow >= 0,
             "max_concurrent_runs": self.max_concurrent_runs >= 1,
             "max_prompt_bytes": self.max_prompt_bytes >= 1,
             "max_upload_bytes": self.max_upload_bytes >= 1,

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.anthropic_api import FakeAnthropicAPI
+from tests.postgres import PostgresServer, PostgresUnavailable
 from tests.support import (
     Relay,
     RelayProcess,
@@ -59,6 +60,30 @@ def sandbox_mode(request: pytest.FixtureRequest) -> str:
             pytest.fail(message + " -- apt-get is available, so CI must install it")
         pytest.skip(message)
     return mode
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server of this test worker's own (``tests/postgres.py``), started on
+    first use and stopped at the end of the session."""
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI") and shutil.which("apt-get"):
+            pytest.fail(f"{exc} -- apt-get is available, so CI must install it")
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh PostgreSQL database at the newest schema for this test alone: its
+    ``CLAUDE_RELAY_DATABASE_URL``. Request it before the relays that use it, so that they
+    are stopped before it is dropped."""
+    url = postgres_server.database()
+    yield url
+    postgres_server.drop(url)
 
 
 @pytest.fixture

@@ -377,8 +377,8 @@ class DatabaseHealth(msgspec.Struct, omit_defaults=True):
     revision: str | None = None
     """Its schema's migration, when it could be read."""
     writable: bool | None = None
-    """Whether the relay can write to it (a SQLite file, its directory and file system);
-    absent for PostgreSQL, whose writes only its answers judge."""
+    """Whether the relay can write to it: for SQLite its file, directory and file system;
+    for PostgreSQL whether the server takes writes (a standby does not)."""
     free_bytes: int | None = None
     """Space left on a SQLite file's file system; 0 is full (new runs get 507)."""
     error: str | None = None

@@ -18,7 +18,7 @@ from server.engine.workspaces import Workspaces
 from server.storage.audit_store import AuditStore
 from server.storage.catalog import SessionCatalog
 from server.storage.change_store import ChangeStore
-from server.storage.database import Database, create_engine, migrate
+from server.storage.database import Database, Pool, create_engine, migrate
 from server.storage.event_store import EventStore, EventWriter
 from server.storage.fingerprint_store import FingerprintStore
 from server.storage.run_store import RunStore
@@ -70,9 +70,14 @@ class Runtime:
         await self.database.engine.dispose()
 
 
+def database_pool(settings: Settings) -> Pool:
+    """The connection pool the settings ask for (PostgreSQL)."""
+    return Pool(size=settings.database_pool_size, overflow=settings.database_pool_overflow)
+
+
 async def open_runtime(settings: Settings) -> Runtime:
     """Connect, migrate to the newest schema, and build the stores."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, database_pool(settings))
     await migrate(engine)
     database = Database(engine)
     workspaces = Workspaces(settings.workspaces_dir)

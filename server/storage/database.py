@@ -5,6 +5,12 @@ turned off (``isolation_level = None``) and every transaction starts with ``BEGI
 so writers queue on the busy timeout instead of failing with "database is locked" or losing
 read-modify-write updates. WAL lets readers go on while one writer works.
 
+PostgreSQL (``postgresql+asyncpg://…``) is what several relays share: every store's statements
+are written for both, the run lock is a conditional UPDATE (PostgreSQL re-checks its condition
+on the row a concurrent transaction has just committed, so two relays cannot both take it), and
+the migrations at start-up wait for each other on an advisory lock, so relays started together
+upgrade the schema once.
+
 Storage faults reach callers as domain errors (``server/storage/faults.py``): every read,
 write and connection of :class:`Database` turns a full, read-only, vanished or unreachable
 database into :class:`~server.errors.StorageFull` or :class:`~server.errors.StorageUnavailable`,
@@ -22,7 +28,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, inspect
+from sqlalchemy import event, inspect, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
@@ -42,16 +48,41 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 T = TypeVar("T")
 
 
-def create_engine(url: str) -> AsyncEngine:
+@dataclass(frozen=True)
+class Pool:
+    """The connections one relay keeps to a database server (PostgreSQL; SQLite has none)."""
+
+    size: int = 5
+    overflow: int = 10
+
+
+APPLICATION_NAME = "claude-relay"
+"""How the relay's connections show in ``pg_stat_activity``."""
+
+
+def create_engine(url: str, pool: Pool | None = None) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        pool = pool or Pool()
+        return create_async_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool.size,
+            max_overflow=pool.overflow,
+            connect_args=_server_connect_args(parsed.get_backend_name()),
+        )
     database = parsed.database
     if database and database != ":memory:":
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})
     _configure_sqlite(engine)
     return engine
+
+
+def _server_connect_args(backend: str) -> dict[str, Any]:
+    if backend != "postgresql":
+        return {}
+    return {"server_settings": {"application_name": APPLICATION_NAME}}
 
 
 SQLITE_PRAGMAS = ("journal_mode=WAL", "busy_timeout=30000", "synchronous=NORMAL", "foreign_keys=ON")
@@ -90,14 +121,19 @@ def sqlite_file(engine: AsyncEngine) -> Path | None:
     return Path(database).expanduser().absolute()
 
 
+READ_ONLY_SERVER = (
+    "the database is read-only (a standby server, or default_transaction_read_only is on)"
+)
+
+
 @dataclass(frozen=True)
 class DatabaseState:
     """What ``/health`` says about the database."""
 
     revision: str | None
     writable: bool | None
-    """False when the relay cannot write to it; None when that cannot be told without
-    writing (PostgreSQL: only its answers say)."""
+    """False when the relay cannot write to it (a SQLite file it may not write, a PostgreSQL
+    server that takes no writes); None when it cannot be told (the database did not answer)."""
     free_bytes: int | None
     """Space left on a SQLite file's file system."""
     error: str | None
@@ -143,6 +179,11 @@ class Database:
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return self._guarded(self._read_engine.connect, writing=False)
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A bare connection in a write transaction, committed on exit: for the event
+        writer's batches, where the ORM session costs a third of a PostgreSQL commit."""
+        return self._guarded(self.engine.begin, writing=True)
 
     @asynccontextmanager
     async def _guarded(
@@ -219,15 +260,21 @@ class Database:
         return replace(queried, error=error or queried.error)
 
     async def _queried(self, *, writable: bool | None, free: int | None) -> DatabaseState:
-        """Its schema revision, read through a connection: the database answers at all."""
+        """Its schema revision, read through a connection: the database answers at all. A
+        PostgreSQL server also says whether it takes writes (a standby, or a database set
+        read-only, does not)."""
+        error = None
         try:
             async with self.connect() as conn:
                 revision = await conn.run_sync(_revision)
+                if self.dialect == "postgresql":
+                    writable = await conn.scalar(text("SHOW transaction_read_only")) != "on"
+                    error = None if writable else READ_ONLY_SERVER
         except StorageUnavailable as exc:
             return DatabaseState(None, False, free, exc.message)
         except Exception as exc:
             return DatabaseState(None, writable, free, f"the database cannot be read ({exc})")
-        return DatabaseState(revision, writable, free, None)
+        return DatabaseState(revision, writable, free, error)
 
 
 def insert_or_update(
@@ -251,7 +298,15 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+MIGRATION_LOCK = int.from_bytes(b"relaymig", "big")
+"""The advisory lock relays sharing a PostgreSQL database take to migrate one at a time."""
+
+
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Held until the migration's transaction ends: a relay that starts meanwhile waits,
+        # then finds the schema at head (DDL is transactional on PostgreSQL).
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")

@@ -301,8 +301,10 @@ class EventWriter:
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
         if self._sqlite is None:
-            async with self._database.write() as db:
-                await db.execute(insert(RunEventRow), rows)
+            # PostgreSQL: one executemany (asyncpg sends every row before it waits for an
+            # answer) on a bare connection, three round trips per commit whatever its size.
+            async with self._database.transaction() as conn:
+                await conn.execute(insert(RunEventRow), rows)
             return
         fault = self._database.fault(writing=True)
         if fault is not None:

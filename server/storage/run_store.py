@@ -237,8 +237,17 @@ class RunStore:
     ) -> bool:
         """End a run that is still ``running`` as failed; with ``final_event``, store it as
         the run's last event (numbered after the last stored one), in the same transaction.
-        False if the run was not running."""
+        False if the run was not running.
+
+        The run's row is locked first (``FOR UPDATE``; SQLite's write lock is already held):
+        on PostgreSQL an event being stored for it waits (its foreign key check takes a
+        share lock on the row), so the numbering read next is final."""
         async with self._database.write() as db:
+            status = await db.scalar(
+                select(RunRow.status).where(RunRow.id == run_id).with_for_update()
+            )
+            if status != RunStatus.RUNNING:
+                return False
             last = (
                 await db.scalar(
                     select(func.coalesce(func.max(RunEventRow.last_seq), 0)).where(

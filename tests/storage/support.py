@@ -1,4 +1,5 @@
-"""A migrated SQLite database for store tests, and plain-SQL looks at what it holds.
+"""A migrated database for store tests (SQLite, or PostgreSQL by URL), and plain-SQL looks at
+what it holds.
 
 The stores are tested against the real schema, made by the migrations exactly as the relay
 makes it at start-up, so a test sees the same foreign keys, cascades and SQLite settings.
@@ -19,9 +20,14 @@ from server.storage.database import Database, create_engine, migrate
 from server.storage.run_store import NewRun
 
 
+def sqlite_url(folder: Path) -> str:
+    return f"sqlite+aiosqlite:///{folder / 'relay.db'}"
+
+
 @asynccontextmanager
-async def migrated_database(folder: Path) -> AsyncIterator[Database]:
-    engine = create_engine(f"sqlite+aiosqlite:///{folder / 'relay.db'}")
+async def migrated_database(folder: Path, url: str | None = None) -> AsyncIterator[Database]:
+    """The database at ``url`` (a SQLite file in ``folder`` without one), migrated."""
+    engine = create_engine(url or sqlite_url(folder))
     await migrate(engine)
     try:
         yield Database(engine)

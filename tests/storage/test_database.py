@@ -3,14 +3,16 @@
 The SQLite errors are real: a database capped by ``max_page_count`` (SQLite's own "database
 or disk is full"), one opened read-only, its file deleted under open connections, and a real
 tmpfs filled to the last byte or remounted read-only (``tests/tmpfs.py``; SQLite runs inside
-the tmpfs's mount namespace there, as it must see the mount at its plain path). PostgreSQL is
-not installed here: its errors are built as SQLAlchemy's adapter raises them (a DBAPIError
-whose ``orig`` carries the SQLSTATE), which is all the classification reads.
+the tmpfs's mount namespace there, as it must see the mount at its plain path). On PostgreSQL a
+real server (``tests/postgres.py``) is made read-only or is not there at all; its other
+faults (a full disk, too many connections) are built as SQLAlchemy's adapter raises them (a
+DBAPIError whose ``orig`` carries the SQLSTATE), which is all the classification reads.
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 import uuid
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from server.errors import StorageFull, StorageUnavailable
 from server.storage.database import Database, create_engine
 from server.storage.faults import os_fault, storage_fault
 from server.storage.session_store import ConversationTaken, SessionStore
+from tests.postgres import PostgresServer
 from tests.storage.support import migrated_database, new_run
 from tests.tmpfs import tmpfs
 
@@ -36,7 +39,8 @@ async def _insert(database: Database, size: int = 10) -> None:
         await db.execute(text(INSERT), {"w": str(uuid.uuid4()), "n": size})
 
 
-async def test_sqlites_own_full_database_is_storage_full_chained(database: Database) -> None:
+async def test_sqlites_own_full_database_is_storage_full_chained(sqlite_database: Database) -> None:
+    database = sqlite_database
     async with database.connect() as conn:
         pages = (await conn.execute(text("PRAGMA page_count"))).scalar_one()
         await conn.execute(text(f"PRAGMA max_page_count = {pages + 2}"))
@@ -64,7 +68,8 @@ async def test_a_read_only_database_is_storage_unavailable(tmp_path: Path) -> No
         await engine.dispose()
 
 
-async def test_a_deleted_database_file_refuses_reads_and_writes(database: Database) -> None:
+async def test_a_deleted_database_file_refuses_reads_and_writes(sqlite_database: Database) -> None:
+    database = sqlite_database
     await _insert(database)
     assert database.file is not None
     database.file.unlink()
@@ -77,7 +82,8 @@ async def test_a_deleted_database_file_refuses_reads_and_writes(database: Databa
     assert not database.file.exists(), "no empty database was made in its place"
 
 
-async def test_a_replaced_database_file_is_named_so(database: Database) -> None:
+async def test_a_replaced_database_file_is_named_so(sqlite_database: Database) -> None:
+    database = sqlite_database
     assert database.file is not None
     database.file.rename(database.file.with_suffix(".old"))
     database.file.write_bytes(b"")
@@ -109,8 +115,50 @@ async def test_other_database_errors_pass_through_untouched(database: Database) 
 
 async def test_a_healthy_database_reports_writable_with_space(database: Database) -> None:
     state = await database.state()
-    assert state.error is None and state.writable is True
-    assert state.revision and state.free_bytes and state.free_bytes > 0
+    assert state.error is None and state.writable is True and state.revision == "0006"
+    if database.dialect == "sqlite":  # a server's disk is the server's to watch
+        assert state.free_bytes and state.free_bytes > 0
+
+
+# -- a real PostgreSQL server (tests/postgres.py) ---------------------------------------------
+
+
+async def test_a_postgresql_database_that_takes_no_writes_is_read_only(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """As a standby server answers: reads work, writes are refused, and /health says so."""
+    name = postgres_url.rsplit("/", 1)[1]
+    postgres_server.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    engine = create_engine(postgres_url)
+    try:
+        database = Database(engine)
+        async with database.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM sessions"))).scalar_one() == 0
+        with pytest.raises(StorageUnavailable, match="read-only") as refused:
+            await SessionStore(database).create_locked("w1", "c1", run=new_run("r1"))
+        assert not isinstance(refused.value, StorageFull)
+        state = await database.state()
+        assert state.writable is False and state.error and "read-only" in state.error
+    finally:
+        await engine.dispose()
+
+
+async def test_a_postgresql_server_that_is_gone_is_storage_unavailable(
+    postgres_server: PostgresServer,
+) -> None:
+    """A port nothing listens on: every access, and /health, say the server cannot be
+    reached, instead of an internal error."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    engine = create_engine(f"postgresql+asyncpg://relay@127.0.0.1:{port}/relay")
+    try:
+        with pytest.raises(StorageUnavailable, match="cannot be reached"):
+            await SessionStore(Database(engine)).create_locked("w1", "c1", run=new_run("r1"))
+        state = await Database(engine).state()
+        assert state.revision is None and state.error and "cannot be reached" in state.error
+    finally:
+        await engine.dispose()
 
 
 class _PostgresError(Exception):

@@ -1,5 +1,5 @@
-"""Storing events in chunks and reading them back from any position (SQLite, no server; a
-real full disk on a tmpfs of the test's own).
+"""Storing events in chunks and reading them back from any position (on SQLite and on a real
+PostgreSQL server; a real full disk on a tmpfs of the test's own for SQLite).
 
 Replaying a run, or re-attaching to it, asks for "every event after N": that must give
 exactly those events whatever chunks the writer happened to cut, and retention must drop the
@@ -29,13 +29,22 @@ RUNS = ("run-a", "run-b")
 SINK = Sink()
 
 
-@pytest.fixture
-async def database_with_runs(database: Database) -> Database:
+async def with_runs(database: Database) -> Database:
     sessions = SessionStore(database)
     for run_id in RUNS:
         workspace_id = run_id.replace("run", "ws")
         await sessions.create_locked(workspace_id, "c-" + run_id, run=new_run(run_id))
     return database
+
+
+@pytest.fixture
+async def database_with_runs(database: Database) -> Database:
+    return await with_runs(database)
+
+
+@pytest.fixture
+async def sqlite_with_runs(sqlite_database: Database) -> Database:
+    return await with_runs(sqlite_database)
 
 
 def test_consecutive_events_of_a_run_share_a_chunk() -> None:
@@ -136,11 +145,11 @@ async def test_a_run_hears_of_its_events_only_once_they_can_be_read_back(
 
 
 async def test_while_another_connection_writes_the_events_wait_for_it_without_blocking(
-    database_with_runs: Database,
+    sqlite_with_runs: Database,
 ) -> None:
-    """The writer stores on the event loop only when no other connection holds the write
+    """The writer stores on the event loop only when no other connection holds SQLite's write
     lock; otherwise it looks again later, and the loop goes on meanwhile."""
-    database = database_with_runs
+    database = sqlite_with_runs
     assert database.file is not None
     writer = EventWriter(database)
     writer.start()

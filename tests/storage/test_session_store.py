@@ -7,12 +7,16 @@ relies on every foreign key cascading.
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from server.storage.database import Database
+import pytest
+from sqlalchemy import text
+
+from server.storage.database import Database, create_engine
 from server.storage.event_store import EventStore, EventWriter
 from server.storage.fingerprint_store import FingerprintStore
-from server.storage.run_store import RunOutcome, RunStatus, RunStore
+from server.storage.run_store import NewRun, RunOutcome, RunStatus, RunStore
 from server.storage.session_store import ConversationTaken, SessionStore
 from tests.storage.support import Sink, count, new_run
 
@@ -216,3 +220,94 @@ async def test_delete_only_if_idle_refuses_a_locked_session(
     assert await sessions.delete(WS, only_if_idle=False)
     assert await sessions.get(WS) is None
     assert await count(database, "runs", workspace_id=WS) == 0
+
+
+# -- two relays on one PostgreSQL server (tests/postgres.py) ----------------------------------
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10) -> bool:
+    """Poll an async condition without blocking the loop the transactions run on."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return await predicate()
+
+
+@pytest.fixture
+async def two_relays(postgres_url: str) -> AsyncIterator[tuple[Database, Database]]:
+    """Two relays' databases: an engine and a connection pool each, as two processes have."""
+    engines = [create_engine(postgres_url), create_engine(postgres_url)]
+    try:
+        yield Database(engines[0]), Database(engines[1])
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+def relay_run(run_id: str, owner: str) -> NewRun:
+    return NewRun(run_id, "c1", owner, False, "k1", "a prompt")
+
+
+async def test_concurrent_claims_from_two_relays_give_exactly_one_winner(
+    two_relays: tuple[Database, Database],
+) -> None:
+    """Every session is claimed by eight runs at once, four through each relay's pool: each
+    time exactly one wins, only its run is recorded, and the lock names it."""
+    first, second = two_relays
+    stores = (SessionStore(first), SessionStore(second))
+    workspaces = [f"ws-{n}" for n in range(15)]
+    for workspace_id in workspaces:
+        await idle_session(stores[0], workspace_id)
+    for workspace_id in workspaces:
+        attempts = [
+            stores[n % 2].acquire(
+                workspace_id, run=relay_run(f"{workspace_id}-r{n}", f"relay-{n % 2}")
+            )
+            for n in range(8)
+        ]
+        won = [n for n, ok in enumerate(await asyncio.gather(*attempts)) if ok]
+        assert len(won) == 1, (workspace_id, won)
+        stored = await stores[1].get(workspace_id)
+        assert stored is not None and stored.active_run_id == f"{workspace_id}-r{won[0]}"
+        assert await count(first, "runs", workspace_id=workspace_id) == 2  # its first, the winner
+
+
+async def test_a_claim_waits_for_the_open_transaction_and_sees_its_outcome(
+    two_relays: tuple[Database, Database],
+) -> None:
+    """The claim is one conditional UPDATE: while relay 1's transaction that took the lock is
+    still open, relay 2's claim waits on the row, then re-checks the condition against what
+    relay 1 committed, and loses. It never reads a stale "free" and writes over it."""
+    first, second = two_relays
+    await idle_session(SessionStore(first))
+    async with first.transaction() as holder:
+        taken = await holder.execute(
+            text(
+                "UPDATE sessions SET active_run_id = 'r-held', active_owner = 'relay-1' "
+                "WHERE workspace_id = :ws AND active_run_id IS NULL"
+            ),
+            {"ws": WS},
+        )
+        assert taken.rowcount == 1
+        claim = asyncio.ensure_future(
+            SessionStore(second).acquire(WS, run=relay_run("r-late", "relay-2"))
+        )
+
+        async def waiting_on_the_row() -> bool:
+            async with first.connect() as conn:
+                waits = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            return bool(waits)
+
+        assert await until(waiting_on_the_row)
+        assert not claim.done()
+    assert await claim is False
+    stored = await SessionStore(second).get(WS)
+    assert stored is not None and stored.active_run_id == "r-held"
+    assert await RunStore(second).get("r-late") is None

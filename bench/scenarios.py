@@ -39,6 +39,7 @@ from bench.core import (
     relay_run,
     summary,
 )
+from bench.projects import projects
 from tests.support import real_cli_path
 
 
@@ -67,6 +68,9 @@ class Plan:
     sandbox_cli_reps: int = 3
     changes_files: int = 2_000
     changes_reps: int = 5
+    project_files: int = 2_000
+    project_mb: int = 40
+    project_reps: int = 3
 
 
 QUICK = Plan(
@@ -111,6 +115,9 @@ FULL = Plan(
     sandbox_cli_reps=15,
     changes_files=10_000,
     changes_reps=20,
+    project_files=10_000,
+    project_mb=200,
+    project_reps=10,
 )
 
 PLANS = {"quick": QUICK, "full": FULL}
@@ -1161,6 +1168,7 @@ SCENARIOS = {
     "live": live_sessions,
     "sandbox": sandbox,
     "changes": changes,
+    "projects": projects,
 }
 
 TITLES = {
@@ -1175,6 +1183,7 @@ TITLES = {
     "live": "9. Live sessions and the warm pool vs a cold start (real CLI)",
     "sandbox": "10. The sandbox (bubblewrap) on vs off: start overhead, real CLI first event",
     "changes": "11. Recording what a run changed: a turn's cost on a 10 000-file workspace",
+    "projects": "12. A session on a git project: its clone vs an empty workspace, its disk, /diff",
 }
 
 

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import shutil
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -163,13 +164,37 @@ async def create_clone(
     project's store (see the module docstring); bind :func:`sandbox_paths` into the sandbox.
 
     Nothing of ``repo`` is written: its objects are read by ``git upload-pack`` for the
-    store's fetch, and that is all.
+    store's fetch, and that is all. On any failure the workspace is left empty again.
     """
     check_commit_id(base)
     check_branch_name(branch)
     name, email = _check_identity(identity)
     _plain_empty_directory(workspace)
     await ensure_store(repo, objects, base)
+    try:
+        await _make_clone(workspace, objects, base=base, branch=branch, identity=(name, email))
+    except BaseException:
+        _empty(workspace)  # no run has seen it: what is there is the relay's own half-clone
+        raise
+
+
+def _empty(workspace: Path) -> None:
+    """Remove everything inside ``workspace`` (never following a link), keep the directory."""
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for entry in os.listdir(fd):
+            if stat.S_ISDIR(os.lstat(entry, dir_fd=fd).st_mode):
+                shutil.rmtree(entry, dir_fd=fd, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+async def _make_clone(
+    workspace: Path, objects: Path, *, base: str, branch: str, identity: tuple[str, str]
+) -> None:
     git_dir = workspace / ".git"
     await run_git(
         ["init", "--quiet", "--template=", f"--initial-branch={branch}", str(workspace)],
@@ -177,7 +202,7 @@ async def create_clone(
         cwd=workspace,
     )
     _write_alternates(git_dir, objects)
-    for key, value in (("user.name", name), ("user.email", email)):
+    for key, value in zip(("user.name", "user.email"), identity, strict=True):
         await run_git(["config", key, value], git_dir=git_dir)
     await run_git(
         ["update-ref", "--end-of-options", f"refs/heads/{branch}", base, "0" * 40],

@@ -73,6 +73,9 @@ HARDENING: tuple[tuple[str, str], ...] = (
     ("gc.auto", "0"),
     ("maintenance.auto", "false"),
     ("fetch.recurseSubmodules", "false"),
+    ("fetch.writeCommitGraph", "false"),
+    ("push.followTags", "false"),
+    ("push.gpgSign", "false"),
     ("submodule.recurse", "false"),
     ("advice.detachedHead", "false"),
 )

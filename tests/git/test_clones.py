@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.errors import Conflict
+from server.errors import Conflict, GitFailed
 from server.git.clones import create_clone, sandbox_paths
 from server.git.repository import Repository
 from tests.git.conftest import IDENTITY, sh_git, snapshot
@@ -121,3 +121,20 @@ async def test_the_workspace_must_be_an_empty_plain_directory(
                 identity=IDENTITY,
                 objects=objects,
             )
+
+
+async def test_a_base_the_project_lacks_fails_and_leaves_the_workspace_empty(
+    operator: Repository, tmp: Path
+) -> None:
+    workspace = tmp / "ws"
+    workspace.mkdir()
+    with pytest.raises(GitFailed):
+        await create_clone(
+            operator,
+            workspace,
+            base="1" * 40,
+            branch="relay/a",
+            identity=IDENTITY,
+            objects=tmp / "store.git",
+        )
+    assert os.listdir(workspace) == []

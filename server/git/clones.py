@@ -83,14 +83,23 @@ def _plain_empty_directory(workspace: Path) -> Path:
     return workspace
 
 
+LOCK_POLL = 0.05
+
+
 @contextlib.asynccontextmanager
 async def _locked(objects: Path) -> AsyncIterator[None]:
     """One filler of a store at a time, across processes of the relay (``flock`` beside
-    it: git's own lock files would make a second fetch fail instead of wait)."""
+    it: git's own lock files would make a second fetch fail instead of wait). Polled, so a
+    cancelled waiter leaves nothing blocked behind it."""
     lock = objects.parent / f"{objects.name}.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(LOCK_POLL)
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -213,5 +222,6 @@ async def _make_clone(
         git_dir=git_dir,
         work_tree=workspace,
         env={"GIT_INDEX_FILE": str(git_dir / "index")},
+        config=[("checkout.workers", "0")],  # one writer per core: most of a clone's time
         timeout=CHECKOUT_TIMEOUT,
     )

@@ -12,6 +12,7 @@ not become an option.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 
@@ -97,6 +98,7 @@ def check_commit_id(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1024)
 def _git_accepts_branch(name: str) -> bool:
     """git's own rules. Outside any repository (cwd ``/``, discovery stopped there), no
     configuration; ``name`` has passed :func:`_problem`, so it cannot be an option."""

@@ -209,7 +209,8 @@ def _read(dir_fd: int, name: str, limit: int) -> bytes | None:
     return None if len(data) > limit else data
 
 
-INDEX_COPY_MAX = 256 * 1024 * 1024
+INDEX_COPY_MAX = 64 * 1024 * 1024
+"""A larger index (a few million files) is not copied: the review re-reads the tree instead."""
 
 
 def _make_review(git_fd: int, commit: str) -> tuple[str, bool]:

@@ -4,6 +4,7 @@ changed. Sandbox-free: what the sandbox adds is in ``test_review.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -138,3 +139,22 @@ async def test_a_base_the_project_lacks_fails_and_leaves_the_workspace_empty(
             objects=tmp / "store.git",
         )
     assert os.listdir(workspace) == []
+
+
+async def test_sessions_created_at_once_share_one_store_fill(
+    operator: Repository, tmp: Path
+) -> None:
+    base = await operator.resolve("main")
+    store = tmp / "store.git"
+    workspaces = [tmp / f"ws{i}" for i in range(3)]
+    for workspace in workspaces:
+        workspace.mkdir()
+    await asyncio.gather(
+        *(
+            create_clone(operator, w, base=base, branch="relay/a", identity=IDENTITY, objects=store)
+            for w in workspaces
+        )
+    )
+    for workspace in workspaces:
+        assert sh_git(workspace, "rev-parse", "HEAD").strip() == base
+    assert sh_git(store, "for-each-ref", "--format=%(refname)").split() == [f"refs/bases/{base}"]

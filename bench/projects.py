@@ -7,9 +7,10 @@ as an operator's repository usually is). Then, in alternating pairs:
 * a plain session's workspace: ``mkdir`` of an empty directory (what ``Workspaces.prepare``
   does), versus a project session's: the same directory made a clone of its own at the base
   commit (``server.git.clones.create_clone``: ``git init``, the store as alternate, the
-  branch, the checkout), versus the checkout's floor: the same files copied without git
-  (``cp -a``); clone minus copy is git's own time. The project's object store is filled by
-  the first session only; that one-off fetch is reported on its own;
+  branch, the checkout), versus the same files copied without git (``cp -a``), versus a
+  clone of a 1-file repository (git's fixed cost per session: everything but the
+  checkout). The project's object store is filled by the first session only; that one-off
+  fetch is reported on its own;
 * the disk a clone adds, walked as ``du`` would (allocated blocks): its ``.git`` (index,
   refs, config) and its work tree; the shared store, outside the workspace, once;
 * ``/diff`` on a 1 000-file change (``server.git.review.diff`` and ``stat``), unsandboxed
@@ -131,9 +132,19 @@ async def projects(plan: Any, folder: Path) -> dict[str, Any]:
     root.mkdir()
     store = object_store(root, "bench")
 
-    times: dict[str, list[float]] = {"plain": [], "clone": [], "copy": []}
+    tiny_path = folder / "tiny"
+    tiny_path.mkdir()
+    _git(tiny_path, "init", "-q", "--initial-branch=main")
+    (tiny_path / "README.md").write_text("tiny\n")
+    _git(tiny_path, "add", "-A")
+    _git(tiny_path, "commit", "-q", "-m", "tiny")
+    tiny = Repository.open(tiny_path)
+    tiny_base = await tiny.resolve("main")
+    tiny_store = object_store(root, "tiny")
+
+    times: dict[str, list[float]] = {"plain": [], "clone": [], "copy": [], "tiny": []}
     first_clone = 0.0
-    sides = ("plain", "clone", "copy")
+    sides = ("plain", "clone", "copy", "tiny")
     for rep in range(reps + 1):
         for side in sides if rep % 2 == 0 else sides[::-1]:
             workspace = root / f"{side}-{rep}"
@@ -141,6 +152,15 @@ async def projects(plan: Any, folder: Path) -> dict[str, Any]:
             workspace.mkdir()
             if side == "copy":
                 _copy_tree(folder / "operator", workspace)
+            elif side == "tiny":
+                await create_clone(
+                    tiny,
+                    workspace,
+                    base=tiny_base,
+                    branch="relay/bench",
+                    identity=IDENTITY,
+                    objects=tiny_store,
+                )
             elif side == "clone":
                 await create_clone(
                     repo,
@@ -194,8 +214,8 @@ async def projects(plan: Any, folder: Path) -> dict[str, Any]:
             [c - p for c, p in zip(times["clone"], times["plain"], strict=True)], "ms"
         ),
         f"copying the same work tree without git (cp -a), {label}": summary(times["copy"], "ms"),
-        "project clone minus that copy: git's own time (paired)": summary(
-            [c - p for c, p in zip(times["clone"], times["copy"], strict=True)], "ms"
+        "project clone of a 1-file repository (git's fixed cost per session)": summary(
+            times["tiny"], "ms"
         ),
         "first session of the project (fills the store)": summary([first_clone], "ms"),
         "generating the repository (not the relay's)": summary([generated], "s"),

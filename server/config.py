@@ -71,6 +71,36 @@ def parse_duration(raw: str) -> float:
     return seconds
 
 
+# A registered project's name: what clients send as `"project"` and put after `@` in a model id.
+PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+class ProjectPaths(dict[str, Path]):
+    """Project name -> the operator's repository, printed the way it is configured."""
+
+    def __str__(self) -> str:
+        return ",".join(f"{name}={path}" for name, path in self.items())
+
+
+def parse_projects(raw: str) -> ProjectPaths:
+    """``app=/srv/app,docs=/srv/docs``: each a name (lowercase letters, digits, ``-``, ``_``,
+    at most 64) and the absolute path of a git repository's working tree."""
+    projects = ProjectPaths()
+    for item in _parse_list(raw):
+        name, sep, path = (part.strip() for part in item.partition("="))
+        if not sep or not PROJECT_NAME.fullmatch(name):
+            raise ValueError(
+                f"expected name=/path (a name of lowercase letters, digits, - and _, at most "
+                f"64), got {item!r}"
+            )
+        if not Path(path).is_absolute():
+            raise ValueError(f"the path of project {name!r} must be absolute, got {path!r}")
+        if name in projects:
+            raise ValueError(f"project {name!r} is named twice")
+        projects[name] = Path(path)
+    return projects
+
+
 TOOL_DISPLAYS = ("none", "compact", "full")
 DEFAULT_MODELS = (
     "claude-code,claude-code-sonnet=sonnet,claude-code-opus=opus,claude-code-haiku=haiku"
@@ -175,6 +205,13 @@ class Settings:
         "A TOML (or .json) file of named keys, each a user or an admin with a policy (see the "
         "README's Keys, owners and budgets); read again on SIGHUP. Keys of API_KEYS are users.",
         Path,
+    )
+    projects: ProjectPaths = _setting(
+        ProjectPaths,
+        "Registered git repositories clients may work on by name, as name=/path,name=/path "
+        "(more per project in the keys file's [projects.<name>] tables; see the README's "
+        "Projects). Each session on one gets a clone of its own on a branch relay/<id>.",
+        parse_projects,
     )
     insecure_no_auth: bool = _setting(
         False, "Allow listening on a non-loopback address without API keys.", _parse_bool

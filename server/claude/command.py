@@ -18,6 +18,19 @@ from server.config import ENV_PREFIX
 # stopping a run (or a relay restarted after a crash) can find all of them.
 RUN_MARKER_ENV = "CLAUDE_RELAY_RUN_ID"
 
+UNTRUSTED_REPOSITORY_FLAGS = (
+    "--setting-sources=user",
+    "--strict-mcp-config",
+    '--mcp-config={"mcpServers":{}}',
+)
+"""For a workspace that is a clone of a project the operator did not mark trusted: only the
+user settings (the session's own config directory, filled from the operator's) are read, so
+the repository's ``.claude/settings.json`` and ``settings.local.json`` (their permissions,
+hooks, ``apiKeyHelper``) and its ``CLAUDE.md`` files do not apply, and no MCP server starts but
+those of an empty ``--mcp-config``, so its ``.mcp.json`` starts nothing either (CLI 2.1.329,
+measured: without these flags, a ``-p`` run reads the cwd's ``CLAUDE.md`` into its prompt and
+starts the servers of its ``.mcp.json`` unasked)."""
+
 
 def build_argv(
     claude_bin: str,
@@ -26,9 +39,10 @@ def build_argv(
     resume_id: str | None = None,
     new_session_id: str | None = None,
     fork: bool = False,
+    untrusted_repository: bool = False,
 ) -> list[str]:
     """``claude -p --verbose --output-format=stream-json --input-format=stream-json`` plus the
-    request's options."""
+    request's options (and, in an untrusted project's clone, :data:`UNTRUSTED_REPOSITORY_FLAGS`)."""
     argv = [
         claude_bin,
         "-p",
@@ -36,6 +50,8 @@ def build_argv(
         "--output-format=stream-json",
         "--input-format=stream-json",
     ]
+    if untrusted_repository:
+        argv.extend(UNTRUSTED_REPOSITORY_FLAGS)
     if resume_id:
         argv.append(f"--resume={resume_id}")
         if fork:

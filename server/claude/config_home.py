@@ -92,8 +92,12 @@ class OperatorConfig:
             credentials=credentials.absolute() if os.path.isfile(credentials) else None,
         )
 
-    def populate(self, target: Path) -> None:
-        """Fill a new, empty session config directory.
+    def populate(self, target: Path, *, trusted: Path | None = None) -> None:
+        """Fill a new, empty session config directory; with ``trusted`` (the clone of a
+        project the operator trusts), mark that directory trusted as the CLI's trust dialog
+        would: the CLI applies a repository's ``.claude/settings.json`` permissions only in a
+        directory whose ``projects.<path>.hasTrustDialogAccepted`` is true (CLI 2.1.329,
+        measured: ``-p`` never asks, and without it a ``Bash`` the file allows is refused).
 
         The credentials are linked, not copied: the CLI refreshes an OAuth login by writing
         the file, and a refresh token is single-use, so a copy per session would log the
@@ -102,8 +106,11 @@ class OperatorConfig:
         """
         for name, data in self.files.items():
             _write_private(target / name, data)
-        if self.global_config:
-            _write_private(target / GLOBAL_CONFIG, json.dumps(self.global_config).encode())
+        carried: dict[str, Any] = dict(self.global_config)
+        if trusted is not None:
+            carried["projects"] = {str(trusted): {"hasTrustDialogAccepted": True}}
+        if carried:
+            _write_private(target / GLOBAL_CONFIG, json.dumps(carried).encode())
         if self.credentials is not None:
             with contextlib.suppress(FileExistsError):
                 (target / CREDENTIALS).symlink_to(self.credentials)

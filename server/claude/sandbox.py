@@ -7,15 +7,19 @@ the CLI starts under ``bwrap`` (Debian's ``bubblewrap``), with, in this order:
 
 * the whole system read-only (``--ro-bind / /``), a fresh ``/dev``, a ``/proc`` of its own pid
   namespace (``--unshare-pid``: the relay and other runs are not there), a private ``/tmp``;
+* an empty tmpfs over the relay user's home (its git credentials, ssh keys, shell history),
+  before the extras, so that an extra inside it is shown again;
 * the operator's extra read-only and read-write paths (``CLAUDE_RELAY_SANDBOX_RO``/``_RW``);
 * empty tmpfs over what belongs to the relay: the workspaces root (and with it every
   session's CLI config directory), the database's directory, the operator's CLI config
   directory (older sessions' transcripts, the login); the operator's ``.claude.json`` in
-  ``$HOME`` is replaced by an empty file. These come after the extras, so an extra that
-  contains one of them cannot show it again;
+  ``$HOME`` is replaced by an empty file; and, per run, every registered project's working
+  tree. These come after the extras, so an extra that contains one of them cannot show it
+  again;
 * then, at the same paths, the run's own workspace and its own CLI config directory
-  read-write, the operator's credentials file read-only, and the CLI's executable read-only
-  if it lies in a hidden place (the file only: its directory could hold the relay's data).
+  read-write, a project session's shared object store read-only, the operator's credentials
+  file read-only, and the CLI's executable read-only if it lies in a hidden place (the file
+  only: its directory could hold the relay's data).
 
 Processes: ``--die-with-parent`` kills the sandbox when the relay goes, and the pid namespace
 dies with its first process, so whatever a tool started (``setsid``, ``nohup``, double forks)
@@ -166,6 +170,8 @@ class Sandbox:
     seccomp: bytes | None = field(default=None, repr=False)
     egid: int | None = None
     """The CLI's effective group (root only): it makes the CLI non-dumpable."""
+    home: Path | None = None
+    """The relay user's home, covered first (the extras may show parts of it again)."""
 
     def prefix(
         self,
@@ -173,15 +179,17 @@ class Sandbox:
         workspace: Path,
         config_dir: Path,
         seccomp_fd: int | None = None,
+        hidden: Sequence[Path] = (),
         shared: Sequence[Path] = (),
     ) -> list[str]:
         """The command that runs the CLI in this run's sandbox; the CLI's argv follows it.
 
         ``workspace`` and ``config_dir`` must be plain directories (checked again here), and
-        ``seccomp_fd`` a descriptor the child inherits, holding :attr:`seccomp`. ``shared``
-        are directories of the relay's this run reads but must not change (a project's git
-        object store, ``server.git.clones.sandbox_paths``): bound read-only after everything
-        hidden, at their own paths.
+        ``seccomp_fd`` a descriptor the child inherits, holding :attr:`seccomp`. ``hidden``
+        are covered too (the registered projects, which a reload may change); ``shared`` are
+        directories of the relay's this run reads but must not change (a project's git object
+        store, ``server.git.clones.sandbox_paths``): bound read-only after everything hidden,
+        at their own paths.
         """
         plain_directory(workspace, "its workspace")
         plain_directory(config_dir, "its CLI config directory")
@@ -191,11 +199,13 @@ class Sandbox:
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETPCAP"]
         if self.egid is not None:
             argv += ["--cap-add", "CAP_SETGID"]
+        if self.home is not None:
+            argv += ["--tmpfs", str(self.home)]
         for path in self.read_only:
             argv += ["--ro-bind", str(path), str(path)]
         for path in self.read_write:
             argv += ["--bind", str(path), str(path)]
-        for path in self.hidden:
+        for path in (*self.hidden, *(_real(p) for p in hidden)):
             argv += ["--tmpfs", str(path)]
         for path in self.hidden_files:
             argv += ["--ro-bind", "/dev/null", str(path)]
@@ -277,6 +287,7 @@ def build(
     credentials: Path | None,
     read_only: Sequence[str] = (),
     read_write: Sequence[str] = (),
+    home: Path | None = None,
 ) -> Sandbox:
     """The sandbox for this relay's runs: SandboxUnavailable when a program it needs is
     missing, ConfigError when a setting is wrong.
@@ -299,6 +310,7 @@ def build(
     if operator_global_config is not None and operator_global_config.is_file():
         files.append(_real(operator_global_config))
     protected = tuple(dict.fromkeys(hidden))
+    covered_home = _home_to_hide(home, protected)
     return Sandbox(
         bwrap=_program("bwrap"),
         env=_program("env"),
@@ -307,11 +319,23 @@ def build(
         hidden_files=tuple(files),
         read_only=_extras(read_only, protected, "CLAUDE_RELAY_SANDBOX_RO"),
         read_write=_extras(read_write, protected, "CLAUDE_RELAY_SANDBOX_RW"),
-        cli=cli_binds(claude_bin, protected),
+        cli=cli_binds(claude_bin, (*protected, *([covered_home] if covered_home else []))),
         credentials=credentials if credentials is not None and credentials.is_file() else None,
         seccomp=seccomp_program(),
         egid=NONDUMPABLE_EGID if os.geteuid() == 0 else None,
+        home=covered_home,
     )
+
+
+def _home_to_hide(home: Path | None, hidden: Sequence[Path]) -> Path | None:
+    """The relay user's home, resolved, unless it is ``/`` (or nothing): covering ``/``
+    would cover the system. A home inside something hidden is covered already."""
+    if home is None or not str(home) or not home.is_absolute():
+        return None
+    real = _real(home)
+    if real == Path("/") or not real.is_dir():
+        return None
+    return real
 
 
 def probe(sandbox: Sandbox, scratch: Path) -> None:

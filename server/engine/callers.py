@@ -56,6 +56,9 @@ class Policy:
     daily_budget_usd: float | None = None
     """The most its runs may cost in a UTC day (the CLI's ``total_cost_usd`` of each run,
     added up as runs end); at or past it, 429 until the next UTC midnight."""
+    projects: tuple[str, ...] | None = None
+    """The registered projects it may work on (``None``: every one); any other is unknown to
+    it (404), as a session of another key is."""
 
     def over(self, defaults: Policy) -> Policy:
         """This policy, with ``defaults`` for what it does not say."""

@@ -15,6 +15,9 @@ Two sources, both optional (no key at all: auth is off):
       role = "user"                   # or "admin"
       policy = { max_concurrent_runs = 2, tools = ["Read", "Bash(git log:*)"] }
 
+      [projects.app]                  # a registered repository (see engine/projects.py)
+      path = "/srv/app"
+
 Only each key's SHA-256 is kept in memory; a presented key is hashed and compared with every
 configured hash in constant time, all of them on every request, so timing reveals neither a
 key nor its position. A key's id (what runs and conversations are stored under) is the first
@@ -39,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from server.claude.options import PERMISSION_MODES, check_tools
-from server.config import Settings
+from server.config import PROJECT_NAME, Settings
 from server.engine.callers import Caller, Policy, Role
+from server.engine.projects import ProjectRegistry, registry_of
 from server.errors import ConfigError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -76,17 +80,34 @@ class Keyring:
         *,
         source: Path | None = None,
         env_keys: tuple[str, ...] = (),
+        projects: ProjectRegistry | None = None,
+        env_projects: Mapping[str, Path] | None = None,
     ) -> None:
         self._entries = entries
         self._source = source
         self._env_keys = env_keys
+        self._projects = projects or ProjectRegistry()
+        self._env_projects = dict(env_projects or {})
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keyring:
-        """The keys the settings name; :class:`ConfigError` if the keys file is bad."""
+        """The keys (and projects) the settings name; :class:`ConfigError` if the keys file
+        or a project is bad."""
         source = settings.keys_file
-        return cls(_entries(settings.api_keys, source), source=source, env_keys=settings.api_keys)
+        entries, projects = _load(settings.api_keys, source, settings.projects)
+        return cls(
+            entries,
+            source=source,
+            env_keys=settings.api_keys,
+            projects=projects,
+            env_projects=settings.projects,
+        )
+
+    @property
+    def projects(self) -> ProjectRegistry:
+        """The registered projects in force (the keys file's tables are reloaded with it)."""
+        return self._projects
 
     @property
     def enabled(self) -> bool:
@@ -121,23 +142,45 @@ class Keyring:
             return False
         with self._lock:
             try:
-                entries = _entries(self._env_keys, self._source)
+                entries, projects = _load(self._env_keys, self._source, self._env_projects)
             except ConfigError as exc:
-                log.error("keys file not reloaded, the keys in force stay: %s", exc)
+                log.error("keys file not reloaded, the keys and projects in force stay: %s", exc)
                 return False
-            self._entries = entries
-        log.info("keys file %s reloaded: %d key(s)", self._source, len(entries))
+            self._entries, self._projects = entries, projects
+        log.info(
+            "keys file %s reloaded: %d key(s), %d project(s)",
+            self._source,
+            len(entries),
+            len(projects),
+        )
         return True
 
 
 # -- the keys file ------------------------------------------------------------------------------
 
 
-def _entries(env_keys: tuple[str, ...], source: Path | None) -> tuple[KeyEntry, ...]:
+def _load(
+    env_keys: tuple[str, ...], source: Path | None, env_projects: Mapping[str, Path]
+) -> tuple[tuple[KeyEntry, ...], ProjectRegistry]:
+    """The keys and the projects, or ConfigError naming what is wrong in either."""
+    data = _read(source) if source is not None else None
+    tables = data.get("projects") if isinstance(data, dict) else None
+    try:
+        projects = registry_of(env_projects, tables)
+    except ValueError as exc:
+        where = f"CLAUDE_RELAY_KEYS_FILE {source}" if tables is not None else "projects"
+        raise ConfigError(f"{where}: {exc}") from None
+    return _entries(env_keys, source, data), projects
+
+
+def _entries(env_keys: tuple[str, ...], source: Path | None, data: Any) -> tuple[KeyEntry, ...]:
     entries: list[KeyEntry] = []
     defaults = Policy()
     if source is not None:
-        defaults, entries = read_keys_file(source)
+        try:
+            defaults, entries = parse_keys(data)
+        except ValueError as exc:
+            raise ConfigError(f"CLAUDE_RELAY_KEYS_FILE {source}: {exc}") from None
     known = {entry.sha256 for entry in entries}
     for key in env_keys:
         digest = hash_key(key)
@@ -151,6 +194,14 @@ def _entries(env_keys: tuple[str, ...], source: Path | None) -> tuple[KeyEntry, 
 
 def read_keys_file(path: Path) -> tuple[Policy, list[KeyEntry]]:
     """The file's defaults and keys; :class:`ConfigError` naming what is wrong."""
+    try:
+        return parse_keys(_read(path))
+    except ValueError as exc:
+        raise ConfigError(f"CLAUDE_RELAY_KEYS_FILE {path}: {exc}") from None
+
+
+def _read(path: Path) -> Any:
+    """The file's contents, parsed; :class:`ConfigError` if it cannot be read or parsed."""
     where = f"CLAUDE_RELAY_KEYS_FILE {path}"
     try:
         raw = path.read_bytes()
@@ -164,16 +215,13 @@ def read_keys_file(path: Path) -> tuple[Policy, list[KeyEntry]]:
     except (ValueError, UnicodeDecodeError) as exc:
         kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
         raise ConfigError(f"{where}: not valid {kind}: {exc}") from None
-    try:
-        return parse_keys(data)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    return data
 
 
 def parse_keys(data: Any) -> tuple[Policy, list[KeyEntry]]:
     if not isinstance(data, dict):
-        raise ValueError("expected a table with `keys` (and optionally `defaults`)")
-    unknown = set(data) - {"defaults", "keys"}
+        raise ValueError("expected a table with `keys` (and optionally `defaults`, `projects`)")
+    unknown = set(data) - {"defaults", "keys", "projects"}
     if unknown:
         raise ValueError(f"unknown top-level entries: {', '.join(sorted(unknown))}")
     defaults = parse_policy(data.get("defaults", {}), "[defaults]")
@@ -248,6 +296,7 @@ def parse_policy(data: Any, where: str) -> Policy:
         "max_concurrent_runs",
         "max_budget_usd",
         "daily_budget_usd",
+        "projects",
     }
     unknown = set(data) - known
     if unknown:
@@ -281,6 +330,12 @@ def parse_policy(data: Any, where: str) -> Policy:
     for name in ("max_budget_usd", "daily_budget_usd"):
         if name in data:
             values[name] = float(_number(data[name], f"{where} `{name}`", minimum=0))
+    if "projects" in data:
+        names = _names(data["projects"], f"{where} `projects`")
+        wrong = [n for n in names if not PROJECT_NAME.fullmatch(n)]
+        if wrong:
+            raise ValueError(f"{where} `projects`: not a project name: {', '.join(wrong)}")
+        values["projects"] = names
     if values.get("max_budget_usd") == 0:
         raise ValueError(f"{where} `max_budget_usd` must be more than 0")
     return Policy(**values)

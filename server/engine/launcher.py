@@ -57,15 +57,27 @@ class Launcher:
     def mode(self) -> str:
         return "bwrap" if self.sandbox is not None else "off"
 
-    def for_run(self, workspace: Path, config_dir: Path, *, shared: Sequence[Path] = ()) -> Launch:
-        """The prefix for one run (Conflict if its directories are not plain ones);
-        ``shared`` directories are bound read-only (see :meth:`sandbox.Sandbox.prefix`)."""
+    def for_run(
+        self,
+        workspace: Path,
+        config_dir: Path,
+        *,
+        hidden: Sequence[Path] = (),
+        shared: Sequence[Path] = (),
+    ) -> Launch:
+        """The prefix for one run (Conflict if its directories are not plain ones); ``hidden``
+        and ``shared`` as :meth:`~server.claude.sandbox.Sandbox.prefix` takes them (the
+        registered projects' working trees; a project session's git object store)."""
         if self.sandbox is None:
             return Launch(list(self.dropper))
         fd = sandbox.seccomp_pipe(self.sandbox)
         try:
             prefix = self.sandbox.prefix(
-                workspace=workspace, config_dir=config_dir, seccomp_fd=fd, shared=shared
+                workspace=workspace,
+                config_dir=config_dir,
+                seccomp_fd=fd,
+                hidden=hidden,
+                shared=shared,
             )
         except BaseException:
             if fd is not None:
@@ -90,7 +102,14 @@ def _sandbox_for(
         credentials=operator.credentials,
         read_only=settings.sandbox_ro,
         read_write=settings.sandbox_rw,
+        home=_home(operator_env),
     )
+
+
+def _home(env: Mapping[str, str]) -> Path | None:
+    """The relay user's home: ``$HOME`` as the CLI gets it, else the account's."""
+    home = env.get("HOME") or os.path.expanduser("~")
+    return Path(home) if home and home != "~" else None
 
 
 def choose(

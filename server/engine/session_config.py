@@ -117,11 +117,16 @@ class SessionConfigs:
         return {**env, "CLAUDE_CONFIG_DIR": str(path_for(self.workspaces_root, workspace_id))}
 
     async def child_env(
-        self, workspace_id: str, env: Mapping[str, str], *, resume_from: str | None
+        self,
+        workspace_id: str,
+        env: Mapping[str, str],
+        *,
+        resume_from: str | None,
+        trusted: Path | None = None,
     ) -> dict[str, str]:
         """The run's environment, once its config directory is ready (Conflict if a link or a
-        file stands in its place)."""
-        self.prepare(workspace_id)
+        file stands in its place); ``trusted``: see :meth:`prepare`."""
+        self.prepare(workspace_id, trusted=trusted)
         run_env = self.env_of(workspace_id, env)
         if resume_from and not transcripts.transcript_paths(run_env, [resume_from]):
             # A session from before config dirs of its own: its transcripts are in the
@@ -130,14 +135,16 @@ class SessionConfigs:
             transcripts.adopt(self.operator_env, run_env, ids)
         return run_env
 
-    def prepare(self, workspace_id: str) -> Path:
-        """The session's config directory, made and filled if missing."""
+    def prepare(self, workspace_id: str, *, trusted: Path | None = None) -> Path:
+        """The session's config directory, made and filled if missing; a new one marks
+        ``trusted`` (the workspace of a trusted project's session) as a trusted directory.
+        Only when it is made: later the CLI owns the file, and a tool may have replaced it."""
         path = path_for(self.workspaces_root, workspace_id)
         root = config_root(self.workspaces_root)
         with contextlib.suppress(FileExistsError):
             root.mkdir(mode=0o700)
         if _kind(path) == "missing":
-            self._create(path)
+            self._create(path, trusted)
         why = broken(self.workspaces_root, workspace_id)
         if why is not None:
             raise Conflict(
@@ -145,11 +152,11 @@ class SessionConfigs:
             )
         return path
 
-    def _create(self, path: Path) -> None:
+    def _create(self, path: Path, trusted: Path | None) -> None:
         scratch = path.with_name(f".new-{path.name}-{uuid.uuid4().hex[:8]}")
         scratch.mkdir(mode=0o700)
         try:
-            self.operator.populate(scratch)
+            self.operator.populate(scratch, trusted=trusted)
             os.rename(scratch, path)
         except OSError:
             # Made meanwhile by a concurrent run of the same session, or the disk is full:

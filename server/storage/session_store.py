@@ -8,6 +8,7 @@ table's own statements, from the module that owns it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,6 +54,15 @@ async def _insert_run(db: Any, run: NewRun, workspace_id: str) -> None:
     )
 
 
+def _bound(record: SessionRecord, project: ProjectBinding | None) -> SessionRecord:
+    """``record`` on ``project`` (as it is without one)."""
+    if project is None:
+        return record
+    return dataclasses.replace(
+        record, project=project.project, base_commit=project.base_commit, branch=project.branch
+    )
+
+
 class ConversationTaken(Exception):
     """Two requests raced to start the same new conversation; the other one won."""
 
@@ -75,6 +85,11 @@ class SessionRecord:
     """False for a session made without a prompt, until a run of it starts its conversation."""
     owner_key_id: str | None = None
     """The API key id that made it (None: unknown, from before sessions had owners)."""
+    project: str | None = None
+    """The registered project its workspace is a clone of (None: a plain session)."""
+    base_commit: str | None = None
+    branch: str | None = None
+    published_branch: str | None = None
 
     @property
     def live(self) -> bool:
@@ -93,6 +108,10 @@ SESSION_COLUMNS = (
     SessionRow.live_run_id,
     SessionRow.has_conversation,
     SessionRow.owner_key_id,
+    SessionRow.project,
+    SessionRow.base_commit,
+    SessionRow.branch,
+    SessionRow.published_branch,
 )
 
 
@@ -109,7 +128,20 @@ def session_record(row: Any) -> SessionRecord:
         row.live_run_id,
         bool(row.has_conversation),
         row.owner_key_id,
+        row.project,
+        row.base_commit,
+        row.branch,
+        row.published_branch,
     )
+
+
+@dataclass(frozen=True)
+class ProjectBinding:
+    """What a new session on a project records: which, the commit it starts from, its branch."""
+
+    project: str
+    base_commit: str
+    branch: str
 
 
 @dataclass(frozen=True)
@@ -152,6 +184,7 @@ class SessionStore:
         run: NewRun,
         title: str | None = None,
         conversation: tuple[str, str] | None = None,
+        project: ProjectBinding | None = None,
     ) -> SessionRecord:
         """A new session, already locked by the run that creates it (recorded too).
 
@@ -169,6 +202,7 @@ class SessionStore:
             run.owner,
             owner_key_id=run.api_key_id,
         )
+        record = _bound(record, project)
 
         async def with_run(db: Any) -> None:
             await _insert_run(db, run, workspace_id)
@@ -184,6 +218,7 @@ class SessionStore:
         title: str | None = None,
         conversation: tuple[str, str] | None = None,
         audit: AuditEntry | None = None,
+        project: ProjectBinding | None = None,
     ) -> SessionRecord:
         """A session without a conversation yet (files first, prompt later): its first run
         starts the conversation under ``claude_session_id``. With ``conversation`` (api key
@@ -200,6 +235,7 @@ class SessionStore:
             has_conversation=False,
             owner_key_id=owner_key_id,
         )
+        record = _bound(record, project)
 
         async def with_audit(db: Any) -> None:
             if audit is not None:
@@ -231,6 +267,9 @@ class SessionStore:
                         title=title,
                         has_conversation=record.has_conversation,
                         owner_key_id=record.owner_key_id,
+                        project=record.project,
+                        base_commit=record.base_commit,
+                        branch=record.branch,
                     )
                 )
                 await db.execute(
@@ -294,6 +333,35 @@ class SessionStore:
                 return False
             await _insert_run(db, run, workspace_id)
             return True
+
+    async def hold(self, workspace_id: str, *, holder: str, owner: str) -> bool:
+        """Take the session's run lock for work that is not a run (a publish): no run may
+        start meanwhile. False if a run holds it, or another relay keeps it live."""
+        now = time.time()
+        async with self._database.write() as db:
+            result = await db.execute(
+                update(SessionRow)
+                .where(
+                    SessionRow.workspace_id == workspace_id,
+                    SessionRow.active_run_id.is_(None),
+                    or_(
+                        SessionRow.live_owner.is_(None),
+                        SessionRow.live_owner == owner,
+                        SessionRow.live_until < now,
+                    ),
+                )
+                .values(active_run_id=holder, active_owner=owner)
+            )
+            return getattr(result, "rowcount", 0) == 1
+
+    async def set_published(self, workspace_id: str, branch: str) -> None:
+        """The project branch this session's publish set: a later one fast-forwards it."""
+        async with self._database.write() as db:
+            await db.execute(
+                update(SessionRow)
+                .where(SessionRow.workspace_id == workspace_id)
+                .values(published_branch=branch)
+            )
 
     async def release(self, workspace_id: str, *, run_id: str) -> None:
         async with self._database.write() as db:

@@ -65,6 +65,15 @@ class SessionRow(Base):
     owner_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     """The id of the API key that made it (``anonymous`` without keys): a ``user`` key sees
     only its own sessions. NULL for one whose maker is unknown (admins only)."""
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    """The registered project its workspace is a clone of (NULL: a plain session)."""
+    base_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The commit the session's ``ref`` resolved to when it was made: what ``/diff`` shows
+    the session's work against."""
+    branch: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    """The clone's own branch, ``relay/<first 12 hex of the session id>``."""
+    published_branch: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    """The project repository's branch the session's last publish set."""
 
 
 class ClaudeSessionIdRow(Base):
@@ -197,6 +206,19 @@ class AuditRow(Base):
     """What it was done to: a run id, a session id, ``<session id>/<path>`` for a file."""
     detail: Mapped[str] = mapped_column(Text)
     """A JSON object with what else is worth knowing (the session of a run, a file's size)."""
+
+
+class ProjectLockRow(Base):
+    """A publish writing to a project's repository; one at a time per project, across every
+    relay sharing the database. ``until`` is a lease: a relay that died holds nothing long."""
+
+    __tablename__ = "project_locks"
+
+    project: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(36))
+    """The session (workspace id) publishing."""
+    owner: Mapped[str] = mapped_column(String(300))
+    until: Mapped[float] = mapped_column(Float)
 
 
 class SpendRow(Base):

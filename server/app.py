@@ -17,7 +17,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
-from server.api import audit, claude, files, health, metrics, runs, sessions
+from server.api import audit, claude, files, health, metrics, projects, runs, sessions
 from server.api.auth import api_key_guard
 from server.api.dependencies import Relay, dependencies
 from server.api.errors import exception_handlers, relay_error_body
@@ -40,6 +40,8 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = await open_runtime(relay.settings)
         runtime.metrics.key_label = relay.keyring.name_of  # cost and logs by key name
+        keyring = relay.keyring
+        runtime.projects = lambda: keyring.projects  # reloaded with the keys on SIGHUP
         await runtime.start_key_proxy()
         manager = RunManager(runtime)
         await recover(
@@ -107,6 +109,7 @@ def create_app(settings: Settings | None = None, *, keyring: Keyring | None = No
             files.router(settings),
             runs.router,
             audit.router,
+            projects.router,
             openai.router,
             anthropic.router,
         ],

@@ -49,6 +49,8 @@ def run_request(body: ClaudeRequest, settings: Settings, caller: Caller) -> RunR
         caller=caller,
         detach=bool(body.detach),
         attachments=checked_attachments(body.attachments or (), settings),
+        project=body.project,
+        ref=body.ref,
     )
 
 

@@ -51,6 +51,24 @@ ToolSpec = Annotated[
 ]
 
 
+ProjectName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="A registered project's name (GET /api/projects lists yours).",
+    ),
+]
+RefText = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=200,
+        description="A branch, a tag or a full commit id of the project (default: its "
+        "default branch); resolved once, when the session is made.",
+    ),
+]
+
+
 ImageType = Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
 assert ImageType.__args__ == IMAGE_TYPES  # type: ignore[attr-defined]
 MediaType = Annotated[
@@ -138,6 +156,11 @@ class ClaudeRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     """Ask the client about tools the permission rules do not allow (``relay/permission_request``
     events, answered at ``POST /api/runs/{run_id}/permissions/{request_id}``), instead of
     denying them."""
+    project: ProjectName | None = None
+    """Work on this registered project: a new session's workspace is a clone of its own on
+    a branch ``relay/<12 hex of the session id>``. An existing session keeps its project."""
+    ref: RefText | None = None
+    """What a new project session starts from; refused (400) with an existing session."""
 
     def options(self) -> RunOptions:
         return RunOptions(
@@ -198,6 +221,14 @@ class SessionOut(msgspec.Struct):
     owner_key_id: str | None = None
     """The id of the API key that made it (``anonymous`` without keys; null: unknown, from
     before sessions had owners, so only admin keys see it)."""
+    project: str | None = None
+    """The registered project its workspace is a clone of (null: a plain session)."""
+    base_commit: str | None = None
+    """The commit its ``ref`` resolved to when it was made: what ``/diff`` compares with."""
+    branch: str | None = None
+    """Its clone's own branch, ``relay/<12 hex>``."""
+    published_branch: str | None = None
+    """The project branch its last publish set."""
 
 
 def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
@@ -216,6 +247,10 @@ def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
         active_run_id=record.active_run_id,
         live=record.live,
         owner_key_id=record.owner_key_id,
+        project=record.project,
+        base_commit=record.base_commit,
+        branch=record.branch,
+        published_branch=record.published_branch,
     )
 
 
@@ -587,10 +622,44 @@ class NewSessionRequest(msgspec.Struct, forbid_unknown_fields=True, omit_default
     title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     conversation: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     """Your own key for it, as ``POST /api/claude`` takes one: later prompts may name it so."""
+    project: ProjectName | None = None
+    """Make its workspace a clone of this registered project (the files are written into it)."""
+    ref: RefText | None = None
+    """What the clone starts from (default: the project's default branch)."""
 
 
-class NewSession(msgspec.Struct):
+class NewSession(msgspec.Struct, omit_defaults=True):
     """A session made before its first prompt; send that with ``session_id``."""
 
     session_id: str
     files: list[FileWritten]
+    project: str | None = None
+    base_commit: str | None = None
+    branch: str | None = None
+
+
+# -- projects --------------------------------------------------------------------------------
+
+
+class ProjectOut(msgspec.Struct):
+    """A registered project the caller may work on (never its path on the relay's host)."""
+
+    name: str
+    default_branch: str | None
+    """The branch a session starts from without a ``ref`` (null: the repository's HEAD is
+    detached and names none)."""
+    head_commit: str | None
+    """The commit that branch points at now (null when it cannot be read)."""
+    trusted: bool
+    """The repository's own ``.claude/`` settings, hooks, ``CLAUDE.md`` and ``.mcp.json``
+    apply to its sessions; otherwise only the relay's user settings do."""
+    publish: bool
+    """``POST /api/sessions/{id}/publish`` may set a branch in it."""
+    push: list[str] | None
+    """Remotes a publish may push to: null any the repository names, empty none."""
+    error: str | None = None
+    """Why it cannot be used right now (its repository is not readable), or null."""
+
+
+class ProjectList(msgspec.Struct):
+    projects: list[ProjectOut]

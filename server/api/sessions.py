@@ -13,7 +13,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import FromQuery, QueryParameter
 
 from server.api import files
-from server.api.dependencies import CallerDep, RuntimeDep, SettingsDep
+from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import documented_errors
 from server.api.files import FormUpload, receive_form, write_caps
 from server.api.pagination import CURSOR_PATTERN, MAX_CURSOR_CHARS, decode_cursor, encode_cursor
@@ -35,12 +35,20 @@ from server.claude.options import check_conversation_key
 from server.config import Settings
 from server.engine import session_creation, workspace_files
 from server.engine.housekeeping import forget_session
+from server.engine.projects import check_name
 from server.engine.workspace_files import WrittenFile
 from server.errors import InvalidRequest, NotFound
 
 ERRORS = documented_errors(ErrorBody, 400, 401, 404, 409, 503, 507)
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size.")]
+ProjectQuery = Annotated[
+    str | None,
+    QueryParameter(
+        description="Only the sessions on this project.",
+        schema_extra={"max_length": 64, "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+    ),
+]
 Cursor = Annotated[
     str | None,
     QueryParameter(
@@ -53,12 +61,17 @@ Cursor = Annotated[
 
 @get("/", summary="List sessions, newest first", responses=ERRORS)
 async def list_sessions(
-    runtime: RuntimeDep, caller: CallerDep, limit: Limit = 50, cursor: Cursor = None
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    project: ProjectQuery = None,
 ) -> SessionPage:
     page = await runtime.catalog.page(
         limit=limit,
         before=decode_cursor(cursor),
         owner_key_id=None if caller.is_admin else caller.id,
+        project=None if project is None else check_name(project),
     )
     last = page[-1].record if len(page) == limit else None
     return SessionPage(
@@ -153,6 +166,8 @@ class NewSessionBody(Operation):
                     ),
                     "title": Schema(type=NULLABLE_TEXT, min_length=1, max_length=200),
                     "conversation": Schema(type=NULLABLE_TEXT, min_length=1, max_length=256),
+                    "project": Schema(type=NULLABLE_TEXT, min_length=1, max_length=64),
+                    "ref": Schema(type=NULLABLE_TEXT, min_length=1, max_length=200),
                 },
             )
         )
@@ -190,9 +205,11 @@ async def create_session(
     runtime: RuntimeDep,
     settings: SettingsDep,
     caller: CallerDep,
+    manager: ManagerDep,
 ) -> NewSession:
     kind, _ = request.content_type
     title = conversation = None
+    on_project = None
     fill: session_creation.Fill
     if kind == "multipart/form-data":
 
@@ -208,14 +225,28 @@ async def create_session(
         title = body.title
         if body.conversation is not None:
             conversation = (caller.id, check_conversation_key("conversation", body.conversation))
+        if body.project is not None:
+            project = runtime.projects().find(check_name(body.project), caller)
+            on_project = session_creation.OnProject(manager.project_sessions, project, body.ref)
+        elif body.ref is not None:
+            raise InvalidRequest("`ref` needs a `project`")
     else:
         raise InvalidRequest("send JSON (files base64) or multipart/form-data")
     created = await session_creation.create_session(
-        runtime, fill, caller=caller, title=title, conversation=conversation
+        runtime,
+        fill,
+        caller=caller,
+        title=title,
+        conversation=conversation,
+        on_project=on_project,
     )
+    record = created.record
     return NewSession(
-        session_id=created.record.latest_claude_session_id,
+        session_id=record.latest_claude_session_id,
         files=files_written(created.files).files,
+        project=record.project,
+        base_commit=record.base_commit,
+        branch=record.branch,
     )
 
 

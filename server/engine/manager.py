@@ -38,6 +38,8 @@ from server.engine.planner import (
     Target,
     new_placement,
 )
+from server.engine.project_sessions import ProjectSessions
+from server.engine.projects import Project, with_project_defaults
 from server.engine.relay_events import relay_error
 from server.engine.run import Limits, Run, StopReason
 from server.engine.runtime import Runtime
@@ -131,6 +133,12 @@ class RunRequest:
     detach: bool = False
     attachments: tuple[attachments.Attachment, ...] = ()
     """Images, PDFs and files for the prompt, checked (``attachments.check``) already."""
+    project: str | None = None
+    """The registered project a new session works on (an existing session keeps its own)."""
+    ref: str | None = None
+    """What a new project session starts from (default: the project's default branch)."""
+    on_project: Project | None = None
+    """The session's project as the manager found it (set by the manager, not by callers)."""
 
     @property
     def api_key_id(self) -> str:
@@ -196,6 +204,8 @@ class RunManager:
         closed)."""
         self._closing: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
+        self.project_sessions = ProjectSessions(runtime, self.launcher)
+        """Project sessions' clones, and what every run must not see."""
         self.pool = WarmPool(
             settings.warm_pool, start=self._start_pooled, discard=self._discard_pooled
         )
@@ -314,6 +324,7 @@ class RunManager:
         target = await self.planner.place(request.target, request.prompt, caller=request.caller)
         self._log_as(run_id, target.claude_session_id, request.api_key_id)
         self._check_size(target)
+        request, target = await self._on_project(request, target)
         prepared = await self._attach(request, target)
         target = dataclasses.replace(target, prompt=prepared.prompt(target.prompt))
         blocks = prepared.blocks
@@ -337,11 +348,57 @@ class RunManager:
                 return await self._start_pooled_run(request, target, run_id, pooled, blocks)
         return await self._start_cold(request, target, run_id, blocks)
 
+    async def _on_project(
+        self, request: RunRequest, target: Placement
+    ) -> tuple[RunRequest, Placement]:
+        """The session's project, its default options under the request's, and for a new
+        session its clone (made now: attachments may be written into it)."""
+        project = self._project_of(request, target)
+        if project is None:
+            return request, target
+        options = with_project_defaults(project, request.caller, request.options)
+        request = dataclasses.replace(request, options=options, on_project=project)
+        target = dataclasses.replace(target, project=project.name)
+        if target.session_exists:
+            return request, target
+        work = self.project_sessions
+        base = await work.base_of(project, request.ref)
+        binding = await work.make_workspace(
+            project, base, target.workspace_id, target.claude_session_id
+        )
+        return request, dataclasses.replace(target, binding=binding)
+
+    def _project_of(self, request: RunRequest, target: Placement) -> Project | None:
+        """Which project the run is on: an existing session's own (a request naming another
+        is refused), a new session's the request's; a project the caller may not use, or
+        that is no longer registered, is unknown (404)."""
+        registry = self.runtime.projects()
+        if target.session_exists:
+            if request.ref is not None:
+                raise InvalidRequest(
+                    "`ref` is only for a new session: an existing one keeps the commit it "
+                    "started from"
+                )
+            if request.project is not None and request.project != target.project:
+                raise InvalidRequest(
+                    f"session {target.claude_session_id} is "
+                    + (f"on project {target.project!r}" if target.project else "on no project")
+                    + f", not {request.project!r}: a session keeps the project it started with"
+                )
+            name = target.project
+        else:
+            if request.project is None and request.ref is not None:
+                raise InvalidRequest("`ref` needs a `project`")
+            name = request.project
+        return None if name is None else registry.find(name, request.caller)
+
     def _poolable(self, request: RunRequest, target: Placement) -> bool:
         """A new session that a pooled process (default options, a workspace of its own) can
-        serve: none whose workspace was made, or written, already."""
+        serve: none whose workspace was made, or written, already, and none on a project (a
+        pooled process started in an empty directory)."""
         return (
             not target.session_exists
+            and target.project is None
             and request.options == POOL_OPTIONS
             and not attachments.needs_workspace(request.attachments)
         )
@@ -604,6 +661,7 @@ class RunManager:
                 run=new_run,
                 title=title_of(request.prompt),
                 conversation=(request.api_key_id, key) if key else None,
+                project=target.binding,
             )
         except ConversationTaken:
             raise Conflict(
@@ -668,17 +726,20 @@ class RunManager:
     ) -> asyncio.Future[process.Child]:
         """Start the CLI in ``cwd``, with the session's own config directory; it waits for its
         prompt on stdin."""
+        project = request.on_project
         argv = build_argv(
             self.settings.claude_bin,
             request.options,
             resume_id=target.resume_from,
             new_session_id=target.claude_session_id,
             fork=target.fork,
+            untrusted_repository=project is not None and not project.trusted,
         )
         env = await self.runtime.session_configs.child_env(
             target.workspace_id,
             build_env(current_env(), self.settings.claude_env, run_id),
             resume_from=target.resume_from,
+            trusted=cwd if project is not None and project.trusted else None,
         )
         if self.settings.cli_telemetry:
             # A live or pooled process keeps the ids it was started with for later turns.
@@ -692,7 +753,10 @@ class RunManager:
         if key_proxy is not None:
             env = key_proxy.child_env(env, key_proxy.issue(run_id))
         config_dir = session_config.path_for(self.workspaces.root, target.workspace_id)
-        launch = self.launcher.for_run(cwd, config_dir)
+        work = self.project_sessions
+        launch = self.launcher.for_run(
+            cwd, config_dir, hidden=work.hidden(), read_only=work.read_only(target.project)
+        )
         spawning = asyncio.ensure_future(
             process.spawn(argv, cwd=cwd, env=env, launcher=launch.prefix, pass_fds=launch.fds)
         )

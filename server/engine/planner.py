@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from server.engine.callers import Caller
 from server.errors import NotFound
 from server.storage.fingerprint_store import FingerprintStore
-from server.storage.session_store import SessionRecord, SessionStore
+from server.storage.session_store import ProjectBinding, SessionRecord, SessionStore
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,11 @@ class Placement:
     existing: bool = False
     """The session exists already, without a conversation (made by ``POST /api/sessions``):
     its first run creates ``claude_session_id`` in its workspace instead of resuming it."""
+    project: str | None = None
+    """The registered project the session works on: an existing session's own, else the
+    request's (then its workspace is made as a clone before the run starts)."""
+    binding: ProjectBinding | None = None
+    """A new project session's base commit and branch, once its clone is made."""
 
     @property
     def resume(self) -> bool:
@@ -105,14 +110,18 @@ def new_placement(prompt: str, conversation_key: str | None = None) -> Placement
 def first_turn(record: SessionRecord, prompt: str) -> Placement:
     """The first run of a session made without a prompt: nothing to resume or fork yet."""
     latest = record.latest_claude_session_id
-    return Placement(record.workspace_id, latest, prompt, how="new", existing=True)
+    return Placement(
+        record.workspace_id, latest, prompt, how="new", existing=True, project=record.project
+    )
 
 
 def resume(record: SessionRecord, prompt: str, how: str) -> Placement:
     if not record.has_conversation:
         return first_turn(record, prompt)
     latest = record.latest_claude_session_id
-    return Placement(record.workspace_id, latest, prompt, resume_from=latest, how=how)
+    return Placement(
+        record.workspace_id, latest, prompt, resume_from=latest, how=how, project=record.project
+    )
 
 
 def fork(record: SessionRecord, claude_session_id: str, prompt: str, how: str) -> Placement:
@@ -120,7 +129,12 @@ def fork(record: SessionRecord, claude_session_id: str, prompt: str, how: str) -
     if not record.has_conversation:
         return first_turn(record, prompt)
     return Placement(
-        record.workspace_id, str(uuid.uuid4()), prompt, resume_from=claude_session_id, how=how
+        record.workspace_id,
+        str(uuid.uuid4()),
+        prompt,
+        resume_from=claude_session_id,
+        how=how,
+        project=record.project,
     )
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.claude.options import check_tools
+from server.claude.options import RunOptions, check_tools
 from server.config import MODEL_PATTERN, PROJECT_NAME
 from server.engine.callers import Caller, tool_covered
 from server.errors import Forbidden, InvalidRequest, NotFound
@@ -148,6 +148,17 @@ def allowed_defaults(project: Project, caller: Caller) -> tuple[str, ...]:
     if rules is None:
         return project.allowed_tools
     return tuple(spec for spec in project.allowed_tools if tool_covered(spec, rules))
+
+
+def with_project_defaults(project: Project, caller: Caller, options: RunOptions) -> RunOptions:
+    """``options`` with the project's defaults for what the request does not say (its model,
+    tools and appended system prompt); the key's policy is checked on top as always."""
+    return dataclasses.replace(
+        options,
+        model=options.model or project.model,
+        allowed_tools=options.allowed_tools or allowed_defaults(project, caller),
+        append_system_prompt=options.append_system_prompt or project.append_system_prompt,
+    )
 
 
 def check_publish(project: Project, push: str | None) -> None:

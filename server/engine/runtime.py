@@ -7,12 +7,14 @@ The HTTP app (in its lifespan) and the command line (``sessions``, ``gc``) build
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.claude.command import build_env, current_env
 from server.config import Settings
 from server.engine.key_proxy import KeyProxy, key_proxy_for
 from server.engine.metrics import Metrics
+from server.engine.projects import ProjectRegistry
 from server.engine.session_config import SessionConfigs
 from server.engine.workspaces import Workspaces
 from server.storage.audit_store import AuditStore
@@ -21,6 +23,7 @@ from server.storage.change_store import ChangeStore
 from server.storage.database import Database, Pool, create_engine, migrate
 from server.storage.event_store import EventStore, EventWriter
 from server.storage.fingerprint_store import FingerprintStore
+from server.storage.project_lock_store import ProjectLockStore
 from server.storage.run_store import RunStore
 from server.storage.session_store import SessionStore
 from server.storage.spend_store import SpendStore
@@ -47,6 +50,10 @@ class Runtime:
     """Started by the app's lifespan (:meth:`start_key_proxy`); the command line needs none."""
     metrics: Metrics = field(default_factory=Metrics)
     """This relay's counters (``GET /metrics``), in a registry of its own."""
+    projects: Callable[[], ProjectRegistry] = ProjectRegistry
+    """The registered projects in force (the app points it at its keyring's, which SIGHUP
+    reloads; the command line has none)."""
+    project_locks: ProjectLockStore | None = None
 
     @property
     def child_env(self) -> dict[str, str]:
@@ -98,4 +105,5 @@ async def open_runtime(settings: Settings) -> Runtime:
         session_configs=SessionConfigs(workspaces.root, operator_env, catalog.claude_session_ids),
         audit=AuditStore(database),
         spend=SpendStore(database),
+        project_locks=ProjectLockStore(database),
     )

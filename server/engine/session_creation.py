@@ -18,6 +18,8 @@ from pathlib import Path
 
 from server.engine import audit, workspace_files
 from server.engine.callers import Caller
+from server.engine.project_sessions import ProjectSessions
+from server.engine.projects import Project
 from server.engine.runtime import Runtime
 from server.engine.workspace_files import WrittenFile
 from server.errors import Conflict
@@ -25,6 +27,15 @@ from server.storage.session_store import ConversationTaken, SessionRecord
 
 Fill = Callable[[Path], Awaitable[list[WrittenFile]]]
 """Writes the new session's files into its workspace (given), and says what it wrote."""
+
+
+@dataclass(frozen=True)
+class OnProject:
+    """A new session on a registered project: its workspace is a clone at ``ref``."""
+
+    sessions: ProjectSessions
+    project: Project
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,12 +51,22 @@ async def create_session(
     caller: Caller,
     title: str | None = None,
     conversation: tuple[str, str] | None = None,
+    on_project: OnProject | None = None,
 ) -> CreatedSession:
     """A new session whose workspace ``fill`` writes, owned by ``caller``; with
     ``conversation`` (API key id, key) that key names it from now on (409 if the key names a
-    session already)."""
+    session already); with ``on_project``, the workspace is a clone of that project."""
     workspace_id, claude_session_id = str(uuid.uuid4()), str(uuid.uuid4())
-    workspace = runtime.workspaces.prepare(workspace_id)
+    binding = None
+    if on_project is None:
+        workspace = runtime.workspaces.prepare(workspace_id)
+    else:
+        work = on_project.sessions
+        base = await work.base_of(on_project.project, on_project.ref)
+        binding = await work.make_workspace(
+            on_project.project, base, workspace_id, claude_session_id
+        )
+        workspace = runtime.workspaces.path_for(workspace_id)
     try:
         record = await runtime.sessions.create_empty(
             workspace_id,
@@ -54,8 +75,13 @@ async def create_session(
             title=title,
             conversation=conversation,
             audit=audit.entry(
-                caller, "session.create", claude_session_id, workspace_id=workspace_id
+                caller,
+                "session.create",
+                claude_session_id,
+                workspace_id=workspace_id,
+                **({"project": binding.project} if binding else {}),
             ),
+            project=binding,
         )
     except ConversationTaken:
         runtime.workspaces.remove(workspace_id)

@@ -39,12 +39,16 @@ class SessionCatalog:
         limit: int,
         before: tuple[float, str] | None = None,
         owner_key_id: str | None = None,
+        project: str | None = None,
     ) -> list[SessionSummary]:
         """Newest first, by creation: a session's place never moves, so cursors are stable.
-        With ``owner_key_id``, only the sessions that key made."""
+        With ``owner_key_id``, only the sessions that key made; with ``project``, only those
+        on that project."""
         query = select(*_SUMMARY_COLUMNS)
         if owner_key_id is not None:
             query = query.where(SessionRow.owner_key_id == owner_key_id)
+        if project is not None:
+            query = query.where(SessionRow.project == project)
         if before is not None:
             created, workspace_id = before
             query = query.where(

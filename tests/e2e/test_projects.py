@@ -179,3 +179,157 @@ def test_a_ref_that_does_not_resolve_and_hostile_refs_are_400(project_relay: Rel
         assert answer.status == 400, (hostile, answer.body)
     with project_relay.client() as client:
         assert client.get("/api/sessions").json()["sessions"] == []
+
+
+def bash(command: str) -> dict[str, Any]:
+    return {"prompt": tool("Bash", command=command), "allowedTools": ["Bash"]}
+
+
+def keys_with_projects(path: Path, projects: dict[str, dict[str, Any]], key: str) -> Path:
+    """A keys file with one admin key and ``[projects.<name>]`` tables."""
+    lines = ["[[keys]]", 'name = "op"', f'key = "{key}"', 'role = "admin"']
+    for name, table in projects.items():
+        lines.append(f"\n[projects.{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+RISKY = "python3 -c 'print(str(6*7)+chr(88))'"
+"""A command the CLI does not count as read-only: it runs only where a rule allows Bash."""
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_repositorys_own_settings_and_claude_md_apply_only_when_the_project_is_trusted(
+    relay_factory: RelayFactory,
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+    tmp_path: Path,
+    trusted: bool,
+) -> None:
+    repo = make_repo(
+        tmp_path / "app",
+        {
+            "CLAUDE.md": "MEMORY-MARKER-7731\n",
+            ".claude/settings.json": json.dumps({"permissions": {"allow": ["Bash"]}}),
+            ".mcp.json": json.dumps(
+                {
+                    "mcpServers": {
+                        "m": {"command": "/bin/sh", "args": ["-c", f"touch {tmp_path}/mcp"]}
+                    }
+                }
+            ),
+        },
+    )
+    keys = keys_with_projects(
+        tmp_path / "keys.toml", {"app": {"path": str(repo), "trusted": trusted}}, "op-key-123"
+    )
+    relay = as_key(
+        relay_factory(
+            claude_bin=real_cli,
+            env={**real_cli_env(fake_api), "CLAUDE_RELAY_KEYS_FILE": str(keys)},
+        ),
+        "op-key-123",
+    )
+    fake_api.clear()
+    answer = relay.run({"prompt": tool("Bash", command=RISKY), "project": "app"})
+    assert answer.status == 200, answer.body
+    results = [
+        block
+        for p in answer.of_type("user")
+        for block in p["message"]["content"]
+        if block.get("type") == "tool_result"
+    ]
+    assert results, answer.payloads
+    ran = results[0]["content"] == "42X" and not results[0].get("is_error")
+    assert ran is trusted, results
+    seen = json.dumps(fake_api.message_requests())
+    assert ("MEMORY-MARKER-7731" in seen) is trusted
+    if not trusted:
+        assert not (tmp_path / "mcp").exists()
+
+
+def test_the_sandbox_hides_the_home_and_other_projects_and_keeps_the_checkout_and_clones(
+    relay_factory: RelayFactory,
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+    repo: Path,
+    tmp_path: Path,
+) -> None:
+    other = make_repo(tmp_path / "other", {"secret.txt": "OTHER-PROJECT-SECRET\n"})
+    relay = relay_factory(
+        claude_bin=real_cli,
+        env={
+            **real_cli_env(fake_api),
+            "CLAUDE_RELAY_PROJECTS": f"app={repo},other={other}",
+            "CLAUDE_RELAY_SANDBOX": "bwrap",
+        },
+    )
+    home = relay.home  # the relay's HOME (the CLI's too): what it runs with
+    (home / ".git-credentials").write_text("https://user:HOME-SECRET@example.com\n")
+    first = relay.run({**bash("true"), "project": "app"})
+    assert first.status == 200, first.body
+    with relay.client() as client:
+        first_clone = Path(client.get(f"/api/sessions/{first.session_id}").json()["workspace"])
+    before = fingerprint(repo)
+    probe = (
+        "import pathlib\n"
+        "def read(p):\n"
+        "    try: return pathlib.Path(p).read_text()\n"
+        "    except OSError as e: return type(e).__name__\n"
+        "def write(p):\n"
+        "    try: pathlib.Path(p).write_text('pwned'); return 'wrote'\n"
+        "    except OSError as e: return type(e).__name__\n"
+        f"print(read({str(home / '.git-credentials')!r}), read({str(other / 'secret.txt')!r}),"
+        f" write({str(repo / 'pwned.txt')!r}), write({str(first_clone / 'pwned.txt')!r}))\n"
+    )
+    second = relay.run({**bash(f"python3 - <<'EOF'\n{probe}EOF"), "project": "app"})
+    assert second.status == 200, second.body
+    text = json.dumps(second.payloads)
+    assert "HOME-SECRET" not in text and "OTHER-PROJECT-SECRET" not in text
+    assert "FileNotFoundError" in text
+    assert not (repo / "pwned.txt").exists()
+    assert not (first_clone / "pwned.txt").exists()
+    assert fingerprint(repo) == before
+
+
+def test_purge_removes_the_clone_and_no_branch_of_the_project(
+    project_relay: Relay, repo: Path
+) -> None:
+    answer = project_relay.run({**bash("true"), "project": "app"})
+    assert answer.status == 200, answer.body
+    refs = git(repo, "for-each-ref")
+    with project_relay.client() as client:
+        clone = Path(client.get(f"/api/sessions/{answer.session_id}").json()["workspace"])
+        assert (clone / ".git").is_dir()
+        gone = client.delete(f"/api/sessions/{answer.session_id}", params={"purge": "true"})
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["workspace_removed"] is True
+    assert not clone.exists()
+    assert git(repo, "for-each-ref") == refs
+
+
+def test_two_sessions_on_one_project_work_on_branches_of_their_own(
+    project_relay: Relay, repo: Path
+) -> None:
+    import concurrent.futures
+
+    def edit(text: str) -> Any:
+        return project_relay.run(
+            {
+                "prompt": tool("Write", file_path="README.md", content=text),
+                "project": "app",
+                "permission_mode": "acceptEdits",
+            }
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        one, two = pool.map(edit, ["one\n", "two\n"])
+    assert one.status == two.status == 200, (one.body, two.body)
+    with project_relay.client() as client:
+        listed = client.get("/api/sessions", params={"project": "app"}).json()["sessions"]
+    assert {s["session_id"] for s in listed} == {one.session_id, two.session_id}
+    assert len({s["branch"] for s in listed}) == 2
+    texts = sorted((Path(s["workspace"]) / "README.md").read_text() for s in listed)
+    assert texts == ["one\n", "two\n"]
+    assert (repo / "README.md").read_text() == "# app\nthe readme\n"

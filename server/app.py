@@ -17,7 +17,17 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
-from server.api import audit, claude, files, health, metrics, projects, runs, sessions
+from server.api import (
+    audit,
+    claude,
+    files,
+    health,
+    metrics,
+    projects,
+    publishing,
+    runs,
+    sessions,
+)
 from server.api.auth import api_key_guard
 from server.api.dependencies import Relay, dependencies
 from server.api.errors import exception_handlers, relay_error_body
@@ -110,6 +120,7 @@ def create_app(settings: Settings | None = None, *, keyring: Keyring | None = No
             runs.router,
             audit.router,
             projects.router,
+            publishing.router,
             openai.router,
             anthropic.router,
         ],

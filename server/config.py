@@ -213,6 +213,12 @@ class Settings:
         "Projects). Each session on one gets a clone of its own on a branch relay/<id>.",
         parse_projects,
     )
+    git_credential_helper: str = _setting(
+        "",
+        "A git credential helper command line a project publish's push uses (e.g. `store "
+        "--file=/etc/claude-relay/git-credentials`); only the relay runs it, never a session. "
+        "Empty: pushes get no credentials.",
+    )
     insecure_no_auth: bool = _setting(
         False, "Allow listening on a non-loopback address without API keys.", _parse_bool
     )

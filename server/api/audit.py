@@ -26,6 +26,7 @@ ActionName = Literal[
     "file.write",
     "file.delete",
     "gc.purge",
+    "session.publish",
 ]
 # The schema's enum is written out for OpenAPI; it must be the store's list.
 assert ActionName.__args__ == ACTIONS  # type: ignore[attr-defined]

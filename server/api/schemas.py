@@ -519,7 +519,7 @@ class AuditOut(msgspec.Struct):
     key_name: str
     action: str
     """``run.start``, ``run.cancel``, ``approval.answer``, ``session.create``,
-    ``session.delete``, ``session.purge``, ``file.write``, ``file.delete`` or ``gc.purge``."""
+    ``session.delete``, ``session.purge``, ``file.write``, ``file.delete``, ``gc.purge`` or ``session.publish``."""
     target: str
     """A run id, a session id, or ``<session id>/<path>`` for a file."""
     detail: dict[str, Any]
@@ -663,3 +663,66 @@ class ProjectOut(msgspec.Struct):
 
 class ProjectList(msgspec.Struct):
     projects: list[ProjectOut]
+
+
+# -- a project session's work ------------------------------------------------------------------
+
+
+class FileStatOut(msgspec.Struct):
+    path: str
+    added: int
+    removed: int
+    binary: bool
+    """Changed bytes that are not text: 0 lines added and removed."""
+
+
+class SessionDiffOut(msgspec.Struct, omit_defaults=True):
+    """A project session's changes against the commit it started from: its branch's commits
+    plus what is uncommitted and untracked (``.gitignore``'d files left out)."""
+
+    session_id: str
+    project: str
+    base_commit: str
+    branch: str | None
+    default_branch: str | None
+    """The project's default branch now (what ``ahead``/``behind`` count against)."""
+    ahead: int
+    """Commits the session made since its base."""
+    behind: int
+    """Commits the default branch got since the session's base."""
+    diff: str | None = None
+    """A unified diff (the default), or the session's commits as ``git format-patch``
+    mails (``?format=patch``)."""
+    truncated: bool = False
+    """The diff was cut at the relay's cap."""
+    files: list[FileStatOut] | None = None
+    """With ``?stat=true``: each changed file and its line counts, instead of the diff."""
+
+
+class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``POST /api/sessions/{id}/publish``: commit the session's work and set a branch."""
+
+    message: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)] | None = None
+    """The commit message for what is uncommitted (default: names the session)."""
+    branch: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    """The project branch to set (default: the session's own ``relay/<12 hex>``). A new
+    branch, or the one this session published before (fast-forward only); never the branch
+    the operator has checked out."""
+    push: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    """Also push the branch to this remote of the project (where the project allows it)."""
+
+
+class PublishOut(msgspec.Struct):
+    session_id: str
+    project: str
+    branch: str
+    commit: str
+    """The commit the branch now points at."""
+    pushed: str | None
+    """The remote it was pushed to, or null."""
+    files: list[FileStatOut]
+    """What the published commit changes against the session's base."""
+
+
+def file_stats(files: list[Any]) -> list[FileStatOut]:
+    return [FileStatOut(f.path, f.added, f.removed, f.binary) for f in files]

@@ -38,7 +38,7 @@ from server.engine.planner import (
     Target,
     new_placement,
 )
-from server.engine.project_sessions import ProjectSessions
+from server.engine.project_sessions import ProjectSessions, SessionWork
 from server.engine.projects import Project, with_project_defaults
 from server.engine.relay_events import relay_error
 from server.engine.run import Limits, Run, StopReason
@@ -206,6 +206,8 @@ class RunManager:
         self._maintainer: asyncio.Task[None] | None = None
         self.project_sessions = ProjectSessions(runtime, self.launcher)
         """Project sessions' clones, and what every run must not see."""
+        self.session_work = SessionWork(self.project_sessions, self.owner)
+        """A project session's diff and publish."""
         self.pool = WarmPool(
             settings.warm_pool, start=self._start_pooled, discard=self._discard_pooled
         )
@@ -755,7 +757,7 @@ class RunManager:
         config_dir = session_config.path_for(self.workspaces.root, target.workspace_id)
         work = self.project_sessions
         launch = self.launcher.for_run(
-            cwd, config_dir, hidden=work.hidden(), read_only=work.read_only(target.project)
+            cwd, config_dir, hidden=work.hidden(), shared=work.shared(target.project)
         )
         spawning = asyncio.ensure_future(
             process.spawn(argv, cwd=cwd, env=env, launcher=launch.prefix, pass_fds=launch.fds)

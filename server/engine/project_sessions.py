@@ -19,16 +19,22 @@ import functools
 import logging
 import os
 import signal
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.engine.callers import Caller
 from server.engine.launcher import Launch, Launcher
-from server.engine.projects import Project
+from server.engine.projects import Project, check_publish
 from server.engine.runtime import Runtime
 from server.errors import Conflict, InvalidRequest, RunFailed
-from server.git import clones, include
+from server.git import clones, include, review
+from server.git.refs import check_branch_name
 from server.git.repository import Repository
-from server.storage.session_store import ProjectBinding
+from server.git.review import DiffText, FileStat
+from server.git.runner import Confine
+from server.storage.session_store import ProjectBinding, SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +97,7 @@ class ProjectSessions:
         """What no run may see: every registered project's working tree, as registered now."""
         return self.runtime.projects().paths
 
-    def read_only(self, project_name: str | None) -> tuple[Path, ...]:
+    def shared(self, project_name: str | None) -> tuple[Path, ...]:
         """What a run of a session on ``project_name`` sees read-only: its object store."""
         if project_name is None:
             return ()
@@ -107,7 +113,7 @@ class ProjectSessions:
             workspaces.path_for(workspace_id),
             config_dir,
             hidden=self.hidden(),
-            read_only=self.read_only(project_name),
+            shared=self.shared(project_name),
         )
 
     async def base_of(self, project: Project, ref: str | None) -> str:
@@ -175,6 +181,159 @@ class ProjectSessions:
                 f"the setup command of project {project.name!r} {how}; the session was not "
                 f"made. Its output ends with:\n{failed.output}"
             )
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a session's work stands against its project's default branch now."""
+
+    default_branch: str | None
+    ahead: int
+    """The session's commits since its base (what it has that the base lacks)."""
+    behind: int
+    """The default branch's commits since the session's base (what the session lacks)."""
+
+
+@dataclass(frozen=True)
+class SessionDiff:
+    standing: Standing
+    text: DiffText | None = None
+    files: list[FileStat] | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    branch: str
+    commit: str
+    files: list[FileStat]
+    pushed: str | None
+
+
+PUBLISH_LEASE = 900.0
+"""How long a publish may hold its project's lock before another relay may take it over."""
+
+
+class SessionWork:
+    """Reading and publishing a project session's work (every git command that reads its
+    clone runs in its sandbox; the project's repository gets objects and refs only)."""
+
+    def __init__(self, sessions: ProjectSessions, owner: str) -> None:
+        self.sessions = sessions
+        self.runtime = sessions.runtime
+        self.owner = owner
+
+    def _project(self, record: SessionRecord, caller: Caller) -> Project:
+        if record.project is None or record.base_commit is None:
+            raise InvalidRequest(
+                "the session is not on a project: it has no diff or publish (its files are at "
+                "/api/sessions/{id}/files)"
+            )
+        return self.runtime.projects().find(record.project, caller)
+
+    async def diff(
+        self, record: SessionRecord, caller: Caller, *, stat: bool, patch: bool
+    ) -> SessionDiff:
+        project = self._project(record, caller)
+        base = record.base_commit or ""
+        workspace = self.runtime.workspaces.path_for(record.workspace_id)
+        confine = self.sessions.confine(record.workspace_id, project.name)
+        standing = await self._standing(project, workspace, base, confine)
+        if stat:
+            files = await review.stat(workspace, base, confine=confine)
+            return SessionDiff(standing, files=files)
+        if patch:
+            return SessionDiff(
+                standing, text=await review.format_patch(workspace, base, confine=confine)
+            )
+        return SessionDiff(standing, text=await review.diff(workspace, base, confine=confine))
+
+    async def _standing(
+        self, project: Project, workspace: Path, base: str, confine: Confine
+    ) -> Standing:
+        repo = open_repository(project)
+        branch = project.default_branch or await repo.default_branch()
+        head = await repo.head_of(branch) if branch else None
+        behind = (await repo.ahead_behind(head, base))[0] if head else 0
+        ahead = await review.commits_since(workspace, base, confine=confine)
+        return Standing(branch, ahead, behind)
+
+    async def publish(
+        self,
+        record: SessionRecord,
+        caller: Caller,
+        *,
+        message: str | None,
+        branch: str | None,
+        push: str | None,
+    ) -> Published:
+        """Commit what is uncommitted, set ``branch`` (default: the session's own) in the
+        project repository to it, and push it if asked; 409 while a run of the session is
+        going or another publish holds the project."""
+        project = self._project(record, caller)
+        check_publish(project, push)
+        name = check_branch_name(branch or record.branch or "")
+        holder = str(uuid.uuid4())
+        store = self.runtime.sessions
+        if not await store.hold(record.workspace_id, holder=holder, owner=self.owner):
+            raise Conflict(
+                "a run of the session is running (or another relay keeps it live): publish "
+                "once it has ended"
+            )
+        try:
+            return await self._locked_publish(project, record, holder, message, name, push)
+        finally:
+            await store.release(record.workspace_id, run_id=holder)
+
+    async def _locked_publish(
+        self,
+        project: Project,
+        record: SessionRecord,
+        holder: str,
+        message: str | None,
+        name: str,
+        push: str | None,
+    ) -> Published:
+        locks = self.runtime.project_locks
+        assert locks is not None
+        if not await locks.take(project.name, holder=holder, owner=self.owner, lease=PUBLISH_LEASE):
+            raise Conflict(
+                f"another publish to project {project.name!r} is in progress; try again shortly"
+            )
+        try:
+            return await self._publish(project, record, message, name, push)
+        finally:
+            await locks.give_back(project.name, holder=holder)
+
+    async def _publish(
+        self,
+        project: Project,
+        record: SessionRecord,
+        message: str | None,
+        name: str,
+        push: str | None,
+    ) -> Published:
+        base = record.base_commit or ""
+        workspace = self.runtime.workspaces.path_for(record.workspace_id)
+        confine = self.sessions.confine(record.workspace_id, project.name)
+        identity = identity_of(record.latest_claude_session_id)
+        text = message or f"claude-relay session {record.latest_claude_session_id}"
+        committed = await review.commit_all(workspace, text, confine=confine, identity=identity)
+        head = committed or await review.head(workspace, confine=confine)
+        if head == base:
+            raise InvalidRequest("the session changed nothing since its base: nothing to publish")
+        repo = open_repository(project)
+        with tempfile.TemporaryDirectory(prefix="claude-relay-publish-") as scratch:
+            out = Path(scratch) / "session.bundle"
+            ref = await review.bundle(workspace, base, head, out, confine=confine)
+            commit = await repo.fetch_bundle(out, ref)
+        # Only the branch this session published before may move (fast-forward only).
+        expected = await repo.head_of(name) if name == record.published_branch else None
+        await repo.update_branch(name, commit, expected)
+        await self.runtime.sessions.set_published(record.workspace_id, name)
+        if push is not None:
+            await repo.push(push, name, self.runtime.settings.git_credential_helper or None)
+        files = await review.stat(workspace, base, confine=confine)
+        return Published(name, commit, files, push)
 
 
 def tool_env() -> dict[str, str]:

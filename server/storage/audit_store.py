@@ -27,6 +27,7 @@ ACTIONS = (
     "file.write",
     "file.delete",
     "gc.purge",
+    "session.publish",
 )
 """Every ``action`` the relay records."""
 MAX_NAME_CHARS = 64

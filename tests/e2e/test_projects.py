@@ -333,3 +333,130 @@ def test_two_sessions_on_one_project_work_on_branches_of_their_own(
     texts = sorted((Path(s["workspace"]) / "README.md").read_text() for s in listed)
     assert texts == ["one\n", "two\n"]
     assert (repo / "README.md").read_text() == "# app\nthe readme\n"
+
+
+def write(relay: Relay, session: str | None, path: str, text: str, **extra: Any) -> str:
+    """A turn whose Write tool (with acceptEdits) puts ``text`` at ``path``; its session."""
+    body: dict[str, Any] = {
+        "prompt": tool("Write", file_path=path, content=text),
+        "permission_mode": "acceptEdits",
+        **extra,
+    }
+    if session is not None:
+        body["session_id"] = session
+    answer = relay.run(body)
+    assert answer.status == 200, answer.body
+    return answer.session_id
+
+
+def test_the_diff_shows_exactly_the_sessions_change(project_relay: Relay, repo: Path) -> None:
+    session = write(project_relay, None, "src/main.py", "print('changed')\n", project="app")
+    with project_relay.client() as client:
+        whole = client.get(f"/api/sessions/{session}/diff")
+        stat = client.get(f"/api/sessions/{session}/diff", params={"stat": "true"})
+        patch = client.get(f"/api/sessions/{session}/diff", params={"format": "patch"})
+    assert whole.status_code == 200, whole.text
+    body = whole.json()
+    changed = [line for line in body["diff"].splitlines() if line[:1] in "+-"]
+    assert changed == [
+        "--- a/src/main.py",
+        "+++ b/src/main.py",
+        "-print('hello')",
+        "+print('changed')",
+    ]
+    assert (body["ahead"], body["behind"], body["default_branch"]) == (0, 0, "main")
+    assert stat.json()["files"] == [
+        {"path": "src/main.py", "added": 1, "removed": 1, "binary": False}
+    ]
+    assert patch.json()["diff"] == ""  # nothing committed yet
+
+
+def test_publish_makes_a_branch_and_again_fast_forwards_it(
+    project_relay: Relay, repo: Path
+) -> None:
+    main_before = git(repo, "rev-parse", "main").strip()
+    status_before = git(repo, "status", "--porcelain")
+    session = write(project_relay, None, "src/main.py", "print('changed')\n", project="app")
+    with project_relay.client() as client:
+        first = client.post(
+            f"/api/sessions/{session}/publish", json={"message": "Change the greeting"}
+        )
+    assert first.status_code == 200, first.text
+    published = first.json()
+    branch = "relay/" + session.replace("-", "")[:12]
+    assert published["branch"] == branch
+    assert published["files"] == [
+        {"path": "src/main.py", "added": 1, "removed": 1, "binary": False}
+    ]
+    assert git(repo, "rev-parse", branch).strip() == published["commit"]
+    assert git(repo, "rev-list", "--count", f"main..{branch}").strip() == "1"
+    assert git(repo, "log", "-1", "--format=%s", branch).strip() == "Change the greeting"
+    assert git(repo, "show", f"{branch}:src/main.py") == "print('changed')\n"
+    assert git(repo, "rev-parse", "main").strip() == main_before
+    assert git(repo, "symbolic-ref", "HEAD").strip() == "refs/heads/main"
+    assert git(repo, "status", "--porcelain") == status_before
+
+    write(project_relay, session, "NOTES.md", "notes\n")
+    with project_relay.client() as client:
+        again = client.post(f"/api/sessions/{session}/publish", json={})
+        shown = client.get(f"/api/sessions/{session}").json()
+    assert again.status_code == 200, again.text
+    assert git(repo, "rev-list", "--count", f"main..{branch}").strip() == "2"
+    assert git(repo, "merge-base", "--is-ancestor", published["commit"], branch) == ""
+    assert shown["published_branch"] == branch
+
+
+def test_publish_refuses_the_checked_out_branch_others_and_hostile_names(
+    project_relay: Relay, repo: Path
+) -> None:
+    git(repo, "branch", "taken")
+    refs = git(repo, "for-each-ref")
+    session = write(project_relay, None, "a.txt", "a\n", project="app")
+    with project_relay.client() as client:
+
+        def publish(**body: Any) -> Any:
+            return client.post(f"/api/sessions/{session}/publish", json=body)
+
+        assert publish(branch="main").status_code == 409
+        assert publish(branch="taken").status_code == 409
+        for hostile in ("-x", "--upload-pack=x", "a..b", "x@{1}", "x^", "x~1", "x:y", "../x"):
+            answer = publish(branch=hostile)
+            assert answer.status_code == 400, (hostile, answer.text)
+        assert publish(push="origin").status_code == 403
+    assert git(repo, "for-each-ref") == refs
+
+
+def test_push_to_a_bare_remote_where_allowed_and_403_where_not(
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], env=GIT_ENV, check=True)
+    app = make_repo(tmp_path / "app", {"a.txt": "a\n"})
+    locked = make_repo(tmp_path / "locked", {"a.txt": "a\n"})
+    for repo in (app, locked):
+        git(repo, "remote", "add", "origin", str(remote))
+    keys = keys_with_projects(
+        tmp_path / "keys.toml",
+        {
+            "app": {"path": str(app), "push": ["origin"]},
+            "locked": {"path": str(locked), "publish": True, "push": False},
+        },
+        "op-key-123",
+    )
+    relay = as_key(
+        relay_factory(
+            claude_bin=real_cli,
+            env={**real_cli_env(fake_api), "CLAUDE_RELAY_KEYS_FILE": str(keys)},
+        ),
+        "op-key-123",
+    )
+    pushed_session = write(relay, None, "a.txt", "b\n", project="app")
+    refused_session = write(relay, None, "a.txt", "c\n", project="locked")
+    with relay.client() as client:
+        pushed = client.post(f"/api/sessions/{pushed_session}/publish", json={"push": "origin"})
+        refused = client.post(f"/api/sessions/{refused_session}/publish", json={"push": "origin"})
+    assert pushed.status_code == 200, pushed.text
+    branch = pushed.json()["branch"]
+    assert git(remote, "rev-parse", branch).strip() == pushed.json()["commit"]
+    assert refused.status_code == 403, refused.text
+    assert "push" in refused.json()["error"]

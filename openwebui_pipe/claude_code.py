@@ -56,6 +56,11 @@ ATTACHED_ONLY = "(See the attached files.)"  # the prompt of a message with file
 # reloads the function (then Open WebUI's parent_message, where it has one, still tells).
 SENT_FILES: OrderedDict[str, set[str]] = OrderedDict()
 MAX_REMEMBERED_CHATS = 4096
+# Chats whose session the relay made on a project (the PROJECT valve), per conversation key:
+# later turns send no project or ref (the session keeps its own), and their answers end with
+# the branch's diff stat. Bounded and lost on reload like SENT_FILES (the relay still keeps
+# the session on its project: a later turn never names another).
+PROJECT_CHATS: OrderedDict[str, str] = OrderedDict()
 
 # What the model reads as the tool's result when the pipe denies a permission request.
 DECLINED = "The user declined this tool use in Open WebUI's confirmation dialog."
@@ -156,6 +161,17 @@ class Pipe:
         )
         SHOW_THINKING: bool = Field(default=True, description="Show Claude's thinking.")
         SHOW_TOOL_CALLS: bool = Field(default=True, description="Show tool calls and results.")
+        PROJECT: str = Field(
+            default="",
+            description="Work on this registered project of the relay (its name; a new "
+            "chat's session is a clone of it on a branch of its own). A chat keeps the "
+            "project it started with.",
+        )
+        REF: str = Field(
+            default="",
+            description="With PROJECT: the branch, tag or commit a new chat starts from "
+            "(empty: the project's default branch).",
+        )
 
     def __init__(self) -> None:
         self.valves = self.Valves()
@@ -820,6 +836,41 @@ def files_changed_block(event: dict[str, Any], public_url: str, session_id: str,
     return "\n".join(lines) + "\n"
 
 
+def remember_project(conversation: str | None, project: str) -> None:
+    if not conversation:
+        return
+    PROJECT_CHATS[conversation] = project
+    PROJECT_CHATS.move_to_end(conversation)
+    while len(PROJECT_CHATS) > MAX_REMEMBERED_CHATS:
+        PROJECT_CHATS.popitem(last=False)
+
+
+def project_block(diff: dict[str, Any], public_url: str, session_id: str) -> str:
+    """Markdown under a project session's answer: the files its branch changes against the
+    commit it started from (``GET /api/sessions/{id}/diff?stat=true``), and how to publish."""
+    files = [f for f in diff.get("files") or [] if isinstance(f, dict)]
+    branch = str(diff.get("branch") or "")
+    project = str(diff.get("project") or "")
+    added = sum(int(f.get("added") or 0) for f in files)
+    removed = sum(int(f.get("removed") or 0) for f in files)
+    lines = [
+        f"**Project {md_code(project)}, branch {md_code(branch)}**: {len(files)} file(s) "
+        f"changed, +{added} -{removed} against {md_code(str(diff.get('base_commit') or '')[:12])}",
+        "",
+    ]
+    for item in files[:20]:
+        counts = "binary" if item.get("binary") else f"+{item.get('added')} -{item.get('removed')}"
+        lines.append(f"- {md_code(str(item.get('path')))} ({counts})")
+    session = urllib.parse.quote(session_id, safe="")
+    url = f"{public_url.rstrip('/')}/api/sessions/{session}"
+    lines += [
+        "",
+        f"Review: `GET {url}/diff` · publish as a branch of the project: "
+        f'`POST {url}/publish` with `{{"message": "..."}}`',
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # -- one reply ----------------------------------------------------------------------------------
 
 
@@ -847,6 +898,7 @@ class Reply:
         self.files = [f for f in chat_files or [] if isinstance(f, dict)]
         self.conversation = conversation_key(user, chat_id)
         self.session_id = ""  # the relay's X-Session-Id, for the changed files' links
+        self.changed = False  # the run changed files (a files_changed event came)
         self.emitter = emitter
         self.show_thinking = bool(valves.SHOW_THINKING) and bool(
             user_valve(user, "SHOW_THINKING", True)
@@ -957,7 +1009,28 @@ class Reply:
             payload["append_system_prompt"] = self.valves.APPEND_SYSTEM_PROMPT
         if self.approvals:
             payload["approvals"] = True
+        payload.update(self.project_fields())
         return payload
+
+    def project_fields(self) -> dict[str, str]:
+        """``project`` and ``ref`` for a chat's first turn; nothing for a later one (its
+        session keeps the project it started with, and a ref names only where one starts)."""
+        project = str(user_valve(self.user, "PROJECT", "") or "").strip()
+        if not project or (self.conversation and self.conversation in PROJECT_CHATS):
+            return {}
+        if any(m.get("role") == "assistant" for m in self.body.get("messages") or []):
+            return {}
+        fields = {"project": project}
+        ref = str(user_valve(self.user, "REF", "") or "").strip()
+        if ref:
+            fields["ref"] = ref
+        return fields
+
+    def on_project(self) -> bool:
+        """Whether this chat's session is on a project (as far as the pipe knows)."""
+        if self.conversation and self.conversation in PROJECT_CHATS:
+            return True
+        return bool(str(user_valve(self.user, "PROJECT", "") or "").strip())
 
     async def attached(self) -> Attached:
         """The newest message's images and the chat's files not sent yet, as attachments."""
@@ -1042,6 +1115,8 @@ class Reply:
                     return
                 # The relay took the prompt: its files are in the session's workspace now.
                 remember_sent(self.conversation, attached.file_ids)
+                if "project" in payload:
+                    remember_project(self.conversation, str(payload["project"]))
                 self.session_id = response.headers.get("x-session-id", "")
                 answers = (
                     self.valves.RELAY_URL.rstrip("/")
@@ -1072,6 +1147,12 @@ class Reply:
                                 return
                 finally:
                     await self._stop_asking()
+                if self.changed and self.session_id and self.on_project():
+                    note = await self._project_note(client, auth)
+                    if note:
+                        self.block(out, ("\n" if self.tail else "") + note)
+                        yield "".join(out)
+                        out = []
         except httpx.ConnectError:
             out = []
             self.error(
@@ -1220,7 +1301,27 @@ class Reply:
                 self._queue_status("Failed", True)
             self.finished = True
 
+    async def _project_note(self, client: httpx.AsyncClient, auth: dict[str, str]) -> str:
+        """Under an answer that changed files of a project session: its branch's diff stat
+        against the commit it started from, and how to publish it (empty if the relay
+        cannot say)."""
+        base = self.valves.RELAY_URL.rstrip("/")
+        session = urllib.parse.quote(self.session_id, safe="")
+        try:
+            response = await client.get(
+                f"{base}/api/sessions/{session}/diff",
+                params={"stat": "true"},
+                headers=auth if self.valves.RELAY_API_KEY else {},
+            )
+        except httpx.HTTPError:
+            return ""
+        if response.status_code != 200:
+            return ""
+        public = (self.valves.RELAY_PUBLIC_URL or "").strip() or self.valves.RELAY_URL
+        return project_block(response.json(), public, self.session_id)
+
     def _on_files_changed(self, line: dict[str, Any], out: list[str]) -> None:
+        self.changed = True
         limit = max(0, int(self.valves.FILES_CHANGED_MAX))
         if not limit:
             return

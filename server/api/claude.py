@@ -25,7 +25,8 @@ DESCRIPTION = """\
 Each stdout line of the CLI is one event: `id` = its 1-based number in the run, `data` = the
 line. A line that is not JSON arrives as `{"type":"relay","subtype":"raw","text":...}`; a run
 that ends badly ends with `{"type":"relay","subtype":"error",...}`. Errors before the stream
-starts are JSON `{"error": ...}` with status 400, 401, 403, 404, 409, 413, 429, 503 or 507.
+starts are JSON `{"error": ...}` with status 400, 401, 403, 404, 409, 413, 429, 500 (a project's
+setup command failed), 503 or 507.
 Response headers: `X-Run-Id`, `X-Session-Id`.
 """
 
@@ -69,7 +70,7 @@ def checked_attachments(
     summary="Run Claude Code and stream its output",
     description=DESCRIPTION,
     opt={BODY_OPT: ClaudeRequest},
-    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 429, 503, 507),
+    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 429, 500, 503, 507),
     response_headers=always_sent(
         {
             "X-Run-Id": "The run's id, for /api/runs/{run_id}.",

@@ -519,7 +519,8 @@ class AuditOut(msgspec.Struct):
     key_name: str
     action: str
     """``run.start``, ``run.cancel``, ``approval.answer``, ``session.create``,
-    ``session.delete``, ``session.purge``, ``file.write``, ``file.delete``, ``gc.purge`` or ``session.publish``."""
+    ``session.delete``, ``session.purge``, ``file.write``, ``file.delete``, ``gc.purge`` or
+    ``session.publish``."""
     target: str
     """A run id, a session id, or ``<session id>/<path>`` for a file."""
     detail: dict[str, Any]

@@ -53,6 +53,7 @@ class Turn:
     api_key_id: str
     fingerprints: FingerprintStore
     reader: ReplyReader
+    project: str | None = None
     _early: list[tuple[int, bytes]] = field(default_factory=list)
     _seen: int = 0
     _outcome: Outcome | None = None
@@ -127,6 +128,7 @@ class Turn:
                 reply=self.reader.text,
                 workspace_id=run.workspace_id,
                 claude_session_id=run.claude_session_id,
+                project=self.project,
             )
         except Exception:
             log.exception("run %s: could not store the conversation fingerprint", run.id)
@@ -158,6 +160,8 @@ class TurnRequest:
     effort: str | None = None
     session_header: str | None = None
     conversation_header: str | None = None
+    project: str | None = None
+    """The registered project the turn works on (a ``<model>@<project>`` model id)."""
 
 
 async def start_turn(
@@ -173,6 +177,7 @@ async def start_turn(
         request.history,
         session_header=request.session_header,
         conversation_header=request.conversation_header,
+        project=request.project,
     )
     options = RunOptions(
         model=request.cli_model,
@@ -187,10 +192,18 @@ async def start_turn(
             target=target,
             caller=caller,
             attachments=request.history.attachments,
+            project=request.project,
         )
     )
     log.info("run %s: chat turn (%s) from %s", run.id, run.placed_by, run.forked_from or "-")
-    turn = Turn(run, request.history, caller.id, fingerprints, ReplyReader(settings.openai_tools))
+    turn = Turn(
+        run,
+        request.history,
+        caller.id,
+        fingerprints,
+        ReplyReader(settings.openai_tools),
+        project=request.project,
+    )
     try:
         await turn.wait_for_session()
     except BaseException:

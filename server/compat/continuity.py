@@ -111,15 +111,16 @@ def normalize(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
-def fingerprint(messages: Sequence[TextMessage]) -> str:
+def fingerprint(messages: Sequence[TextMessage], project: str | None = None) -> str:
     """sha256 of the canonical JSON of ``[[role, text], ...]`` (see the module docstring);
     a message with attachments is ``[role, text, [digest, ...]]``, so text-only
-    conversations keep the fingerprints they had before attachments were accepted."""
-    canonical = json.dumps(
-        [_FINGERPRINT_VERSION, [_canonical(m) for m in messages]],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    conversations keep the fingerprints they had before attachments were accepted. A turn on
+    a project (a ``<model>@<project>`` model id) has the project's name in it too: the same
+    messages on another project, or on none, continue nothing of this one's."""
+    scoped: list[object] = [_FINGERPRINT_VERSION, [_canonical(m) for m in messages]]
+    if project is not None:
+        scoped.append(["project", project])
+    canonical = json.dumps(scoped, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -172,7 +173,11 @@ def _session_header(value: str) -> str:
 
 
 def chat_turn(
-    history: ChatHistory, *, session_header: str | None, conversation_header: str | None
+    history: ChatHistory,
+    *,
+    session_header: str | None,
+    conversation_header: str | None,
+    project: str | None = None,
 ) -> ChatTurn:
     """How this request names its conversation, for the engine's planner (which applies
     the rules of the module docstring, in that order)."""
@@ -183,7 +188,7 @@ def chat_turn(
             raise InvalidRequest(f"{CONVERSATION_HEADER} must be 1 to 256 characters")
     return ChatTurn(
         new_session_prompt=context_prompt(history.earlier, history.latest),
-        history_fingerprint=fingerprint(history.earlier) if history.earlier else None,
+        history_fingerprint=fingerprint(history.earlier, project) if history.earlier else None,
         conversation_key=key,
         claude_session_id=_session_header(session_header) if session_header else None,
     )
@@ -197,13 +202,14 @@ async def remember_turn(
     reply: str,
     workspace_id: str,
     claude_session_id: str,
+    project: str | None = None,
 ) -> None:
     """After a successful turn: the conversation including ``reply`` now ends at
     ``claude_session_id``."""
     messages = (*history.messages, TextMessage("assistant", reply))
     await fingerprints.remember(
         api_key_id,
-        fingerprint(messages),
+        fingerprint(messages, project),
         workspace_id=workspace_id,
         claude_session_id=claude_session_id,
     )

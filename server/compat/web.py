@@ -28,11 +28,12 @@ from server.compat.chat import (
     wait_unless_disconnected,
 )
 from server.compat.continuity import CONVERSATION_HEADER, SESSION_HEADER, ChatHistory
-from server.config import Settings
+from server.compat.openai.schemas import resolve_model
+from server.config import PROJECT_NAME, Settings
 from server.engine.callers import Caller
 from server.engine.manager import RunManager
 from server.engine.runtime import Runtime
-from server.errors import Refused, RunFailed
+from server.errors import NotFound, Refused, RunFailed
 
 
 class ChatOperation(AlsoStreamed):
@@ -74,10 +75,38 @@ ConversationHeader = Annotated[
 /schema documents them (and fuzzers send them) like any other input."""
 
 
+def model_and_project(
+    name: str, settings: Settings, runtime: Runtime, caller: Caller
+) -> tuple[str | None, str | None]:
+    """The CLI ``--model`` value and the project of a public model id: ``<id>`` runs on no
+    project, ``<id>@<project>`` on that project (one the caller may use; else, like any
+    unknown model id, 404)."""
+    if name in settings.models or "@" not in name:
+        return resolve_model(name, settings.models), None
+    model_id, _, project = name.rpartition("@")
+    if model_id in settings.models and PROJECT_NAME.fullmatch(project):
+        try:
+            runtime.projects().find(project, caller)
+        except NotFound:
+            pass
+        else:
+            return settings.models[model_id], project
+    return resolve_model(name, settings.models), None  # raises: 404 model_not_found
+
+
+def model_ids(settings: Settings, runtime: Runtime, caller: Caller) -> list[str]:
+    """Every public model id the caller may ask for: each configured id, then each with
+    ``@<project>`` for every project the caller may use."""
+    projects = [project.name for project in runtime.projects().visible(caller)]
+    ids = list(settings.models)
+    return ids + [f"{model_id}@{name}" for name in projects for model_id in settings.models]
+
+
 async def begin_turn(
     history: ChatHistory,
     cli_model: str | None,
     *,
+    project: str | None = None,
     effort: str | None = None,
     session_header: str | None,
     conversation_header: str | None,
@@ -93,6 +122,7 @@ async def begin_turn(
         effort=effort,
         session_header=session_header,
         conversation_header=conversation_header,
+        project=project,
     )
     return await start_turn(
         turn_request,

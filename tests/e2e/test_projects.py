@@ -460,3 +460,53 @@ def test_push_to_a_bare_remote_where_allowed_and_403_where_not(
     assert git(remote, "rev-parse", branch).strip() == pushed.json()["commit"]
     assert refused.status_code == 403, refused.text
     assert "push" in refused.json()["error"]
+
+
+def test_a_model_id_at_a_project_runs_on_it_and_continuity_stays_in_the_project(
+    relay_factory: RelayFactory,
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+    repo: Path,
+    tmp_path: Path,
+) -> None:
+    other = make_repo(tmp_path / "other", {"a.txt": "a\n"})
+    keys = write_keys_file(
+        tmp_path / "keys.toml",
+        [{"name": "alice", "key": "alice-key-1", "policy": {"projects": ["app"]}}],
+    )
+    relay = as_key(
+        relay_factory(
+            claude_bin=real_cli,
+            env={
+                **real_cli_env(fake_api),
+                "CLAUDE_RELAY_PROJECTS": f"app={repo},other={other}",
+                "CLAUDE_RELAY_KEYS_FILE": str(keys),
+            },
+        ),
+        "alice-key-1",
+    )
+    with relay.client() as client:
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert "claude-code@app" in ids and "claude-code-sonnet@app" in ids
+        assert not any(i.endswith("@other") for i in ids)
+
+        def ask(model: str, messages: list[dict[str, str]]) -> Any:
+            return client.post("/v1/chat/completions", json={"model": model, "messages": messages})
+
+        first = ask("claude-code@app", [{"role": "user", "content": "hello"}])
+        assert first.status_code == 200, first.text
+        reply = first.json()["choices"][0]["message"]["content"]
+        history = [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "again"},
+        ]
+        # The same conversation without the project continues nothing of the project's.
+        plain = ask("claude-code", history)
+        assert plain.status_code == 200, plain.text
+        on_app = ask("claude-code@app", history)
+        assert on_app.status_code == 200, on_app.text
+        sessions = client.get("/api/sessions").json()["sessions"]
+        assert ask("claude-code@other", history).status_code == 404
+    by_project = sorted((s["project"] or "", s["runs"]) for s in sessions)
+    assert by_project == [("", 1), ("app", 2)]

@@ -1195,3 +1195,42 @@ async def test_files_a_run_changed_are_listed_with_download_links(
     # Nothing changed: no list.
     quiet = await ui.run("[[say:nothing to do]] hi", chat_id=chat())
     assert "Files changed" not in quiet.content
+
+
+# -- projects -------------------------------------------------------------------------------------
+
+
+async def test_the_project_valve_starts_the_chat_on_the_project_and_the_chat_keeps_it(
+    owui, relay_factory, real_cli: Path, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    """Real CLI: a chat with the PROJECT valve works in a clone of the project; a later turn
+    with another PROJECT stays on the first; an answer that changed files ends with the
+    branch's diff stat and how to publish."""
+    from tests.e2e.test_projects import make_repo
+
+    app = make_repo(tmp_path / "app", {"README.md": "old\n"})
+    other = make_repo(tmp_path / "other", {"README.md": "other\n"})
+    relay = relay_factory(
+        claude_bin=real_cli,
+        env={**real_cli_env(fake_api), "CLAUDE_RELAY_PROJECTS": f"app={app},other={other}"},
+    )
+    ui = OpenWebUI(owui, relay.url, PERMISSION_MODE="acceptEdits")
+    chat_id = chat()
+    write = '[[tool:Write:{"file_path": "README.md", "content": "new\\n"}]]'
+    first = await ui.run(write, chat_id=chat_id, user_valves={"PROJECT": "app"})
+    assert "branch `relay/" in first.content, first.content
+    assert "`README.md` (+1 -1)" in first.content
+    assert "/publish" in first.content
+    with relay.client() as client:
+        (session,) = client.get("/api/sessions").json()["sessions"]
+    assert session["project"] == "app"
+    history = [
+        {"role": "user", "content": write},
+        {"role": "assistant", "content": first.content},
+        {"role": "user", "content": "and now?"},
+    ]
+    await ui.run(history, chat_id=chat_id, user_valves={"PROJECT": "other"})
+    with relay.client() as client:
+        sessions = client.get("/api/sessions").json()["sessions"]
+    assert [s["project"] for s in sessions] == ["app"]
+    assert (app / "README.md").read_text() == "old\n"

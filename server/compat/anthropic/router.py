@@ -21,12 +21,12 @@ from server.compat.chat import (
     StreamShape,
 )
 from server.compat.media import MediaRules
-from server.compat.openai.schemas import resolve_model
 from server.compat.web import (
     ChatOperation,
     ConversationHeader,
     SessionHeader,
     begin_turn,
+    model_and_project,
     streamed_answer,
     whole_answer,
 )
@@ -75,11 +75,13 @@ async def create_message(
     session_header: SessionHeader = None,
     conversation_header: ConversationHeader = None,
 ) -> ASGIApp:
+    cli_model, project = model_and_project(data.model, settings, runtime, caller)
     turn = await begin_turn(
         schemas.parse_messages(
             data.messages, schemas.parse_system(data.system), MediaRules.of(settings)
         ),
-        resolve_model(data.model, settings.models),
+        cli_model,
+        project=project,
         session_header=session_header,
         conversation_header=conversation_header,
         settings=settings,

@@ -27,6 +27,8 @@ from server.compat.web import (
     ConversationHeader,
     SessionHeader,
     begin_turn,
+    model_and_project,
+    model_ids,
     streamed_answer,
     whole_answer,
 )
@@ -48,8 +50,10 @@ accepted and ignored. With `stream: true` the answer is Server-Sent Events of
     summary="List the model ids (OpenAI shape)",
     responses=documented_errors(schemas.ErrorBody, 401),
 )
-async def list_models(settings: SettingsDep) -> schemas.ModelList:
-    return schemas.model_list(settings.models)
+async def list_models(
+    settings: SettingsDep, runtime: RuntimeDep, caller: CallerDep
+) -> schemas.ModelList:
+    return schemas.model_list(model_ids(settings, runtime, caller))
 
 
 @get(
@@ -57,8 +61,10 @@ async def list_models(settings: SettingsDep) -> schemas.ModelList:
     summary="One model id (OpenAI shape)",
     responses=documented_errors(schemas.ErrorBody, 400, 401, 404),
 )
-async def get_model(model_id: FromPath[str], settings: SettingsDep) -> schemas.Model:
-    if model_id not in settings.models:
+async def get_model(
+    model_id: FromPath[str], settings: SettingsDep, runtime: RuntimeDep, caller: CallerDep
+) -> schemas.Model:
+    if model_id not in model_ids(settings, runtime, caller):
         raise ModelNotFound(f"the model `{model_id}` does not exist")
     return schemas.Model(id=model_id, display_name=model_id)
 
@@ -123,9 +129,11 @@ async def chat_completions(
     session_header: SessionHeader = None,
     conversation_header: ConversationHeader = None,
 ) -> ASGIApp:
+    cli_model, project = model_and_project(data.model, settings, runtime, caller)
     turn = await begin_turn(
         schemas.parse_messages(data.messages, MediaRules.of(settings)),
-        schemas.resolve_model(data.model, settings.models),
+        cli_model,
+        project=project,
         effort=schemas.effort_of(data.reasoning_effort),
         session_header=session_header,
         conversation_header=conversation_header,

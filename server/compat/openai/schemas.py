@@ -22,7 +22,7 @@ messages, ``tool`` / ``function`` messages, assistant ``tool_calls``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -110,7 +110,7 @@ class ModelList(msgspec.Struct):
     last_id: str | None = None
 
 
-def model_list(models: Mapping[str, str | None]) -> ModelList:
+def model_list(models: Iterable[str]) -> ModelList:
     """``GET /v1/models``."""
     ids = list(models)
     return ModelList(

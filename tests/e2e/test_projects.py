@@ -510,3 +510,167 @@ def test_a_model_id_at_a_project_runs_on_it_and_continuity_stays_in_the_project(
         assert ask("claude-code@other", history).status_code == 404
     by_project = sorted((s["project"] or "", s["runs"]) for s in sessions)
     assert by_project == [("", 1), ("app", 2)]
+
+
+def test_publish_is_409_while_a_run_goes_or_another_publish_holds_the_project(
+    project_relay: Relay, repo: Path
+) -> None:
+    import sqlite3
+    import time
+
+    from tests.support import open_stream
+
+    session = write(project_relay, None, "a.txt", "a\n", project="app")
+    going = open_stream(
+        project_relay, {"prompt": "[[slow:20:0.5]] take your time", "session_id": session}
+    )
+    going.wait_started()
+    with project_relay.client() as client:
+        busy = client.post(f"/api/sessions/{session}/publish", json={})
+    assert busy.status_code == 409, busy.text
+    assert "running" in busy.json()["error"]
+    with project_relay.client() as client:
+        client.post(f"/api/runs/{going.run_id}/cancel")
+    going.result()
+    # Another relay's publish (a row of the shared database) holds the project.
+    with sqlite3.connect(project_relay.database) as db:
+        db.execute(
+            "INSERT INTO project_locks (project, holder, owner, until) VALUES (?, ?, ?, ?)",
+            ("app", "x" * 36, "elsewhere:1", time.time() + 600),
+        )
+    with project_relay.client() as client:
+        held = client.post(f"/api/sessions/{session}/publish", json={})
+    assert held.status_code == 409, held.text
+    assert "another publish" in held.json()["error"]
+    assert "relay/" not in git(repo, "for-each-ref")
+
+
+def test_git_config_a_session_plants_runs_nothing_on_the_host(
+    relay_factory: RelayFactory,
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+    repo: Path,
+    tmp_path: Path,
+) -> None:
+    """Unsandboxed, so that only the relay's own git handling stands between a clone's
+    .git/config and the host."""
+    marker = tmp_path / "ran"
+    relay = relay_factory(
+        claude_bin=real_cli,
+        env={
+            **real_cli_env(fake_api),
+            "CLAUDE_RELAY_PROJECTS": f"app={repo}",
+            "CLAUDE_RELAY_SANDBOX": "off",
+        },
+    )
+    session = write(relay, None, "src/main.py", "print('changed')\n", project="app")
+    with relay.client() as client:
+        clone = Path(client.get(f"/api/sessions/{session}").json()["workspace"])
+    with (clone / ".git" / "config").open("a") as config:
+        config.write(
+            f"[core]\n\tfsmonitor = touch {marker}\n\thooksPath = {tmp_path}/hooks\n"
+            f'[filter "evil"]\n\tclean = touch {marker}\n\tsmudge = touch {marker}\n'
+            f"[diff]\n\texternal = touch {marker}\n"
+        )
+    (clone / ".gitattributes").write_text("* filter=evil diff=evil\n")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    for name in ("pre-commit", "post-commit", "reference-transaction"):
+        (hooks / name).write_text(f"#!/bin/sh\ntouch {marker}\n")
+        (hooks / name).chmod(0o755)
+    with relay.client() as client:
+        assert client.get(f"/api/sessions/{session}/diff").status_code == 200
+        assert (
+            client.get(f"/api/sessions/{session}/diff", params={"stat": "true"}).status_code == 200
+        )
+        published = client.post(f"/api/sessions/{session}/publish", json={})
+    assert published.status_code == 200, published.text
+    assert not marker.exists()
+
+
+def test_a_repository_hook_does_not_run_when_a_session_is_made(
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    marker = tmp_path / "hook-ran"
+    repo = make_repo(tmp_path / "app", {"a.txt": "a\n"})
+    hooks = repo / ".husky"
+    hooks.mkdir()
+    for name in ("post-checkout", "post-merge", "reference-transaction", "pre-commit"):
+        (hooks / name).write_text(f"#!/bin/sh\ntouch {marker}\n")
+        (hooks / name).chmod(0o755)
+    git(repo, "config", "core.hooksPath", ".husky")
+    relay = relay_factory(
+        claude_bin=real_cli,
+        env={**real_cli_env(fake_api), "CLAUDE_RELAY_PROJECTS": f"app={repo}"},
+    )
+    with relay.client() as client:
+        made = client.post("/api/sessions", json={"project": "app"})
+    assert made.status_code == 201, made.text
+    assert made.json()["project"] == "app" and made.json()["branch"].startswith("relay/")
+    assert not marker.exists()
+    again = relay.run({"prompt": "hi", "session_id": made.json()["session_id"], "ref": "main"})
+    assert again.status == 400, again.body
+    assert "`ref` is only for a new session" in again.body.decode()
+
+
+def test_setup_runs_in_the_new_sessions_clone_and_its_failure_leaves_nothing(
+    relay_factory: RelayFactory,
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+    repo: Path,
+    tmp_path: Path,
+) -> None:
+    keys = keys_with_projects(
+        tmp_path / "keys.toml",
+        {
+            "app": {"path": str(repo), "setup": "git rev-parse HEAD > .setup-done"},
+            "broken": {"path": str(repo), "setup": "echo no deps here >&2; exit 3"},
+        },
+        "op-key-123",
+    )
+    relay = as_key(
+        relay_factory(
+            claude_bin=real_cli,
+            env={**real_cli_env(fake_api), "CLAUDE_RELAY_KEYS_FILE": str(keys)},
+        ),
+        "op-key-123",
+    )
+    with relay.client() as client:
+        made = client.post("/api/sessions", json={"project": "app"})
+        assert made.status_code == 201, made.text
+        shown = client.get(f"/api/sessions/{made.json()['session_id']}").json()
+        assert (Path(shown["workspace"]) / ".setup-done").read_text().strip() == git(
+            repo, "rev-parse", "main"
+        ).strip()
+        failed = client.post("/api/sessions", json={"project": "broken"})
+        assert failed.status_code == 500, failed.text
+        assert "exited with 3" in failed.json()["error"]
+        assert "no deps here" in failed.json()["error"]
+        assert len(client.get("/api/sessions").json()["sessions"]) == 1
+    left = [p.name for p in relay.workspaces.iterdir() if not p.name.startswith(".")]
+    assert left == [Path(shown["workspace"]).name]
+
+
+def test_a_project_session_never_takes_a_pooled_process_and_stays_live(
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI, repo: Path
+) -> None:
+    from tests.support import wait_until
+
+    relay = relay_factory(
+        claude_bin=real_cli,
+        env={
+            **real_cli_env(fake_api),
+            "CLAUDE_RELAY_PROJECTS": f"app={repo}",
+            "CLAUDE_RELAY_WARM_POOL": "1",
+            "CLAUDE_RELAY_LIVE_IDLE_SECONDS": "600",
+        },
+    )
+    with relay.client() as client:
+        assert wait_until(lambda: client.get("/health").json()["runs"]["pooled"] == 1, 60)
+    first = relay.run({"prompt": tool("Read", file_path="README.md"), "project": "app"})
+    assert first.status == 200, first.body
+    second = relay.run({"prompt": "and now", "session_id": first.session_id})
+    assert second.status == 200, second.body
+    kinds = [run["process"] for run in relay.session_runs(first.session_id)]
+    assert kinds == ["cold", "live"]
+    assert "the readme" in json.dumps(first.payloads)

@@ -7,8 +7,8 @@ the CLI starts under ``bwrap`` (Debian's ``bubblewrap``), with, in this order:
 
 * the whole system read-only (``--ro-bind / /``), a fresh ``/dev``, a ``/proc`` of its own pid
   namespace (``--unshare-pid``: the relay and other runs are not there), a private ``/tmp``;
-* an empty tmpfs over the relay user's home (its git credentials, ssh keys, shell history),
-  before the extras, so that an extra inside it is shown again;
+* an empty read-only tmpfs over the relay user's home (its git credentials, ssh keys, shell
+  history), before the extras, so that an extra inside it is shown again;
 * the operator's extra read-only and read-write paths (``CLAUDE_RELAY_SANDBOX_RO``/``_RW``);
 * empty tmpfs over what belongs to the relay: the workspaces root (and with it every
   session's CLI config directory), the database's directory, the operator's CLI config
@@ -200,7 +200,8 @@ class Sandbox:
         if self.egid is not None:
             argv += ["--cap-add", "CAP_SETGID"]
         if self.home is not None:
-            argv += ["--tmpfs", str(self.home)]
+            # Read-only (0555: no capability lets a tool write it): as it was under `/`.
+            argv += ["--perms", "0555", "--tmpfs", str(self.home)]
         for path in self.read_only:
             argv += ["--ro-bind", str(path), str(path)]
         for path in self.read_write:

@@ -688,9 +688,9 @@ class SessionDiffOut(msgspec.Struct, omit_defaults=True):
     default_branch: str | None
     """The project's default branch now (what ``ahead``/``behind`` count against)."""
     ahead: int
-    """Commits the session made since its base."""
+    """Commits the session has that the default branch lacks (its own, since its base)."""
     behind: int
-    """Commits the default branch got since the session's base."""
+    """Commits the default branch has that the session lacks (those since its base)."""
     diff: str | None = None
     """A unified diff (the default), or the session's commits as ``git format-patch``
     mails (``?format=patch``)."""

@@ -28,6 +28,7 @@ from server.engine.callers import Caller
 from server.engine.launcher import Launch, Launcher
 from server.engine.projects import Project, check_publish
 from server.engine.runtime import Runtime
+from server.engine.session_git import object_store, session_branch
 from server.errors import Conflict, InvalidRequest, RunFailed
 from server.git import clones, include, review
 from server.git.refs import check_branch_name
@@ -38,17 +39,8 @@ from server.storage.session_store import ProjectBinding, SessionRecord
 
 log = logging.getLogger(__name__)
 
-OBJECT_STORES = ".git-objects"
-"""Under the workspaces root: one bare object store per project (``<name>.git``). Workspaces
-are found by their UUID names only, so it can never be taken for one."""
 SETUP_OUTPUT_TAIL = 2000
 """What a failed setup command's message quotes of its output, at most (its end)."""
-SESSION_BRANCH_PREFIX = "relay/"
-
-
-def session_branch(claude_session_id: str) -> str:
-    """``relay/<first 12 hex digits of the session id>``: the clone's own branch."""
-    return SESSION_BRANCH_PREFIX + claude_session_id.replace("-", "")[:12]
 
 
 def identity_of(claude_session_id: str) -> tuple[str, str]:
@@ -91,7 +83,9 @@ class ProjectSessions:
         self.launcher = launcher
 
     def objects_of(self, project_name: str) -> Path:
-        return self.runtime.workspaces.root / OBJECT_STORES / f"{project_name}.git"
+        """The project's object store under the workspaces root (``session_git``'s place:
+        workspaces are found by their UUID names only, so it is never taken for one)."""
+        return object_store(self.runtime.workspaces.root, project_name)
 
     def hidden(self) -> tuple[Path, ...]:
         """What no run may see: every registered project's working tree, as registered now."""
@@ -189,9 +183,10 @@ class Standing:
 
     default_branch: str | None
     ahead: int
-    """The session's commits since its base (what it has that the base lacks)."""
+    """Commits the session has that the default branch lacks (its own, and any of its base
+    the branch no longer has)."""
     behind: int
-    """The default branch's commits since the session's base (what the session lacks)."""
+    """Commits the default branch has that the session lacks (those since its base)."""
 
 
 @dataclass(frozen=True)
@@ -253,9 +248,13 @@ class SessionWork:
         repo = open_repository(project)
         branch = project.default_branch or await repo.default_branch()
         head = await repo.head_of(branch) if branch else None
-        behind = (await repo.ahead_behind(head, base))[0] if head else 0
-        ahead = await review.commits_since(workspace, base, confine=confine)
-        return Standing(branch, ahead, behind)
+        own = await review.commits_since(workspace, base, confine=confine)
+        if head is None:
+            return Standing(branch, own, 0)
+        # The session's history is the base's plus its own commits (none of which the
+        # project has): counted where each lives, as session_git.ahead_behind does.
+        base_ahead, behind = await repo.ahead_behind(base, head)
+        return Standing(branch, own + base_ahead, behind)
 
     async def publish(
         self,

@@ -112,6 +112,11 @@ def test_a_session_reads_and_edits_its_own_clone_and_the_operator_checkout_stays
     assert found["base_commit"] == git(repo, "rev-parse", "main").strip()
     workspace = Path(found["workspace"])
     assert (workspace / "src/main.py").read_text() == "print('changed')\n"
+    with project_relay.client() as client:  # the file API works on the clone as on any workspace
+        listed = client.get(f"/api/sessions/{session}/files").json()["files"]
+        got = client.get(f"/api/sessions/{session}/files/src/main.py")
+    assert {"README.md", "src/main.py"} <= {f["path"] for f in listed}
+    assert got.text == "print('changed')\n"
     assert (repo / "src/main.py").read_text() == "print('hello')\n"
     assert fingerprint(repo) == before
 

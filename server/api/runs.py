@@ -27,9 +27,10 @@ from server.api.schemas import (
 )
 from server.api.session_lookup import find_run
 from server.api.sse import encoded, sse_response
+from server.claude.options import RunOptions
 from server.engine import audit
-from server.engine.approvals import Answer, Behavior, Permission
-from server.engine.callers import Caller, check_approval
+from server.engine.approvals import Answer, Behavior, Permission, answered_input, check_plan_mode
+from server.engine.callers import Caller, check_approval, check_options
 from server.engine.manager import RunManager
 from server.engine.replay import follow_run
 from server.engine.run import Run, StopReason
@@ -226,10 +227,14 @@ async def list_permissions(
 @post(
     "/{run_id:str}/permissions/{request_id:str}",
     status_code=200,
-    summary="Allow or deny one tool permission request",
+    summary="Allow or deny one tool permission request, answer a question, approve a plan",
     description="404 for an unknown request, 409 for one already answered, denied by the "
-    "timeout, or withdrawn by the CLI.",
-    responses=ERRORS,
+    "timeout, or withdrawn by the CLI. An `AskUserQuestion` is answered with `answers` "
+    "(question text → label, or labels for a multi-select question; implies allow): an "
+    "unknown question or label is a 400. A plan (`ExitPlanMode`) is approved with `behavior: "
+    "allow` and optionally `mode`, checked like a run's `permission_mode` (403 for a mode "
+    "the relay or the key's policy refuses).",
+    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 503, 507),
 )
 async def answer_permission(
     run_id: FromPath[str],
@@ -237,14 +242,14 @@ async def answer_permission(
     data: JSONBody[PermissionAnswer],
     runtime: RuntimeDep,
     manager: ManagerDep,
+    settings: SettingsDep,
     caller: CallerDep,
 ) -> PermissionOut:
     run = await asking_run(run_id, runtime, manager, caller)
-    answer = Answer(Behavior(data.behavior), data.message, data.updated_input, by="client")
-    if answer.behavior is Behavior.ALLOW:
-        asked = next((p for p in run.approvals.pending() if p.request_id == request_id), None)
-        if asked is not None:
-            check_approval(caller, asked.tool_name)
+    asked = next((p for p in run.approvals.pending() if p.request_id == request_id), None)
+    answer = _answer_of(data, asked, caller, settings.allow_dangerous)
+    if answer.behavior is Behavior.ALLOW and asked is not None:
+        check_approval(caller, asked.tool_name)
     answered = permission_out(await run.answer(request_id, answer))
     await audit.record(
         runtime.audit,
@@ -256,6 +261,30 @@ async def answer_permission(
         tool_name=answered.tool_name,
     )
     return answered
+
+
+def _answer_of(
+    data: PermissionAnswer, asked: Permission | None, caller: Caller, allow_dangerous: bool
+) -> Answer:
+    """The answer to send, checked against the request it answers (when it still waits:
+    otherwise answering it is a 404 or 409 anyway)."""
+    if data.behavior is None and data.answers is None:
+        raise InvalidRequest("`behavior` is required (or `answers`, for a question)")
+    behavior = Behavior(data.behavior or "allow")
+    updated = data.updated_input
+    if data.answers is not None:
+        if behavior is not Behavior.ALLOW:
+            raise InvalidRequest("`answers` answer a question: they go with `behavior: allow`")
+        if updated is not None:
+            raise InvalidRequest("send `answers` or `updated_input`, not both")
+        if asked is not None:
+            updated = answered_input(asked, data.answers)
+    if data.mode is not None:
+        if asked is not None:
+            check_plan_mode(asked, behavior)
+        options = RunOptions(permission_mode=data.mode).check(allow_dangerous=allow_dangerous)
+        check_options(caller, options)
+    return Answer(behavior, data.message, updated, by="client", mode=data.mode)
 
 
 router = Router(

@@ -17,6 +17,7 @@ import msgspec
 
 from server.api.openapi import UUID_PATTERN, above_zero
 from server.claude.options import EFFORT_LEVELS, PERMISSION_MODES, RunOptions
+from server.engine import activity
 from server.engine.attachments import (
     IMAGE_TYPES,
     MAX_COUNT,
@@ -30,6 +31,7 @@ from server.engine.workspaces import Workspaces
 from server.storage.audit_store import AuditRecord
 from server.storage.catalog import SessionSummary
 from server.storage.run_store import RunRecord
+from server.storage.session_store import SessionRecord
 
 PermissionMode = Literal["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"]
 Effort = Literal["low", "medium", "high", "xhigh", "max"]
@@ -198,6 +200,131 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
+class ToolInFlight(msgspec.Struct):
+    """A tool call the CLI started whose result has not come back."""
+
+    id: str
+    """Its ``tool_use`` id."""
+    name: str
+
+
+class WaitingOut(msgspec.Struct):
+    """A permission request that waits for an answer (``POST /api/runs/{run_id}/permissions/
+    {request_id}`` answers it)."""
+
+    request_id: str
+    tool_name: str | None
+    input: dict[str, Any]
+    requested_at: str | None
+
+
+class _Activity(msgspec.Struct, kw_only=True, tag_field="kind"):
+    run_id: str | None = None
+    """The run whose event changed it (null: the session never ran)."""
+    seq: int | None = None
+    """That event's number (0: the run's start, before its first event)."""
+    at: str | None = None
+    """When it changed."""
+
+
+class Working(_Activity, tag="working"):
+    """The CLI is busy."""
+
+    tools: list[ToolInFlight] = []
+    """Tool calls in flight, oldest first."""
+    retrying: dict[str, Any] | None = None
+    """While the CLI retries the API: its last ``system/api_retry`` line (``attempt``,
+    ``max_retries``, ``retry_delay_ms``, ``error_status``, ``error``), without type and ids."""
+
+
+class AwaitingApproval(_Activity, tag="awaiting_approval"):
+    """Permission requests wait for an answer."""
+
+    pending: list[WaitingOut]
+    """Every waiting request, oldest first."""
+    tools: list[ToolInFlight] = []
+
+
+class AwaitingAnswer(_Activity, tag="awaiting_answer"):
+    """The oldest waiting request is an ``AskUserQuestion``: answer it with ``answers``."""
+
+    request_id: str
+    questions: list[dict[str, Any]]
+    """As the model asked them: ``question``, ``header``, ``options`` (``label``,
+    ``description``), ``multiSelect``."""
+    pending: list[WaitingOut]
+    tools: list[ToolInFlight] = []
+
+
+class PlanReady(_Activity, tag="plan_ready"):
+    """The oldest waiting request is an ``ExitPlanMode``: approve the plan (optionally with
+    the ``mode`` to go on in) or deny it."""
+
+    request_id: str
+    plan: str | None
+    """The plan the model wrote (null if it wrote no plan file)."""
+    pending: list[WaitingOut]
+    plan_file_path: str | None = None
+    tools: list[ToolInFlight] = []
+
+
+class Idle(_Activity, tag="idle"):
+    """No run holds the session."""
+
+    live: bool = False
+    """A warm CLI process holds it: its next turn starts at once."""
+
+
+FailedReason = Literal[
+    "cancelled",
+    "client_disconnected",
+    "idle_timeout",
+    "total_timeout",
+    "shutdown",
+    "line_too_long",
+    "storage",
+    "no_result",
+    "credentials",
+    "api_error",
+    "max_turns",
+    "max_budget",
+    "execution_error",
+    "exit_code",
+    "error",
+    "relay_lost",
+]
+
+
+class Failed(_Activity, tag="failed"):
+    """The last run failed (the README's table maps each run end to its ``reason``)."""
+
+    reason: FailedReason
+    message: str | None = None
+    """The relay's error, or the CLI's result text."""
+    exit_code: int | None = None
+    result_subtype: str | None = None
+    terminal_reason: str | None = None
+    api_error_status: int | None = None
+
+
+Activity = Working | AwaitingApproval | AwaitingAnswer | PlanReady | Idle | Failed
+ActivityKind = Literal[
+    "working", "awaiting_approval", "awaiting_answer", "plan_ready", "idle", "failed"
+]
+assert ActivityKind.__args__ == activity.KINDS  # type: ignore[attr-defined]
+
+
+def activity_out(record: SessionRecord) -> Activity:
+    """The session's activity as stored, with the event that set it."""
+    stored = msgspec.json.decode(record.activity) if record.activity else None
+    shown = activity.shown(stored, running=record.active_run_id is not None, live=record.live)
+    if stored is not None:
+        shown.update(run_id=record.activity_run_id, seq=record.activity_seq)
+        shown["at"] = iso(record.activity_at)
+    converted: Activity = msgspec.convert(shown, Activity)
+    return converted
+
+
 class SessionOut(msgspec.Struct):
     """A session: its ids, workspace, title, use and state."""
 
@@ -229,6 +356,8 @@ class SessionOut(msgspec.Struct):
     """Its clone's own branch, ``relay/<12 hex>``."""
     published_branch: str | None = None
     """The project branch its last publish set."""
+    activity: Activity = msgspec.field(default_factory=Idle)
+    """What it is doing: its ``kind`` tells which of the shapes it has."""
 
 
 def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
@@ -251,6 +380,7 @@ def session_out(summary: SessionSummary, workspaces: Workspaces) -> SessionOut:
         base_commit=record.base_commit,
         branch=record.branch,
         published_branch=record.published_branch,
+        activity=activity_out(record),
     )
 
 
@@ -494,14 +624,33 @@ class PermissionList(msgspec.Struct):
     permissions: list[PermissionOut]
 
 
-class PermissionAnswer(msgspec.Struct, forbid_unknown_fields=True):
-    """A client's decision about one permission request."""
+QuestionText = Annotated[str, msgspec.Meta(max_length=10_000)]
+Label = Annotated[str, msgspec.Meta(max_length=10_000)]
 
-    behavior: Literal["allow", "deny"]
+
+class PermissionAnswer(msgspec.Struct, forbid_unknown_fields=True):
+    """A client's decision about one permission request; an ``AskUserQuestion`` is answered
+    with ``answers`` (which implies allow), a plan (``ExitPlanMode``) approved with an optional
+    ``mode``."""
+
+    behavior: Literal["allow", "deny"] | None = None
+    """Required unless ``answers`` is given."""
     message: Annotated[str, msgspec.Meta(max_length=10_000)] | None = None
     """For a deny: what the model is told (it reads it as the tool's error)."""
     updated_input: dict[str, Any] | None = None
     """For an allow: run the tool with this input instead of the one it asked for."""
+    answers: (
+        Annotated[
+            dict[QuestionText, Label | Annotated[list[Label], msgspec.Meta(min_length=1)]],
+            msgspec.Meta(min_length=1),
+        ]
+        | None
+    ) = None
+    """For an ``AskUserQuestion``: question text → the chosen option's label (a list of
+    labels for a ``multiSelect`` question). Checked against what was asked."""
+    mode: PermissionMode | None = None
+    """For an approved plan: the permission mode to go on in (``acceptEdits``, …), checked
+    like a run's ``permission_mode``; sent to the CLI as a session-scoped mode change."""
 
 
 class ErrorBody(msgspec.Struct):

@@ -18,6 +18,7 @@ from server.api.errors import documented_errors
 from server.api.files import FormUpload, receive_form, write_caps
 from server.api.pagination import CURSOR_PATTERN, MAX_CURSOR_CHARS, decode_cursor, encode_cursor
 from server.api.schemas import (
+    ActivityKind,
     Deleted,
     ErrorBody,
     LastAnswer,
@@ -59,6 +60,12 @@ Cursor = Annotated[
 ]
 
 
+ActivityFilter = Annotated[
+    ActivityKind | None,
+    QueryParameter(description="Only sessions whose `activity.kind` is this."),
+]
+
+
 @get("/", summary="List sessions, newest first", responses=ERRORS)
 async def list_sessions(
     runtime: RuntimeDep,
@@ -66,12 +73,14 @@ async def list_sessions(
     limit: Limit = 50,
     cursor: Cursor = None,
     project: ProjectQuery = None,
+    activity: ActivityFilter = None,
 ) -> SessionPage:
     page = await runtime.catalog.page(
         limit=limit,
         before=decode_cursor(cursor),
         owner_key_id=None if caller.is_admin else caller.id,
         project=None if project is None else check_name(project),
+        activity_kind=activity,
     )
     last = page[-1].record if len(page) == limit else None
     return SessionPage(

@@ -6,6 +6,11 @@ question becomes a ``relay/permission_request`` event (so a client that re-attac
 like any other event) and waits here until a client answers it, the CLI withdraws it (the turn
 was interrupted), or the approval timeout denies it. Every outcome is an event too,
 ``relay/permission_resolved``, and the CLI gets exactly one answer.
+
+Two of the CLI's tools are questions to the user and exist only in this mode: an
+``AskUserQuestion`` is answered with the chosen labels (:func:`answered_input`: the original
+input plus ``answers``, checked against what was asked), an ``ExitPlanMode`` is approved or
+not, optionally with the permission mode to go on in (sent as a session-scoped ``setMode``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.claude import protocol
-from server.errors import Conflict, NotFound
+from server.engine.activity import PLAN_TOOL, QUESTION_TOOL
+from server.errors import Conflict, InvalidRequest, NotFound
 
 
 class Behavior(enum.StrEnum):
@@ -67,6 +73,8 @@ class Answer:
     message: str | None = None
     updated_input: dict[str, Any] | None = None
     by: str = "client"
+    mode: str | None = None
+    """For an approved plan: the permission mode the session goes on in."""
 
     def control_response(self, permission: Permission) -> bytes:
         """The line that tells the CLI (allow runs the tool with the original input unless
@@ -78,6 +86,10 @@ class Answer:
                 if self.updated_input is not None
                 else permission.input,
             }
+            if self.mode is not None:
+                response["updatedPermissions"] = [
+                    {"type": "setMode", "mode": self.mode, "destination": "session"}
+                ]
         else:
             response = {"behavior": "deny", "message": self.message or DENIED_MESSAGE}
         return protocol.control_success(permission.request_id, response)
@@ -117,3 +129,54 @@ class Approvals:
     def resolve(self, permission: Permission, state: State, by: str) -> None:
         permission.state = state
         permission.by = by
+
+
+Chosen = str | list[str]
+
+
+def answered_input(permission: Permission, answers: dict[str, Chosen]) -> dict[str, Any]:
+    """The input that answers an ``AskUserQuestion``: the one it asked with, plus ``answers``
+    (question text → label; several labels of a multi-select question are joined with
+    ``", "``, as the CLI's own prompt joins them). 400 for a request that is no question, an
+    unknown question or label, or several labels for a single-select question."""
+    if permission.tool_name != QUESTION_TOOL:
+        raise InvalidRequest(
+            f"`answers` answer an {QUESTION_TOOL} request; this one is for "
+            f"{permission.tool_name or 'an unnamed tool'}"
+        )
+    if not answers:
+        raise InvalidRequest("`answers` is empty: answer at least one question")
+    asked = {
+        q["question"]: q
+        for q in permission.input.get("questions") or []
+        if isinstance(q, dict) and isinstance(q.get("question"), str)
+    }
+    chosen: dict[str, str] = {}
+    for text, given in answers.items():
+        question = asked.get(text)
+        if question is None:
+            known = ", ".join(repr(q) for q in asked) or "none"
+            raise InvalidRequest(f"no question {text!r} was asked (asked: {known})")
+        labels = [given] if isinstance(given, str) else list(given)
+        if not labels:
+            raise InvalidRequest(f"no label chosen for {text!r}")
+        if len(labels) > 1 and not question.get("multiSelect"):
+            raise InvalidRequest(f"{text!r} takes one label, not {len(labels)}")
+        offered = [o.get("label") for o in question.get("options") or [] if isinstance(o, dict)]
+        for label in labels:
+            if label not in offered:
+                choices = ", ".join(repr(o) for o in offered)
+                raise InvalidRequest(f"{label!r} is not an option of {text!r} ({choices})")
+        chosen[text] = ", ".join(labels)
+    return {**permission.input, "answers": chosen}
+
+
+def check_plan_mode(permission: Permission, behavior: Behavior) -> None:
+    """A ``mode`` goes with an approved plan only (400 otherwise)."""
+    if permission.tool_name != PLAN_TOOL:
+        raise InvalidRequest(
+            f"`mode` goes with an approved {PLAN_TOOL} request; this one is for "
+            f"{permission.tool_name or 'an unnamed tool'}"
+        )
+    if behavior is not Behavior.ALLOW:
+        raise InvalidRequest("`mode` goes with `behavior: allow` only")

@@ -24,7 +24,8 @@ from pathlib import Path
 from server.claude import process
 from server.claude.command import build_argv, build_env, current_env, telemetry_env
 from server.claude.options import RunOptions, utf8_size
-from server.engine import attachments, credentials, log_context, session_config
+from server.engine import activity, attachments, credentials, log_context, session_config
+from server.engine.activity_board import ActivityBoard, ActivityChange, change, encode
 from server.engine.callers import ANONYMOUS, Caller, check_daily_budget, check_options
 from server.engine.changes import Snapshots
 from server.engine.launcher import Launcher, choose
@@ -46,7 +47,7 @@ from server.engine.runtime import Runtime
 from server.engine.session_process import SessionProcess
 from server.engine.warm_pool import WarmPool
 from server.errors import Conflict, InvalidRequest, OverBudget, TooLarge, TooManyRuns
-from server.storage.run_store import NewRun, RunOutcome, RunRecord
+from server.storage.run_store import NewRun, RunOutcome, RunRecord, RunStatus
 from server.storage.session_store import ConversationTaken, LiveClaim
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,8 @@ class RunManager:
         )
         self.metrics = runtime.metrics
         self.metrics.watch(self._load)
+        self.activity = ActivityBoard(runtime.sessions)
+        """What sessions are doing: subscribe to hear of every change (``engine/activity.py``)."""
 
     def _load(self) -> Load:
         """What ``GET /metrics`` reads of this relay's state when it is scraped."""
@@ -589,6 +592,7 @@ class RunManager:
             resumed_from=target.resume_from,
             process=process_kind,
             key_name=request.caller.name,
+            activity=(activity.WORKING, encode(activity.START)),
         )
 
     def _launch(
@@ -622,6 +626,7 @@ class RunManager:
         )
         self.runs[run_id] = run
         self.metrics.run_started(kind)
+        self.activity.announce(change(run, activity.START, 0))  # stored with the lock
         run.start(proc, target.prompt, blocks)
         log.info(
             "run %s started: session %s (%s), %s process %s",
@@ -788,6 +793,22 @@ class RunManager:
         else:
             run.release(first_seq + len(events) - 1)
 
+    def activity_changed(self, run: Run, now: dict[str, object], seq: int) -> None:
+        self.activity.changed(change(run, now, seq))
+
+    def _end_activity(self, run: Run) -> ActivityChange:
+        """What the run leaves its session doing: idle, or failed and why."""
+        result = run.result
+        left = activity.ended(
+            succeeded=run.status is RunStatus.SUCCEEDED,
+            stop_reason=str(run.stop_reason) if run.stop_reason else None,
+            result=result,
+            exit_code=run.exit_code,
+            error_message=run.error_message,
+            credentials_missing=result is not None and self._failure_hint(result) is not None,
+        )
+        return change(run, left, run.last_seq, at=run.ended_at)
+
     async def stored_events(self, run: Run, after: int) -> list[tuple[int, bytes]]:
         if not self.settings.persist_events:
             return []
@@ -874,6 +895,8 @@ class RunManager:
         claim = None
         if kept is not None:
             claim = LiveClaim(self.owner, time.time() + LIVE_LEASE_SECONDS, kept.process.marker)
+        ending = self._end_activity(run)
+        self.activity.forget(run.workspace_id, run.id)
         await self.store.finish_run(
             run.workspace_id,
             run.id,
@@ -882,7 +905,9 @@ class RunManager:
             live=claim,
             # A session made without a prompt has its conversation once the CLI named it.
             conversation_started=run.session_reported and run.placed_by == "new",
+            activity=ending.update(),
         )
+        self.activity.announce(ending)
         return kept
 
     async def _record_end_later(self, run: Run) -> None:
@@ -941,6 +966,7 @@ class RunManager:
             await self._try_record_end(run)
         if self._maintainer is not None:
             self._maintainer.cancel()
+        await _attempt(self.activity.flush(), "storing the last activity changes")
         await self.pool.stop()
         for live in [*self.live.drain(), *self._kept.values()]:
             self._close_live(live)

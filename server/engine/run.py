@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +40,7 @@ from server.claude import process, protocol
 from server.claude.lines import Line
 from server.claude.options import RunOptions
 from server.engine import changes as workspace_changes
+from server.engine.activity import PLAN_TOOL, Tracker, Waiting
 from server.engine.approvals import (
     TIMEOUT_MESSAGE,
     Answer,
@@ -59,6 +62,10 @@ from server.errors import Lagged
 from server.storage.run_store import RunStatus
 
 log = logging.getLogger(__name__)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 class StopReason(enum.StrEnum):
@@ -105,6 +112,10 @@ class RunObserver(Protocol):
     async def events_appended(self, run: Run, first_seq: int, events: list[bytes]) -> None:
         """Called for each batch of new events: store them, then :meth:`Run.release` them
         (or :meth:`Run.storage_failed`)."""
+
+    def activity_changed(self, run: Run, activity: dict[str, Any], seq: int) -> None:
+        """The session's activity changed at event ``seq`` (``engine/activity.py``); must
+        not block: the run goes on at once."""
 
     async def stored_events(self, run: Run, after: int) -> list[tuple[int, bytes]]:
         """Stored events after ``after`` (a page), for a follower the window left behind;
@@ -153,6 +164,8 @@ class Run:
     final_event: tuple[int, bytes] | None = None
     """The relay's own last event (number, data), when the run ended with one."""
     approvals: Approvals = field(default_factory=Approvals)
+    activity: Tracker = field(default_factory=Tracker)
+    """What the session is doing, from this run's lines and permission requests."""
     workspace: Path | None = None
     """Its session's workspace, when the relay records what each run changes there."""
     snapshots: workspace_changes.Snapshots | None = None
@@ -322,7 +335,14 @@ class Run:
         if self._process is not None:
             await self._process.send(answer.control_response(permission))
         self._last_output = time.monotonic()
-        await self._emit(permission_resolved(permission.request_id, str(state), answer.by))
+        if answer.mode is not None:
+            self.options = dataclasses.replace(self.options, permission_mode=answer.mode)
+        elif state is State.ALLOWED and permission.tool_name == PLAN_TOOL:
+            # An approved plan leaves plan mode (the CLI reports it too).
+            self.options = dataclasses.replace(self.options, permission_mode="default")
+        self.activity.resolved(permission.request_id)
+        seq = await self._emit(permission_resolved(permission.request_id, str(state), answer.by))
+        self._activity_changed(seq)
 
     async def _time_out(self, permission: Permission) -> None:
         timeout = self.limits.approval_timeout
@@ -331,12 +351,28 @@ class Run:
             message = TIMEOUT_MESSAGE.format(timeout=timeout)
             await self._resolve(permission, Answer(Behavior.DENY, message, by="timeout"))
 
-    async def _emit(self, event: bytes) -> None:
-        """An event of the relay's own, numbered among the CLI's lines."""
+    async def _emit(self, event: bytes) -> int:
+        """An event of the relay's own, numbered among the CLI's lines; its number (0 if it
+        is not shown: the run is stopping)."""
         if self.storage_error is not None or self.ended_at is not None:
-            return
+            return 0
         seq = self._window.append([event])
         await self.observer.events_appended(self, seq, [event])
+        return seq
+
+    def _activity_changed(self, seq: int) -> None:
+        if seq and self.ended_at is None:
+            self.observer.activity_changed(self, self.activity.current(), seq)
+
+    def _mode_reported(self, data: bytes) -> None:
+        """The CLI says its permission mode changed (an approved plan does that): the options
+        a live process is matched by follow it."""
+        try:
+            mode = msgspec.json.decode(data).get("permissionMode")
+        except (msgspec.DecodeError, AttributeError):
+            return
+        if isinstance(mode, str) and mode != (self.options.permission_mode or "default"):
+            self.options = dataclasses.replace(self.options, permission_mode=mode)
 
     def _cancel_pending(self) -> None:
         for timer in self._timers.values():
@@ -354,7 +390,13 @@ class Run:
         self._last_output = time.monotonic()
         appended: list[bytes] = []
         result_seen = False
+        changed_at = 0
+        next_seq = self._window.appended + 1
         for line in lines:
+            if self.activity.line(line.type, line.subtype, line.data):
+                changed_at = next_seq + len(appended)
+            if line.type == "system" and line.subtype == "status":
+                self._mode_reported(line.data)
             # The relay chose this run's id (--session-id, or --resume keeping it): the CLI
             # naming it confirms the session; a line naming any other id (a tool can print
             # one) is relayed as it is and changes nothing.
@@ -367,6 +409,8 @@ class Run:
                 break  # a turn ends at its result
         first_seq = self._window.append(appended)
         await self.observer.events_appended(self, first_seq, appended)
+        if changed_at:
+            self.observer.activity_changed(self, self.activity.current(), changed_at)
         if result_seen:
             self._over.set()
         else:
@@ -382,7 +426,16 @@ class Run:
     async def permission_requested(self, request_id: str, request: dict[str, Any]) -> None:
         permission = Permission.of(request_id, request)
         self.approvals.add(permission)
-        await self._emit(permission_request(request_id, request))
+        self.activity.requested(
+            Waiting(
+                request_id,
+                permission.tool_name,
+                permission.input,
+                _iso(permission.requested_at),
+            )
+        )
+        seq = await self._emit(permission_request(request_id, request))
+        self._activity_changed(seq)
         self._timers[request_id] = asyncio.create_task(
             self._time_out(permission), name=f"approval-{request_id}"
         )
@@ -396,7 +449,9 @@ class Run:
         timer = self._timers.pop(request_id, None)
         if timer is not None:
             timer.cancel()
-        await self._emit(permission_resolved(request_id, str(State.CANCELLED), "cli"))
+        self.activity.resolved(request_id)
+        seq = await self._emit(permission_resolved(request_id, str(State.CANCELLED), "cli"))
+        self._activity_changed(seq)
 
     # -- supervision ---------------------------------------------------------------------
 

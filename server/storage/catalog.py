@@ -40,15 +40,22 @@ class SessionCatalog:
         before: tuple[float, str] | None = None,
         owner_key_id: str | None = None,
         project: str | None = None,
+        activity_kind: str | None = None,
     ) -> list[SessionSummary]:
         """Newest first, by creation: a session's place never moves, so cursors are stable.
         With ``owner_key_id``, only the sessions that key made; with ``project``, only those
-        on that project."""
+        on that project; with ``activity_kind``, only those whose stored activity is of that
+        kind (never run: ``idle``)."""
         query = select(*_SUMMARY_COLUMNS)
         if owner_key_id is not None:
             query = query.where(SessionRow.owner_key_id == owner_key_id)
         if project is not None:
             query = query.where(SessionRow.project == project)
+        if activity_kind is not None:
+            matches = SessionRow.activity_kind == activity_kind
+            if activity_kind == "idle":
+                matches = matches | SessionRow.activity_kind.is_(None)
+            query = query.where(matches)
         if before is not None:
             created, workspace_id = before
             query = query.where(

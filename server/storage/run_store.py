@@ -114,6 +114,8 @@ class NewRun:
     process: str = "cold"
     key_name: str = ""
     """The name of the key that started it, for the audit log."""
+    activity: tuple[str, str] | None = None
+    """The session's activity as the run starts (kind, JSON), stored with the lock it takes."""
 
 
 def insert_statement(run: NewRun, workspace_id: str) -> Any:

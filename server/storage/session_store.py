@@ -90,6 +90,12 @@ class SessionRecord:
     base_commit: str | None = None
     branch: str | None = None
     published_branch: str | None = None
+    activity: str | None = None
+    """What it is doing, as stored (JSON text; None before its first run): see
+    ``engine/activity.py``."""
+    activity_run_id: str | None = None
+    activity_seq: int | None = None
+    activity_at: float | None = None
 
     @property
     def live(self) -> bool:
@@ -112,6 +118,10 @@ SESSION_COLUMNS = (
     SessionRow.base_commit,
     SessionRow.branch,
     SessionRow.published_branch,
+    SessionRow.activity,
+    SessionRow.activity_run_id,
+    SessionRow.activity_seq,
+    SessionRow.activity_at,
 )
 
 
@@ -132,6 +142,10 @@ def session_record(row: Any) -> SessionRecord:
         row.base_commit,
         row.branch,
         row.published_branch,
+        row.activity,
+        row.activity_run_id,
+        row.activity_seq,
+        row.activity_at,
     )
 
 
@@ -142,6 +156,29 @@ class ProjectBinding:
     project: str
     base_commit: str
     branch: str
+class ActivityUpdate:
+    """A session's new activity: its kind, the whole of it as JSON, and the event (run, number)
+    that changed it."""
+
+    workspace_id: str
+    kind: str
+    activity: str
+    run_id: str
+    seq: int
+    at: float
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "activity_kind": self.kind,
+            "activity": self.activity,
+            "activity_run_id": self.run_id,
+            "activity_seq": self.seq,
+            "activity_at": self.at,
+        }
+
+
+def _started_activity(run: NewRun, kind: str, activity: str, at: float) -> dict[str, Any]:
+    return ActivityUpdate("", kind, activity, run.id, 0, at).values()
 
 
 @dataclass(frozen=True)
@@ -207,7 +244,8 @@ class SessionStore:
         async def with_run(db: Any) -> None:
             await _insert_run(db, run, workspace_id)
 
-        return await self._create(record, title, conversation, with_run)
+        started = _started_activity(run, *run.activity, now) if run.activity else {}
+        return await self._create(record, title, conversation, with_run, started)
 
     async def create_empty(
         self,
@@ -249,6 +287,7 @@ class SessionStore:
         title: str | None,
         conversation: tuple[str, str] | None,
         also: Callable[[Any], Awaitable[None]],
+        activity: dict[str, Any] | None = None,
     ) -> SessionRecord:
         """Insert ``record`` with its first Claude session id, ``also``'s rows and the
         conversation binding, in one transaction. Core inserts, not ORM objects: this is on
@@ -270,6 +309,7 @@ class SessionStore:
                         project=record.project,
                         base_commit=record.base_commit,
                         branch=record.branch,
+                        **(activity or {}),
                     )
                 )
                 await db.execute(
@@ -327,7 +367,12 @@ class SessionStore:
                         SessionRow.live_until < now,
                     ),
                 )
-                .values(active_run_id=run.id, active_owner=run.owner, last_used_at=now)
+                .values(
+                    active_run_id=run.id,
+                    active_owner=run.owner,
+                    last_used_at=now,
+                    **(_started_activity(run, *run.activity, now) if run.activity else {}),
+                )
             )
             if getattr(result, "rowcount", 0) != 1:
                 return False
@@ -376,13 +421,15 @@ class SessionStore:
         final_event: tuple[int, bytes] | None = None,
         live: LiveClaim | None = None,
         conversation_started: bool = False,
+        activity: ActivityUpdate | None = None,
     ) -> None:
         """Record the run's outcome (and the files it changed) and give back the lock it
         held, in one transaction; with ``final_event`` (a last event that was shown before it
         could be stored), store it too, unless an earlier attempt did. With ``live``, the
         session's process stays alive and this relay claims it (:meth:`renew_live`); without,
         any claim ends. ``conversation_started``: the CLI named the run's session, so a session
-        made without a prompt now has a conversation to resume."""
+        made without a prompt now has a conversation to resume. ``activity``: what the run
+        leaves the session doing (idle, or failed and why)."""
         async with self._database.write() as db:
             if final_event is not None:
                 await db.execute(
@@ -406,6 +453,27 @@ class SessionStore:
                     .values(has_conversation=True)
                 )
             await db.execute(_live_statement(workspace_id, live))
+            if activity is not None:
+                await db.execute(
+                    update(SessionRow)
+                    .where(SessionRow.workspace_id == workspace_id)
+                    .values(**activity.values())
+                )
+
+    async def set_activity(self, updates: list[ActivityUpdate]) -> None:
+        """Store what sessions are doing now, in one transaction. Each only while its run still
+        holds the session: a change that reaches storage after the run's end (recorded with its
+        final activity) or after another run took the session changes nothing."""
+        async with self._database.write() as db:
+            for change in updates:
+                await db.execute(
+                    update(SessionRow)
+                    .where(
+                        SessionRow.workspace_id == change.workspace_id,
+                        SessionRow.active_run_id == change.run_id,
+                    )
+                    .values(**change.values())
+                )
 
     async def end_live(self, workspace_id: str, *, owner: str) -> None:
         """This relay no longer keeps the session's process (it closed, died or was evicted)."""

@@ -74,6 +74,17 @@ class SessionRow(Base):
     """The clone's own branch, ``relay/<first 12 hex of the session id>``."""
     published_branch: Mapped[str | None] = mapped_column(String(255), nullable=True)
     """The project repository's branch the session's last publish set."""
+    activity_kind: Mapped[str | None] = mapped_column(String(20), nullable=True, index=True)
+    """What it is doing (``engine/activity.py``): ``working``, ``awaiting_approval``, …; NULL
+    before its first run (idle). Its own column so that listings filter on it anywhere."""
+    activity: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The activity as JSON (its kind and detail: tools in flight, pending requests, …)."""
+    activity_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    """The run whose event changed it..."""
+    activity_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """...that event's number (0: the run's start, before any event)..."""
+    activity_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """...and when."""
 
 
 class ClaudeSessionIdRow(Base):

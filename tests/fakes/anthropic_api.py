@@ -8,6 +8,10 @@ what it writes in the prompt:
                                 counts the user turns the API has seen in this conversation)
 ``[[tool:NAME:JSON]]``         call tool NAME with input JSON; after the tool result arrives,
                                 reply ``tool result: <result text>``
+``[[steps:NAME JSON;;NAME JSON…]]`` call tools one after another (``;;`` between calls):
+                                each tool result brings the next call, the last one the reply.
+                                ``{plan_file}`` in an input is the plan file the CLI's plan-mode
+                                reminder names
 ``[[think:TEXT]]``             a thinking block before the answer
 ``[[slow:N:SECONDS]]``         stream the answer in N pieces, SECONDS apart
 ``[[hang:SECONDS]]``           start the message, then send nothing for SECONDS
@@ -53,6 +57,34 @@ def _user_texts(messages: list[dict[str, Any]]) -> list[str]:
     return texts
 
 
+def _results_since_text(messages: list[dict[str, Any]]) -> int:
+    """How many tool results came after the newest typed user text (a step counter)."""
+    count = 0
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list) and any(b.get("type") == "tool_result" for b in content):
+            count += 1
+            continue
+        break
+    return count
+
+
+PLAN_FILE = re.compile(r"(/[^\s\"'`]*/plans/[^\s\"'`]+\.md)")
+
+
+def _plan_file(body: dict[str, Any]) -> str | None:
+    """The plan file a plan-mode reminder names, if the request has one."""
+    found = PLAN_FILE.findall(json.dumps(body.get("messages") or []))
+    return found[-1] if found else None
+
+
+def _tool_use(name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+    tool_id = "toolu_" + uuid.uuid4().hex[:20]
+    return {"type": "tool_use", "id": tool_id, "name": name, "input": tool_input}
+
+
 def _last_tool_result(messages: list[dict[str, Any]]) -> str | None:
     if not messages or messages[-1].get("role") != "user":
         return None
@@ -78,11 +110,19 @@ class Plan:
         self.turn = len(texts)
         self.directives = {name: arg for name, arg in DIRECTIVE.findall(self.last_text)}
         self.tool_result = _last_tool_result(messages)
+        self.results_since_text = _results_since_text(messages)
+        self.plan_file = _plan_file(body)
         self.status = int(self.directives["status"]) if "status" in self.directives else None
         self.output_tokens = int(self.directives.get("tokens") or 7)
 
     def blocks(self) -> list[dict[str, Any]]:
         d = self.directives
+        if "steps" in d:
+            steps = [step.strip().partition(" ") for step in d["steps"].split(";;")]
+            if self.results_since_text < len(steps):
+                name, _, raw = steps[self.results_since_text]
+                raw = (raw or "{}").replace("{plan_file}", self.plan_file or "")
+                return [_tool_use(name, json.loads(raw))]
         if self.tool_result is not None:
             return [{"type": "text", "text": f"tool result: {self.tool_result}"}]
         blocks: list[dict[str, Any]] = []

@@ -8,16 +8,18 @@ relies on every foreign key cascading.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy import text
 
+from server.storage.catalog import SessionCatalog
 from server.storage.database import Database, create_engine
 from server.storage.event_store import EventStore, EventWriter
 from server.storage.fingerprint_store import FingerprintStore
 from server.storage.run_store import NewRun, RunOutcome, RunStatus, RunStore
-from server.storage.session_store import ConversationTaken, SessionStore
+from server.storage.session_store import ActivityUpdate, ConversationTaken, SessionStore
 from tests.storage.support import Sink, count, new_run
 
 WS, OTHER = "ws-1", "ws-2"
@@ -311,3 +313,49 @@ async def test_a_claim_waits_for_the_open_transaction_and_sees_its_outcome(
     stored = await SessionStore(second).get(WS)
     assert stored is not None and stored.active_run_id == "r-held"
     assert await RunStore(second).get("r-late") is None
+
+
+def started(run_id: str) -> NewRun:
+    return dataclasses.replace(new_run(run_id), activity=("working", '{"kind":"working"}'))
+
+
+async def test_activity_is_set_with_the_lock_and_changes_only_while_its_run_holds_it(
+    sessions: SessionStore, database: Database
+) -> None:
+    await idle_session(sessions)
+    assert await sessions.acquire(WS, run=started("r1"))
+    record = await sessions.get(WS)
+    assert record is not None
+    assert (record.activity, record.activity_run_id, record.activity_seq) == (
+        '{"kind":"working"}',
+        "r1",
+        0,
+    )
+    waiting = ActivityUpdate(WS, "awaiting_approval", '{"kind":"awaiting_approval"}', "r1", 7, 1.0)
+    await sessions.set_activity([waiting])
+    record = await sessions.get(WS)
+    assert record is not None and (record.activity_seq, record.activity_at) == (7, 1.0)
+    catalog = SessionCatalog(database)
+    assert [
+        s.record.workspace_id
+        for s in await catalog.page(limit=9, activity_kind="awaiting_approval")
+    ] == [WS]
+    assert await catalog.page(limit=9, activity_kind="idle") == []
+    ended = ActivityUpdate(WS, "idle", '{"kind":"idle"}', "r1", 9, 2.0)
+    await sessions.finish_run(WS, "r1", outcome(), activity=ended)
+    # A change that reaches storage after the run's end is too late to count.
+    await sessions.set_activity([dataclasses.replace(waiting, seq=8)])
+    record = await sessions.get(WS)
+    assert record is not None and (record.activity, record.activity_seq) == ('{"kind":"idle"}', 9)
+    assert len(await catalog.page(limit=9, activity_kind="idle")) == 1
+
+
+async def test_a_session_that_never_ran_is_listed_as_idle(
+    sessions: SessionStore, database: Database
+) -> None:
+    await sessions.create_empty(WS, "c1", owner_key_id="k1")
+    catalog = SessionCatalog(database)
+    assert [s.record.workspace_id for s in await catalog.page(limit=9, activity_kind="idle")] == [
+        WS
+    ]
+    assert await catalog.page(limit=9, activity_kind="failed") == []

@@ -248,7 +248,7 @@ async def answer_permission(
     run = await asking_run(run_id, runtime, manager, caller)
     asked = next((p for p in run.approvals.pending() if p.request_id == request_id), None)
     answer = _answer_of(data, asked, caller, settings.allow_dangerous)
-    if answer.behavior is Behavior.ALLOW and asked is not None:
+    if answer.behavior is Behavior.ALLOW and asked is not None and not asked.asks_the_user:
         check_approval(caller, asked.tool_name)
     answered = permission_out(await run.answer(request_id, answer))
     await audit.record(

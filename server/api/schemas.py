@@ -18,6 +18,7 @@ import msgspec
 from server.api.openapi import UUID_PATTERN, above_zero
 from server.claude.options import EFFORT_LEVELS, PERMISSION_MODES, RunOptions
 from server.engine import activity
+from server.engine.activity_board import ActivityChange
 from server.engine.attachments import (
     IMAGE_TYPES,
     MAX_COUNT,
@@ -317,10 +318,40 @@ assert ActivityKind.__args__ == activity.KINDS  # type: ignore[attr-defined]
 def activity_out(record: SessionRecord) -> Activity:
     """The session's activity as stored, with the event that set it."""
     stored = msgspec.json.decode(record.activity) if record.activity else None
-    shown = activity.shown(stored, running=record.active_run_id is not None, live=record.live)
+    return shown_activity(
+        stored,
+        run_id=record.activity_run_id,
+        seq=record.activity_seq,
+        at=record.activity_at,
+        running=record.active_run_id is not None,
+        live=record.live,
+    )
+
+
+def change_out(change: ActivityChange) -> Activity:
+    """An activity change as the feeds show it: the same shape as a session's ``activity``."""
+    return shown_activity(
+        change.activity,
+        run_id=change.run_id,
+        seq=change.seq,
+        at=change.at,
+        running=change.kind not in (activity.IDLE, activity.FAILED),
+        live=bool(change.activity.get("live")),
+    )
+
+
+def shown_activity(
+    stored: dict[str, Any] | None,
+    *,
+    run_id: str | None,
+    seq: int | None,
+    at: float | None,
+    running: bool,
+    live: bool,
+) -> Activity:
+    shown = activity.shown(stored, running=running, live=live)
     if stored is not None:
-        shown.update(run_id=record.activity_run_id, seq=record.activity_seq)
-        shown["at"] = iso(record.activity_at)
+        shown.update(run_id=run_id, seq=seq, at=iso(at))
     converted: Activity = msgspec.convert(shown, Activity)
     return converted
 

@@ -53,6 +53,12 @@ class Permission:
     state: State = State.PENDING
     by: str | None = None
 
+    @property
+    def asks_the_user(self) -> bool:
+        """A question or a plan: answering it runs nothing, so a key's ``tools`` policy does
+        not apply (a plan's ``mode`` is checked like a run's instead)."""
+        return self.tool_name in (QUESTION_TOOL, PLAN_TOOL)
+
     @classmethod
     def of(cls, request_id: str, request: dict[str, Any]) -> Permission:
         tool_input = request.get("input")

@@ -907,6 +907,8 @@ class RunManager:
             conversation_started=run.session_reported and run.placed_by == "new",
             activity=ending.update(),
         )
+        if ending.kind == activity.IDLE:  # listeners hear whether a warm process holds it
+            ending = dataclasses.replace(ending, activity={**ending.activity, "live": bool(claim)})
         self.activity.announce(ending)
         return kept
 

@@ -15,8 +15,16 @@ from typing import Any
 import msgspec
 import pytest
 
-from server.api.schemas import ClaudeRequest, field_names, normal_uuid
+from server.api.schemas import (
+    AwaitingApproval,
+    ClaudeRequest,
+    Idle,
+    change_out,
+    field_names,
+    normal_uuid,
+)
 from server.claude.options import RunOptions
+from server.engine.activity_board import ActivityChange
 
 
 def decode(body: Any) -> ClaudeRequest:
@@ -137,3 +145,16 @@ def test_session_ids_are_accepted_in_any_uuid_spelling_and_normalised() -> None:
         body = decode({"prompt": "hi", "session_id": spelling})
         assert body.session_id is not None
         assert normal_uuid(body.session_id) == canonical
+
+
+def test_an_activity_change_has_the_shape_of_a_sessions_activity() -> None:
+    """What the feeds show of a change is what GET /api/sessions/{id} shows of the session."""
+    pending = {"request_id": "r1", "tool_name": "Bash", "input": {}, "requested_at": None}
+    waiting = {"kind": "awaiting_approval", "pending": [pending], "tools": []}
+    shown = change_out(ActivityChange("w", "c", "run-1", "k", 7, 0.0, waiting))
+    assert isinstance(shown, AwaitingApproval)
+    assert (shown.run_id, shown.seq, shown.at) == ("run-1", 7, "1970-01-01T00:00:00Z")
+    idle = change_out(
+        ActivityChange("w", "c", "run-1", "k", 9, 0.0, {"kind": "idle", "live": True})
+    )
+    assert isinstance(idle, Idle) and idle.live

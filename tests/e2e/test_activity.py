@@ -243,3 +243,23 @@ def test_an_api_error_leaves_its_session_failed_with_the_status(relay: Relay) ->
     session_id = done.headers["x-session-id"]
     failed = wait_activity(relay, session_id, "failed")
     assert failed["reason"] == "api_error" and failed["api_error_status"] == 500, failed
+
+
+def test_a_session_is_retrying_while_the_cli_retries_the_api(
+    relay_factory: RelayFactory, real_cli: Path, fake_api: FakeAnthropicAPI
+) -> None:
+    """Three retries of an overloaded API (529) take the CLI seconds: long enough to see."""
+    env = {**real_cli_env(fake_api, CLAUDE_CODE_MAX_RETRIES="3"), **LIVE_RUNS}
+    relay = relay_factory(claude_bin=real_cli, env=env)
+    stream = open_stream(relay, {"prompt": "[[status:529]]"})
+    session_id = stream.session_id
+
+    def retrying() -> bool:
+        now = activity(relay, session_id)
+        return now["kind"] == "working" and (now.get("retrying") or {}).get("error_status") == 529
+
+    assert wait_until(retrying, timeout=60), activity(relay, session_id)
+    assert activity(relay, session_id)["retrying"]["max_retries"] == 3
+    stream.result()
+    failed = wait_activity(relay, session_id, "failed")
+    assert (failed["reason"], failed["api_error_status"]) == ("api_error", 529)

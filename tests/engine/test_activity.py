@@ -68,6 +68,7 @@ def test_retrying_lasts_from_api_retry_until_the_api_answers() -> None:
         "max_retries": 2,
         "retry_delay_ms": 500,
         "error_status": 529,
+        "error": "overloaded",
         "session_id": "s",
         "uuid": "u",
     }
@@ -77,6 +78,7 @@ def test_retrying_lasts_from_api_retry_until_the_api_answers() -> None:
         "max_retries": 2,
         "retry_delay_ms": 500,
         "error_status": 529,
+        "error": "overloaded",
     }
     assert feed(tracker, text("back")) == [True]
     assert tracker.current()["retrying"] is None

@@ -292,6 +292,7 @@ FailedReason = Literal[
     "execution_error",
     "exit_code",
     "error",
+    "not_started",
     "relay_lost",
 ]
 

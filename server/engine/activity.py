@@ -229,6 +229,9 @@ def ended(
     ``execution_error``   result subtype ``error_during_execution``
     ``exit_code``         a result that is no error, but the CLI exited non-zero
     ``error``             any other ``is_error`` result
+
+    Two more are set elsewhere: ``not_started`` (the CLI could not be started: the manager)
+    and ``relay_lost`` (:func:`shown`).
     """
     if succeeded:
         return {"kind": IDLE}

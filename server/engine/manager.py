@@ -48,7 +48,7 @@ from server.engine.session_process import SessionProcess
 from server.engine.warm_pool import WarmPool
 from server.errors import Conflict, InvalidRequest, OverBudget, TooLarge, TooManyRuns
 from server.storage.run_store import NewRun, RunOutcome, RunRecord, RunStatus
-from server.storage.session_store import ConversationTaken, LiveClaim
+from server.storage.session_store import ActivityUpdate, ConversationTaken, LiveClaim
 
 log = logging.getLogger(__name__)
 
@@ -716,8 +716,12 @@ class RunManager:
                 ),
                 f"marking run {run_id} not started",
             )
+            left = {"kind": activity.FAILED, "reason": "not_started", "message": why}
+            failed = ActivityUpdate(
+                target.workspace_id, activity.FAILED, encode(left), run_id, 0, time.time()
+            )
             await _attempt(
-                self.store.release(target.workspace_id, run_id=run_id),
+                self.store.release(target.workspace_id, run_id=run_id, activity=failed),
                 f"unlocking session {target.workspace_id}",
             )
         else:

@@ -408,9 +408,16 @@ class SessionStore:
                 .values(published_branch=branch)
             )
 
-    async def release(self, workspace_id: str, *, run_id: str) -> None:
+    async def release(
+        self, workspace_id: str, *, run_id: str, activity: ActivityUpdate | None = None
+    ) -> None:
+        """Give back the lock ``run_id`` holds; with ``activity``, what the session is left
+        doing (set in the same statement, so only if that run held it)."""
+        statement = _release(workspace_id, run_id)
+        if activity is not None:
+            statement = statement.values(**activity.values())
         async with self._database.write() as db:
-            await db.execute(_release(workspace_id, run_id))
+            await db.execute(statement)
 
     async def finish_run(
         self,

@@ -235,3 +235,23 @@ def test_delete_while_running_is_409_and_without_purge_keeps_the_files(
     assert deleted.json()["purged"] is False and deleted.json()["workspace_removed"] is False
     assert workspace.exists()
     assert get(fake_relay, f"/api/sessions/{session}").status_code == 404
+
+
+def test_a_session_whose_cli_cannot_start_is_left_failed_not_started(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    """No CLI at all (a fault no real CLI shows): the run is refused, and the session says so."""
+    relay = relay_factory(claude_bin=tmp_path / "no-such-claude")
+    with relay.client() as client:
+        made = client.post("/api/sessions", json={})
+        assert made.status_code == 201, made.text
+        session_id = made.json()["session_id"]
+        assert client.get(f"/api/sessions/{session_id}").json()["activity"]["kind"] == "idle"
+    refused = relay.run({"prompt": "hi", "session_id": session_id})
+    assert refused.status == 503
+    with relay.client() as client:
+        left = client.get(f"/api/sessions/{session_id}").json()
+        listed = client.get("/api/sessions", params={"activity": "failed"}).json()["sessions"]
+    assert left["state"] == "idle"
+    assert (left["activity"]["kind"], left["activity"]["reason"]) == ("failed", "not_started")
+    assert [s["session_id"] for s in listed] == [session_id]

@@ -81,3 +81,11 @@ def test_an_approved_plan_with_a_mode_changes_the_mode_for_the_session_only() ->
     ]
     plain = json.loads(Answer(Behavior.ALLOW).control_response(plan))["response"]["response"]
     assert "updatedPermissions" not in plain
+
+
+def test_questions_and_plans_ask_the_user_and_other_tools_do_not() -> None:
+    """A key's ``tools`` policy decides which tools its answers may allow; a question or a
+    plan runs nothing, so answering one is not allowing a tool."""
+    assert question().asks_the_user
+    assert Permission.of("p1", {"tool_name": "ExitPlanMode", "input": {}}).asks_the_user
+    assert not Permission.of("r1", {"tool_name": "Bash", "input": {}}).asks_the_user

@@ -89,5 +89,3 @@ async def test_a_runs_unwritten_change_is_dropped_once_its_end_is_recorded() -> 
     store.gate.set()
     await board.flush()
     assert [[u.seq for u in batch] for batch in store.writes] == [[1]]
-
-

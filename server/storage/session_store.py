@@ -156,6 +156,9 @@ class ProjectBinding:
     project: str
     base_commit: str
     branch: str
+
+
+@dataclass(frozen=True)
 class ActivityUpdate:
     """A session's new activity: its kind, the whole of it as JSON, and the event (run, number)
     that changed it."""

@@ -404,6 +404,13 @@ def as_key(relay: Relay, key: str | None) -> Relay:
 # -- in this process --------------------------------------------------------------------------
 
 
+def _is_postgres(proc: psutil.Process) -> bool:
+    try:
+        return proc.name() == "postgres"
+    except psutil.NoSuchProcess:
+        return True
+
+
 @dataclass
 class InProcessRelay(Relay):
     """The relay app under uvicorn on a thread of this process (see the module docstring).
@@ -418,6 +425,11 @@ class InProcessRelay(Relay):
     @property
     def pid(self) -> int:
         return os.getpid()
+
+    def children(self) -> list[psutil.Process]:
+        """The test process's children but the PostgreSQL server a test fixture may have
+        started in this process (tests/postgres.py): a relay never starts one."""
+        return [proc for proc in super().children() if not _is_postgres(proc)]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         """Shut the server down as SIGTERM would (its lifespan stops every run)."""

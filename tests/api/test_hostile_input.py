@@ -154,8 +154,11 @@ def _mutate(body: dict[str, Any], place: tuple[Any, ...], value: Any, add: str |
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient[Any]]:
     folder = tmp_path_factory.mktemp("hostile")
+    (folder / "home").mkdir()
     settings_ = Settings.from_env(
-        {},
+        # A HOME of its own, as every test relay's CLI has: the sandbox hides the relay
+        # user's home, where this interpreter (the fake CLI's) may live.
+        {"CLAUDE_RELAY_CLAUDE_ENV": f"HOME={folder / 'home'}"},
         claude_bin=str(fake_claude_bin(folder)),
         database_url=f"sqlite+aiosqlite:///{folder / 'relay.db'}",
         workspaces_dir=folder / "workspaces",

@@ -21,6 +21,8 @@ from server.storage.database import Database
 from server.storage.tables import RunEventRow, RunRow
 
 PROMPT_HEAD_CHARS = 200
+STOP_REASON_CHARS = 32
+"""The column's length: a CLI's stop reason is the CLI's to name (PostgreSQL holds it to it)."""
 
 
 class RunStatus(enum.StrEnum):
@@ -180,7 +182,7 @@ def finish_statement(run_id: str, outcome: RunOutcome) -> Any:
             claude_session_id=outcome.claude_session_id,
             ended_at=time.time(),
             exit_code=outcome.exit_code,
-            stop_reason=outcome.stop_reason,
+            stop_reason=_clipped(outcome.stop_reason, STOP_REASON_CHARS),
             error_message=outcome.error_message,
             last_seq=outcome.last_seq,
             is_error=result.get("is_error") if outcome.result else None,
@@ -192,6 +194,10 @@ def finish_statement(run_id: str, outcome: RunOutcome) -> Any:
             **_change_counts(outcome.changes),
         )
     )
+
+
+def _clipped(text: str | None, limit: int) -> str | None:
+    return text[:limit] if text is not None else None
 
 
 def _change_counts(changes: list[FileChange] | None) -> dict[str, int | None]:

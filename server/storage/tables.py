@@ -6,10 +6,14 @@ an id the CLI knows a transcript by (``claude_session_id``); a session has one o
 classes end in ``Row`` so that they never share a name with the engine's objects.
 
 Times are Unix seconds (floats): easy to compare for timeouts and GC on any database. Every
-foreign key cascades, so deleting a session row removes all that hangs off it.
+foreign key cascades, so deleting a session row removes all that hangs off it. Columns that
+hold text from clients, the CLI or the model are :class:`FreeText`/:class:`FreeString`, which
+PostgreSQL can store whatever characters they hold.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -22,8 +26,37 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NUL = "\x00"
+NUL_STORED_AS = "\ufffd"
+
+
+class FreeString(TypeDecorator[str]):
+    """Text as PostgreSQL can hold it. PostgreSQL refuses the NUL character in text (SQLite
+    keeps it), and a prompt, a model's reply or a CLI's stderr may hold one: rather than fail
+    the whole write (a run's outcome, the lock it gives back), it is stored there as U+FFFD,
+    the replacement character. Parameters compared with the column are changed the same way,
+    so a key with a NUL still finds its row."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if isinstance(value, str) and NUL in value and dialect.name == "postgresql":
+            return value.replace(NUL, NUL_STORED_AS)
+        return value
+
+
+class FreeText(FreeString):
+    """:class:`FreeString` without a length."""
+
+    impl = Text
+    cache_ok = True
+
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -58,7 +91,7 @@ class SessionRow(Base):
     live_owner: Mapped[str | None] = mapped_column(String(300), nullable=True)
     live_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     live_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    title: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    title: Mapped[str | None] = mapped_column(FreeString(200), nullable=True)
     has_conversation: Mapped[bool] = mapped_column(Boolean, default=True)
     """False for a session made with ``POST /api/sessions`` until a run of it has started its
     conversation: its first run creates the Claude session id instead of resuming it."""
@@ -116,18 +149,18 @@ class RunRow(Base):
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detached: Mapped[bool] = mapped_column(Boolean, default=False)
     api_key_id: Mapped[str] = mapped_column(String(32))
-    prompt_head: Mapped[str] = mapped_column(Text)
+    prompt_head: Mapped[str] = mapped_column(FreeText)
     started_at: Mapped[float] = mapped_column(Float, index=True)
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(FreeString(32), nullable=True)
     is_error: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     num_turns: Mapped[int | None] = mapped_column(Integer, nullable=True)
     total_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     usage: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    result_text: Mapped[str | None] = mapped_column(Text, nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_text: Mapped[str | None] = mapped_column(FreeText, nullable=True)
+    error_message: Mapped[str | None] = mapped_column(FreeText, nullable=True)
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     placement: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """How the planner found the run's session: new, resume, conversation, fingerprint, …"""
@@ -171,7 +204,7 @@ class RunChangeRow(Base):
     kind: Mapped[str] = mapped_column(String(8))
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    diff: Mapped[str | None] = mapped_column(Text, nullable=True)
+    diff: Mapped[str | None] = mapped_column(FreeText, nullable=True)
 
 
 class ConversationRow(Base):
@@ -180,7 +213,7 @@ class ConversationRow(Base):
     __tablename__ = "conversations"
 
     api_key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    key: Mapped[str] = mapped_column(FreeString(256), primary_key=True)
     workspace_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("sessions.workspace_id", ondelete="CASCADE"), index=True
     )
@@ -211,9 +244,9 @@ class AuditRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float, index=True)
     key_id: Mapped[str] = mapped_column(String(32))
-    key_name: Mapped[str] = mapped_column(String(64))
+    key_name: Mapped[str] = mapped_column(FreeString(64))
     action: Mapped[str] = mapped_column(String(32), index=True)
-    target: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(FreeText)
     """What it was done to: a run id, a session id, ``<session id>/<path>`` for a file."""
     detail: Mapped[str] = mapped_column(Text)
     """A JSON object with what else is worth knowing (the session of a run, a file's size)."""

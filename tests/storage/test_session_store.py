@@ -359,3 +359,34 @@ async def test_a_session_that_never_ran_is_listed_as_idle(
         WS
     ]
     assert await catalog.page(limit=9, activity_kind="failed") == []
+
+
+async def test_text_with_a_nul_character_is_stored_on_every_database(
+    sessions: SessionStore, database: Database
+) -> None:
+    """A prompt, a title, a conversation key, a model's reply or a CLI's stderr may hold a NUL
+    character, which PostgreSQL refuses in text, and a CLI may name a long stop reason: the
+    run still records its outcome and gives back its lock, and the key still finds its
+    session. PostgreSQL keeps U+FFFD in the NUL's place."""
+    run = NewRun("r1", "c1", "owner-1", False, "k1", "a\x00prompt")
+    chat = ("k1", "chat\x00key")
+    await sessions.create_locked(WS, "c1", run=run, title="a\x00title", conversation=chat)
+    ended = RunOutcome(
+        RunStatus.FAILED, "c1", 1, "x" * 40, "stderr\x00tail", 0, {"result": "reply\x00text"}
+    )
+    await sessions.finish_run(WS, "r1", ended)
+    stored = await sessions.get(WS)
+    assert stored is not None and stored.active_run_id is None
+    found = await sessions.find_by_conversation(*chat)
+    assert found is not None and found.workspace_id == WS
+    nul = "\x00" if database.dialect == "sqlite" else "\ufffd"
+    record = await RunStore(database).get("r1")
+    assert record is not None
+    assert (record.prompt_head, record.result_text, record.error_message) == (
+        f"a{nul}prompt",
+        f"reply{nul}text",
+        f"stderr{nul}tail",
+    )
+    assert record.stop_reason == "x" * 32
+    summary = await SessionCatalog(database).summary(WS)
+    assert summary is not None and summary.title == f"a{nul}title"

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
+from tests.storage.support import NEWEST
 from tests.support import RelayProcess, read_stream
 
 pytestmark = pytest.mark.real_cli
@@ -30,7 +31,7 @@ def test_a_run_a_resume_with_its_history_and_the_listings_on_postgresql(
     relay = relay_process_factory(claude_bin=real_cli, env=env)
     with relay.client() as client:
         health = client.get("/health").json()["database"]
-    assert health == {"ok": True, "revision": "0006", "writable": True}
+    assert health == {"ok": True, "revision": NEWEST, "writable": True}
 
     first = relay.run({"prompt": "hello"})
     assert first.status == 200, first.body

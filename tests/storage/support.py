@@ -14,9 +14,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from server.storage.database import Database, create_engine, migrate
+from server.storage.database import Database, alembic_config, create_engine, migrate
 from server.storage.run_store import NewRun
 
 
@@ -59,3 +60,7 @@ class Sink:
 
     def storage_failed(self, why: str) -> None:
         self.failures.append(why)
+
+
+NEWEST = ScriptDirectory.from_config(alembic_config()).get_current_head()
+"""The newest migration: what a freshly migrated database reports."""

@@ -17,20 +17,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from server.errors import StorageFull, StorageUnavailable
-from server.storage.database import Database, alembic_config, create_engine
+from server.storage.database import Database, create_engine
 from server.storage.faults import os_fault, storage_fault
 from server.storage.session_store import ConversationTaken, SessionStore
 from tests.postgres import PostgresServer
-from tests.storage.support import migrated_database, new_run
+from tests.storage.support import NEWEST, migrated_database, new_run
 from tests.tmpfs import tmpfs
-
-NEWEST = ScriptDirectory.from_config(alembic_config()).get_current_head()
-"""The newest migration: what a freshly migrated database reports."""
 
 INSERT = (
     "INSERT INTO sessions (workspace_id, latest_claude_session_id, created_at, last_used_at)"

@@ -46,6 +46,7 @@ import os
 import secrets
 import shutil
 import stat as stat_module
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,9 +214,26 @@ INDEX_COPY_MAX = 64 * 1024 * 1024
 """A larger index (a few million files) is not copied: the review re-reads the tree instead."""
 
 
+STALE_REVIEW = 3600.0
+"""Seconds after which a review directory is someone's leftover (a relay killed mid-review)."""
+
+
+def _sweep(git_fd: int) -> None:
+    """Remove review directories left by a relay that died during a review."""
+    now = time.time()
+    for name in os.listdir(git_fd):
+        if not name.startswith(_REVIEW_PREFIX):
+            continue
+        with contextlib.suppress(OSError):
+            info = os.lstat(name, dir_fd=git_fd)
+            if stat_module.S_ISDIR(info.st_mode) and now - info.st_mtime > STALE_REVIEW:
+                shutil.rmtree(name, dir_fd=git_fd, ignore_errors=True)
+
+
 def _make_review(git_fd: int, commit: str) -> tuple[str, bool]:
     """Create the review directory under the clone's ``.git``: its name, and whether its
     index is a copy of the clone's (a regular file, not too large)."""
+    _sweep(git_fd)
     name = f"{_REVIEW_PREFIX}{secrets.token_hex(8)}"
     os.mkdir(name, 0o700, dir_fd=git_fd)
     fd = os.open(name, _DIR_FLAGS, dir_fd=git_fd)

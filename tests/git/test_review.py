@@ -272,3 +272,16 @@ async def test_a_workspace_without_its_own_git_dir_is_refused_not_walked_up(
     (linked / ".git").symlink_to(root / ".git")
     with pytest.raises(Conflict, match=r"no \.git directory"):
         await review.diff(linked, "0" * 40, confine=confine_for(linked))
+
+
+async def test_a_review_directory_left_by_a_dead_relay_is_swept(
+    operator: Repository, tmp: Path, confine_for: ConfineFor
+) -> None:
+    workspace, base = await _session(operator, tmp)
+    stale = workspace / ".git" / "relay-review-0000000000000000"
+    fresh = workspace / ".git" / "relay-review-1111111111111111"
+    for folder in (stale, fresh):
+        (folder / "refs").mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    await review.stat(workspace, base, confine=confine_for(workspace))
+    assert not stale.exists() and fresh.exists()  # a concurrent review's is left alone

@@ -7,8 +7,9 @@ the CLI starts under ``bwrap`` (Debian's ``bubblewrap``), with, in this order:
 
 * the whole system read-only (``--ro-bind / /``), a fresh ``/dev``, a ``/proc`` of its own pid
   namespace (``--unshare-pid``: the relay and other runs are not there), a private ``/tmp``;
-* an empty read-only tmpfs over the relay user's home (its git credentials, ssh keys, shell
-  history), before the extras, so that an extra inside it is shown again;
+* while projects are registered, an empty read-only tmpfs over the relay user's home (its git
+  credentials, ssh keys, shell history), before the extras, so that an extra inside it (a
+  toolchain under ``~/.pyenv``, say) is shown again;
 * the operator's extra read-only and read-write paths (``CLAUDE_RELAY_SANDBOX_RO``/``_RW``);
 * empty tmpfs over what belongs to the relay: the workspaces root (and with it every
   session's CLI config directory), the database's directory, the operator's CLI config
@@ -171,7 +172,8 @@ class Sandbox:
     egid: int | None = None
     """The CLI's effective group (root only): it makes the CLI non-dumpable."""
     home: Path | None = None
-    """The relay user's home, covered first (the extras may show parts of it again)."""
+    """The relay user's home, covered first when asked (the extras may show parts of it
+    again)."""
 
     def prefix(
         self,
@@ -181,6 +183,7 @@ class Sandbox:
         seccomp_fd: int | None = None,
         hidden: Sequence[Path] = (),
         shared: Sequence[Path] = (),
+        cover_home: bool = False,
     ) -> list[str]:
         """The command that runs the CLI in this run's sandbox; the CLI's argv follows it.
 
@@ -189,7 +192,8 @@ class Sandbox:
         are covered too (the registered projects, which a reload may change); ``shared`` are
         directories of the relay's this run reads but must not change (a project's git object
         store, ``server.git.clones.sandbox_paths``): bound read-only after everything hidden,
-        at their own paths.
+        at their own paths. ``cover_home``: hide :attr:`home` (the relay does while projects
+        are registered: their pushes' credentials and keys must not reach a run).
         """
         plain_directory(workspace, "its workspace")
         plain_directory(config_dir, "its CLI config directory")
@@ -199,7 +203,7 @@ class Sandbox:
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETPCAP"]
         if self.egid is not None:
             argv += ["--cap-add", "CAP_SETGID"]
-        if self.home is not None:
+        if cover_home and self.home is not None:
             # Read-only (0555: no capability lets a tool write it): as it was under `/`.
             argv += ["--perms", "0555", "--tmpfs", str(self.home)]
         for path in self.read_only:

@@ -64,10 +64,12 @@ class Launcher:
         *,
         hidden: Sequence[Path] = (),
         shared: Sequence[Path] = (),
+        cover_home: bool = False,
     ) -> Launch:
         """The prefix for one run (Conflict if its directories are not plain ones); ``hidden``
         and ``shared`` as :meth:`~server.claude.sandbox.Sandbox.prefix` takes them (the
-        registered projects' working trees; a project session's git object store)."""
+        registered projects' working trees; a project session's git object store), and
+        ``cover_home`` to hide the relay user's home."""
         if self.sandbox is None:
             return Launch(list(self.dropper))
         fd = sandbox.seccomp_pipe(self.sandbox)
@@ -78,6 +80,7 @@ class Launcher:
                 seccomp_fd=fd,
                 hidden=hidden,
                 shared=shared,
+                cover_home=cover_home,
             )
         except BaseException:
             if fd is not None:

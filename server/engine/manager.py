@@ -765,8 +765,13 @@ class RunManager:
             env = key_proxy.child_env(env, key_proxy.issue(run_id))
         config_dir = session_config.path_for(self.workspaces.root, target.workspace_id)
         work = self.project_sessions
+        hidden = work.hidden()
         launch = self.launcher.for_run(
-            cwd, config_dir, hidden=work.hidden(), shared=work.shared(target.project)
+            cwd,
+            config_dir,
+            hidden=hidden,
+            shared=work.shared(target.project),
+            cover_home=bool(hidden),
         )
         spawning = asyncio.ensure_future(
             process.spawn(argv, cwd=cwd, env=env, launcher=launch.prefix, pass_fds=launch.fds)

@@ -88,7 +88,8 @@ class ProjectSessions:
         return object_store(self.runtime.workspaces.root, project_name)
 
     def hidden(self) -> tuple[Path, ...]:
-        """What no run may see: every registered project's working tree, as registered now."""
+        """What no run may see: every registered project's working tree, as registered now
+        (while there is one, the relay user's home is hidden too)."""
         return self.runtime.projects().paths
 
     def shared(self, project_name: str | None) -> tuple[Path, ...]:
@@ -108,6 +109,7 @@ class ProjectSessions:
             config_dir,
             hidden=self.hidden(),
             shared=self.shared(project_name),
+            cover_home=True,
         )
 
     async def base_of(self, project: Project, ref: str | None) -> str:

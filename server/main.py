@@ -1,6 +1,7 @@
 """The ``claude-relay`` command: ``serve``, ``migrate``, ``sessions``, ``gc``, ``audit`` and
 ``keys``. Commands that read the database act as the operator: an admin that sees every
-session.
+session. The client's commands (``ask``, ``watch``, ``approve``, ``top`` …, in
+``server/client/``) talk to a relay over HTTP instead.
 
 (Named ``main`` rather than ``cli``: in this code base "the CLI" is Claude Code's.)
 
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.claude.privileges import capability_dropper
+from server.client import cli as client_cli
 from server.config import Settings, describe_settings
 from server.engine import log_context
 from server.errors import ConfigError
@@ -323,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="help with API keys")
     key_actions = keys.add_subparsers(dest="action", required=True)
     key_actions.add_parser("hash", help="print the SHA-256 of a key read from stdin")
+    client_cli.add_commands(commands)
     return parser
 
 
@@ -338,6 +341,8 @@ COMMANDS: dict[str, Any] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in client_cli.NAMES:
+        return client_cli.run(args)
     try:
         settings = _settings_from(args)
         return int(COMMANDS[args.command](settings, args))

@@ -59,25 +59,38 @@ def check(response: httpx.Response) -> httpx.Response:
     return response
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
-    """Events from SSE lines (comments, such as the relay's pings, are skipped)."""
-    event_id: str | None = None
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                text = "\n".join(data)
-                try:
-                    yield SseEvent(event_id, json.loads(text))
-                except ValueError:
-                    yield SseEvent(event_id, text)
-            event_id, data = None, []
-        elif line.startswith(":"):
-            continue
-        elif line.startswith("id:"):
-            event_id = line[3:].strip()
+class SseParser:
+    """SSE lines in, events out (comments, such as the relay's pings, are skipped)."""
+
+    def __init__(self) -> None:
+        self.event_id: str | None = None
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> SseEvent | None:
+        if line.startswith(":"):
+            return None
+        if line.startswith("id:"):
+            self.event_id = line[3:].strip()
         elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
+            self.data.append(line[5:].removeprefix(" "))
+        elif not line and self.data:
+            text = "\n".join(self.data)
+            event_id, self.event_id, self.data = self.event_id, None, []
+            try:
+                return SseEvent(event_id, json.loads(text))
+            except ValueError:
+                return SseEvent(event_id, text)
+        elif not line:
+            self.event_id = None
+        return None
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
+    parser = SseParser()
+    for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
 
 
 class RelayClient:

@@ -59,6 +59,8 @@ class Outcome:
     files_changed: dict[str, Any] | None = None
     error: str | None = None
     pending: list[dict[str, Any]] = field(default_factory=list)
+    detached: bool = False
+    """The client left the run running (Ctrl-C with ``--detach``)."""
 
     def as_json(self) -> dict[str, Any]:
         body = dict(self.__dict__)
@@ -69,7 +71,7 @@ class Outcome:
     def code(self) -> int:
         if self.pending:
             return output.WAITING
-        if self.status == "succeeded":
+        if self.status == "succeeded" or self.detached:
             return output.OK
         if self.status is None or self.status == "running":
             return output.HTTP_ERROR  # the stream broke before the run ended
@@ -120,23 +122,31 @@ class Turn:
                 if kind == "headers":
                     self.outcome.run_id = value.get("x-run-id")
                     self.outcome.session_id = value.get("x-session-id")
+                    if interrupted and self._interrupt():
+                        return self.outcome
                     continue
                 if self._on(value) == "leave":
                     return self.outcome
             except KeyboardInterrupt:
-                if interrupted or self.outcome.run_id is None:
+                if interrupted:
                     raise
                 interrupted = True
-                if self.detach_on_interrupt:
-                    output.note(
-                        f"detached; the run goes on: claude-relay watch {self.outcome.run_id}"
-                    )
-                    self.outcome.status = "running"
+                # Before the relay answered, the run is dealt with once its id arrives.
+                if self.outcome.run_id is not None and self._interrupt():
                     return self.outcome
-                output.note("cancelling the run (Ctrl-C again to leave at once)")
-                threading.Thread(target=self._cancel, daemon=True).start()
         self._finish()
         return self.outcome
+
+    def _interrupt(self) -> bool:
+        """The first Ctrl-C: cancel the run and see it end, or (``--detach``) leave it
+        running. True when the client leaves now."""
+        if self.detach_on_interrupt:
+            output.note(f"detached; the run goes on: claude-relay watch {self.outcome.run_id}")
+            self.outcome.status, self.outcome.detached = "running", True
+            return True
+        output.note("cancelling the run (Ctrl-C again to leave at once)")
+        threading.Thread(target=self._cancel, daemon=True).start()
+        return False
 
     def _cancel(self) -> None:
         try:

@@ -169,7 +169,10 @@ def add_commands(commands_: Any) -> None:
     common = _connection_flags()
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return commands_.add_parser(name, help=help_text, parents=[common])  # type: ignore[no-any-return]
+        # No abbreviations: `--key X` must not be read as `--key-file X`.
+        return commands_.add_parser(  # type: ignore[no-any-return]
+            name, help=help_text, parents=[common], allow_abbrev=False
+        )
 
     p = add("ask", "one prompt to a relay; prints the answer as it comes")
     p.add_argument("prompt", help="the prompt; - reads it from stdin")
@@ -217,14 +220,14 @@ def add_commands(commands_: Any) -> None:
     p.add_argument("--activity", choices=ACTIVITIES, help="only sessions doing this")
     p = add("files", "a session's workspace files")
     actions = p.add_subparsers(dest="action", required=True)
-    sub = actions.add_parser("ls", help="list them", parents=[common])
+    sub = actions.add_parser("ls", help="list them", parents=[common], allow_abbrev=False)
     sub.add_argument("session")
     sub.add_argument("--under", help="only below this folder")
-    sub = actions.add_parser("get", help="download one", parents=[common])
+    sub = actions.add_parser("get", help="download one", parents=[common], allow_abbrev=False)
     sub.add_argument("session")
     sub.add_argument("path")
     sub.add_argument("-o", "--output", help="write it here (default: stdout)")
-    sub = actions.add_parser("put", help="upload one", parents=[common])
+    sub = actions.add_parser("put", help="upload one", parents=[common], allow_abbrev=False)
     sub.add_argument("session")
     sub.add_argument("local", help="the local file")
     sub.add_argument("path", nargs="?", help="its path in the workspace (default: its name)")

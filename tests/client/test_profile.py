@@ -54,12 +54,13 @@ def test_a_named_profile_and_its_key_file(tmp_path: Path) -> None:
     path = key_file(tmp_path, "team-key")
     write_profiles(
         tmp_path,
-        f'url = "http://default:1"\n[profiles.team]\nurl = "https://team:2/"\nkey_file = "{path}"\n',
+        'url = "http://default:1"\n'
+        f'[profiles.team]\nurl = "https://team:2/"\nkey_file = "{path}"\n',
     )
     found = connection(profile="team", env={"HOME": str(tmp_path)})
     assert (found.url, found.key) == ("https://team:2", "team-key")
     assert "team-key" not in repr(found)
-    with pytest.raises(ProfileError, match="profiles.other"):
+    with pytest.raises(ProfileError, match=r"profiles\.other"):
         connection(profile="other", env={"HOME": str(tmp_path)})
 
 

@@ -242,6 +242,13 @@ class Turn:
         return None
 
 
+def read_line(prompt: str) -> str:
+    """A line from the person, asked on stderr: stdout carries only the answer."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    return input()
+
+
 def ask_person(client: RelayClient, run_id: str, request: dict[str, Any]) -> None:
     """A permission request answered at the terminal: y/n, or the options of a question."""
     for line in text.request_lines(request):
@@ -252,7 +259,7 @@ def ask_person(client: RelayClient, run_id: str, request: dict[str, Any]) -> Non
             picks = []
             for number, question in enumerate(answers.questions(request), 1):
                 while True:
-                    pick = input(f"answer Q{number}: ").strip()
+                    pick = read_line(f"answer Q{number}: ").strip()
                     try:
                         answers.choose(question, pick)
                         break
@@ -261,7 +268,7 @@ def ask_person(client: RelayClient, run_id: str, request: dict[str, Any]) -> Non
                 picks.append(pick)
             answers.send_answers(client, run_id, request, answers.build_answers(request, picks))
             return
-        reply = input("allow? [y/N] ").strip().lower()
+        reply = read_line("allow? [y/N] ").strip().lower()
         allow = reply in ("y", "yes")
         answers.decide(
             client, run_id, request_id, allow, None if allow else "denied at the terminal"
@@ -296,7 +303,7 @@ def chat(client: RelayClient, body: dict[str, Any], *, detach: bool) -> int:
     code = output.OK
     while True:
         try:
-            prompt = input("you> ")
+            prompt = read_line("you> ") if sys.stdin.isatty() else input()
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return code

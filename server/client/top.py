@@ -13,6 +13,7 @@ never parsed as markup: a model that writes ``[red]`` or ``[@click=quit]`` shows
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -128,6 +129,7 @@ class Top(App[None]):
             table.add_column(name, key=name)
         self.poll()
         self.set_interval(self.refresh_seconds, self.poll)
+        self.listen()
 
     # -- the session table ---------------------------------------------------------------
 
@@ -143,6 +145,28 @@ class Top(App[None]):
             self.call_from_thread(self.notify, exc.message, severity="error")
             return
         self.call_from_thread(self.show_rows, rows)
+
+    @work(exclusive=True, group="listen")
+    async def listen(self) -> None:
+        """The relay's feed (``GET /api/events``), where it has one: any entry (a run
+        started or ended, an activity change, a request) refreshes the table at once
+        instead of at the next tick. Without it the ticks alone keep the table current."""
+        headers = dict(self.client.http.headers)
+        timeout = httpx.Timeout(30, read=None)
+        parser = SseParser()
+        async with httpx.AsyncClient(base_url=self.client.url, headers=headers) as http:
+            try:
+                async with http.stream("GET", "/api/events", timeout=timeout) as got:
+                    if got.status_code != 200:
+                        return
+                    last = 0.0
+                    async for line in got.aiter_lines():
+                        # A burst (a replayed history) refreshes once; the tick catches up.
+                        if parser.feed(line) is not None and time.monotonic() - last > 0.2:
+                            last = time.monotonic()
+                            self.poll()
+            except httpx.HTTPError:
+                return
 
     def show_rows(self, rows: list[Row]) -> None:
         table = self.query_one("#sessions", DataTable)

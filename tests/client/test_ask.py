@@ -8,11 +8,16 @@ ones.
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import ClientCommand
-from tests.support import Relay, free_port
+from tests.client.conftest import ClientCommand, client_env
+from tests.support import ROOT, Relay, free_port
 
 pytestmark = pytest.mark.real_cli
 
@@ -89,3 +94,52 @@ def test_resuming_a_session_continues_the_conversation(
     again = client_command(real_relay, "ask", "--json", "--session", first["session_id"], "two")
     assert again.code == 0, again.err
     assert json.loads(again.out)["result"] == "reply #2 to: two"
+
+
+def test_on_a_terminal_approvals_are_asked_inline(real_relay: Relay, tmp_path: Path) -> None:
+    """stdin is a pseudo-terminal, as a person's would be: ``ask`` asks y/n on stderr."""
+    prompt = '[[tool:Bash:{"command":"echo inline > out.txt"}]]'
+    home = tmp_path / "home"
+    home.mkdir()
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "ask", "--approvals", prompt],
+        cwd=ROOT,
+        env=client_env(home, real_relay),
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.close(terminal)
+    try:
+        assert process.stderr is not None
+        chunk = b""
+        while b"allow? [y/N]" not in chunk:
+            piece = os.read(process.stderr.fileno(), 4096)
+            assert piece, f"ask ended without asking: {chunk!r}"
+            chunk += piece
+        assert b"allow Bash(echo inline > out.txt)?" in chunk
+        os.write(controller, b"y\n")
+        out, err = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err.decode()
+    assert b"tool result:" in out
+    assert b"allow?" not in out
+    with real_relay.client() as client:
+        sessions = client.get("/api/sessions").json()["sessions"]
+    assert (Path(sessions[0]["workspace"]) / "out.txt").read_text() == "inline\n"
+
+
+def test_chat_keeps_one_session_across_its_turns(
+    real_relay: Relay, client_command: ClientCommand
+) -> None:
+    done = client_command(real_relay, "chat", stdin="first\nsecond\n")
+    assert done.code == 0, done.err
+    assert done.out.splitlines() == ["reply #1 to: first", "reply #2 to: second"]
+    with real_relay.client() as client:
+        sessions = client.get("/api/sessions").json()["sessions"]
+    assert [s["runs"] for s in sessions] == [2]

@@ -301,7 +301,10 @@ def files(client: RelayClient, args: argparse.Namespace) -> int:
         return output.OK
     if args.action == "get":
         response = client.raw("GET", f"{base}/{quoted(args.path)}")
-        if args.output in (None, "-"):
+        if args.output in (None, "-") and sys.stdout.isatty():
+            # A file the model wrote is untrusted text: no escapes reach the terminal.
+            print(text.clean(response.content.decode(errors="replace")), end="")
+        elif args.output in (None, "-"):
             sys.stdout.buffer.write(response.content)
             sys.stdout.flush()
         else:

@@ -7,6 +7,7 @@ test reads what the widgets show.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,5 +85,56 @@ async def test_model_text_is_shown_as_text_never_as_markup(real_relay: Relay) ->
             assert "pwned" not in log_text(app) and "\x1b" not in log_text(app)
             assert cell(app, stream.session_id, "title").startswith("[[say:[red]plain[/red]")
             assert app.is_running
+    finally:
+        client.close()
+
+
+QUESTION = {
+    "questions": [
+        {
+            "question": "Which colour?",
+            "header": "Colour",
+            "options": [
+                {"label": "Red", "description": "warm"},
+                {"label": "Blue", "description": "cool"},
+            ],
+            "multiSelect": False,
+        }
+    ]
+}
+
+
+async def test_top_answers_a_question_from_the_keyboard(real_relay: Relay) -> None:
+    prompt = "[[tool:AskUserQuestion:" + json.dumps(QUESTION) + "]]"
+    client = RelayClient(Connection(real_relay.url, real_relay.api_key))
+    app = Top(client, refresh_seconds=0.2)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.loaded)
+            stream = open_stream(real_relay, {"prompt": prompt, "approvals": True, "detach": True})
+            session_id = stream.session_id
+            await until(pilot, lambda: session_id in app.rows)
+            await until(pilot, lambda: cell(app, session_id, "activity") == "awaiting_answer")
+            await until(pilot, lambda: "2) Blue" in pending_text(app))
+            assert "Q1. Which colour?" in pending_text(app)
+            await pilot.press("a", "2", "enter")
+            await until(pilot, lambda: cell(app, session_id, "activity") == "idle")
+    finally:
+        client.close()
+    done = stream.result()
+    assert "Blue" in done.of_type("result")[0]["result"]
+
+
+async def test_top_sends_a_prompt_to_the_selected_session(real_relay: Relay) -> None:
+    first = real_relay.run({"prompt": "hello"})
+    session_id = first.session_id
+    client = RelayClient(Connection(real_relay.url, real_relay.api_key))
+    app = Top(client, refresh_seconds=0.2)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.selected == session_id)
+            await pilot.press("p", *"again", "enter")
+            await until(pilot, lambda: "reply #2 to: again" in log_text(app))
+            await until(pilot, lambda: cell(app, session_id, "runs") == "2")
     finally:
         client.close()

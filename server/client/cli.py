@@ -181,6 +181,7 @@ def add_commands(commands_: Any) -> None:
     _request_flags(p)
     p = add("watch", "follow a run, or a session across its runs")
     p.add_argument("target", help="a run id or a session id")
+    p.add_argument("--once", action="store_true", help="a session: only its running (or next) run")
     p = add("wait", "until a session is idle (or waits for input)")
     p.add_argument("session", help="a session id (or one of its runs)")
     p.add_argument("--until", choices=("idle", "awaiting"), default="idle")

@@ -120,13 +120,23 @@ def follow_session(client: RelayClient, session: dict[str, Any], json: bool) -> 
             time.sleep(POLL_SECONDS)
 
 
+def next_run(client: RelayClient, session_id: str) -> str:
+    """The session's running run, or the next one to start."""
+    while True:
+        run_id = client.get(f"/api/sessions/{session_id}").get("active_run_id")
+        if run_id:
+            return str(run_id)
+        time.sleep(POLL_SECONDS)
+
+
 def watch(client: RelayClient, args: argparse.Namespace) -> int:
     kind, found = resolve(client, args.target)
-    if kind == "run":
-        follow_run(client, found["run_id"], args.json)
-        ended = client.get(f"/api/runs/{found['run_id']}")
-        return output.OK if ended.get("status") == "succeeded" else output.RUN_FAILED
-    return follow_session(client, found, args.json)
+    if kind == "session" and not args.once:
+        return follow_session(client, found, args.json)
+    run_id = found["run_id"] if kind == "run" else next_run(client, found["session_id"])
+    follow_run(client, run_id, args.json)
+    ended = client.get(f"/api/runs/{run_id}")
+    return output.OK if ended.get("status") == "succeeded" else output.RUN_FAILED
 
 
 def wait(client: RelayClient, args: argparse.Namespace) -> int:

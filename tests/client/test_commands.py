@@ -235,3 +235,14 @@ def test_files_and_diff(real_relay: Relay, client_command: ClientCommand, tmp_pa
     assert shown.code == 0, shown.err
     assert "modified: docs/plan.txt" in shown.out
     assert "-one\n+two" in shown.out
+
+
+def test_watch_once_follows_a_sessions_running_run_to_its_end(
+    real_relay: Relay, client_command: ClientCommand
+) -> None:
+    stream = open_stream(real_relay, {"prompt": "[[slow:4:0.5]] count", "detach": True})
+    stream.wait_started()
+    watched = client_command(real_relay, "watch", "--once", stream.session_id)
+    assert watched.code == 0, watched.err
+    assert watched.out == "reply #1 to: count\n"
+    assert stream.result().of_type("result")[0]["result"] == "reply #1 to: count"

@@ -232,8 +232,10 @@ def add_commands(commands_: Any) -> None:
     sub.add_argument("session")
     sub.add_argument("local", help="the local file")
     sub.add_argument("path", nargs="?", help="its path in the workspace (default: its name)")
-    p = add("diff", "what a run (or a session's latest run) changed, as diffs")
-    p.add_argument("target")
+    p = add("diff", "a project session's work, or what a run changed, as diffs")
+    p.add_argument("target", help="a session id or a run id")
+    p.add_argument("--stat", action="store_true", help="a project session: files and counts")
+    p.add_argument("--patch", action="store_true", help="a project session: its commits")
     add("top", "a live dashboard of every session (needs the [tui] extra)")
 
 

@@ -336,7 +336,11 @@ def files(client: RelayClient, args: argparse.Namespace) -> int:
 
 
 def diff(client: RelayClient, args: argparse.Namespace) -> int:
+    """A project session: its work against its base (``GET /api/sessions/{id}/diff``);
+    otherwise what a run (a session's latest) changed in the workspace."""
     kind, found = resolve(client, args.target)
+    if kind == "session" and found.get("project"):
+        return session_diff(client, found["session_id"], args)
     run_id = found["run_id"] if kind == "run" else None
     if run_id is None:
         latest = activity.last_run(client, found["session_id"])
@@ -347,11 +351,34 @@ def diff(client: RelayClient, args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(changes)
         return output.OK
-    tty = sys.stdout.isatty()
     for change in changes.get("changes", []):
         print(f"{change['change']}: {text.clean(change['path'])}")
         if change.get("diff"):
-            print(text.clean(change["diff"]) if tty else change["diff"], end="")
+            print(terminal_safe(change["diff"]), end="")
     if not changes.get("recorded"):
         output.note("(changes were not recorded for this run)")
+    return output.OK
+
+
+def terminal_safe(given: str) -> str:
+    """Text from the model for stdout: cleaned on a terminal, as it is into a pipe or file
+    (a patch keeps its carriage returns there)."""
+    return text.clean(given) if sys.stdout.isatty() else given
+
+
+def session_diff(client: RelayClient, session_id: str, args: argparse.Namespace) -> int:
+    params = {"stat": "true"} if args.stat else {"format": "patch"} if args.patch else {}
+    found = client.get(f"/api/sessions/{session_id}/diff", params=params)
+    if args.json:
+        output.print_json(found)
+        return output.OK
+    for entry in found.get("files") or []:
+        counts = "binary" if entry.get("binary") else f"+{entry['added']} -{entry['removed']}"
+        print(f"{counts:>12}  {text.clean(entry['path'])}")
+    if found.get("diff"):
+        print(terminal_safe(found["diff"]), end="")
+    output.note(
+        f"project {found.get('project')}: {found.get('ahead')} ahead, {found.get('behind')} "
+        f"behind {found.get('default_branch')}" + (" (truncated)" if found.get("truncated") else "")
+    )
     return output.OK

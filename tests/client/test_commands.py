@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from tests.client.conftest import ClientCommand, client_env
+from tests.conftest import RelayFactory, real_cli_env
+from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.support import ROOT, Relay, open_stream, wait_until
 
 pytestmark = pytest.mark.real_cli
@@ -246,3 +248,36 @@ def test_watch_once_follows_a_sessions_running_run_to_its_end(
     assert watched.code == 0, watched.err
     assert watched.out == "reply #1 to: count\n"
     assert stream.result().of_type("result")[0]["result"] == "reply #1 to: count"
+
+
+def test_diff_of_a_project_session_shows_its_work_against_its_base(
+    relay_factory: RelayFactory,
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+    tmp_path: Path,
+    client_command: ClientCommand,
+) -> None:
+    repo = tmp_path / "app"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "--initial-branch=main"], check=True)
+    (repo / "main.py").write_text("print('hello')\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    relay = relay_factory(
+        claude_bin=real_cli, env={**real_cli_env(fake_api), "CLAUDE_RELAY_PROJECTS": f"app={repo}"}
+    )
+    edit = (
+        "[[tool:Write:" + json.dumps({"file_path": "main.py", "content": "print('bye')\n"}) + "]]"
+    )
+    ran = client_command(
+        relay, "ask", "--json", "--project", "app", "--permission-mode", "acceptEdits", edit
+    )
+    assert ran.code == 0, ran.err
+    session = json.loads(ran.out)["session_id"]
+    shown = client_command(relay, "diff", session)
+    assert shown.code == 0, shown.err
+    assert "-print('hello')\n+print('bye')" in shown.out
+    assert "0 ahead" in shown.err
+    stat = json.loads(client_command(relay, "diff", "--json", "--stat", session).out)
+    assert stat["files"] == [{"path": "main.py", "added": 1, "removed": 1, "binary": False}]

@@ -242,7 +242,10 @@ def test_files_and_diff(real_relay: Relay, client_command: ClientCommand, tmp_pa
 def test_watch_once_follows_a_sessions_running_run_to_its_end(
     real_relay: Relay, client_command: ClientCommand
 ) -> None:
-    stream = open_stream(real_relay, {"prompt": "[[slow:4:0.5]] count", "detach": True})
+    # The turn lasts ten seconds, so the client (a new Python process, slow to start on a
+    # loaded machine) finds it still running; a turn that ended first would leave `watch
+    # --once` waiting for the session's next run.
+    stream = open_stream(real_relay, {"prompt": "[[slow:20:0.5]] count", "detach": True})
     stream.wait_started()
     watched = client_command(real_relay, "watch", "--once", stream.session_id)
     assert watched.code == 0, watched.err

@@ -70,7 +70,7 @@ def checked_attachments(
     summary="Run Claude Code and stream its output",
     description=DESCRIPTION,
     opt={BODY_OPT: ClaudeRequest},
-    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 429, 500, 503, 507),
+    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 429, 500, 502, 503, 507),
     response_headers=always_sent(
         {
             "X-Run-Id": "The run's id, for /api/runs/{run_id}.",

@@ -24,6 +24,7 @@ from server.errors import (
     CLIUnavailable,
     Conflict,
     Forbidden,
+    GitFailed,
     InvalidRequest,
     NotFound,
     RangeNotSatisfiable,
@@ -48,6 +49,7 @@ STATUS: dict[type[Refused], int] = {
     RangeNotSatisfiable: 416,
     TooManyRuns: 429,
     RunFailed: 500,
+    GitFailed: 502,
     CLIUnavailable: 503,
     StorageUnavailable: 503,
     StorageFull: 507,
@@ -149,6 +151,8 @@ MEANING = {
     429: "Too many runs at once (the relay's or the key's cap), or the key's daily budget is"
     " spent (the message says when it resets); see Retry-After.",
     500: "The run behind a non-streaming answer failed.",
+    502: "A git command the relay ran for a project failed: a push the remote refused or"
+    " could not be reached, a repository git could not read (git's own words go to the log).",
     503: "The Claude Code CLI cannot be run, or the database or workspaces root is read-only,"
     " gone or unreachable (the message says which; see Retry-After).",
     507: "The database's or the workspaces root's disk is full (the message says which; see"
@@ -193,6 +197,11 @@ def exception_handlers(
         )
 
     def on_refused(request: Request[Any, Any, Any], exc: Refused) -> Response[Any]:
+        if isinstance(exc, GitFailed):
+            # git's words may name paths of the operator's: the log has them, the client not.
+            log.warning(
+                "%s on %s %s: %s", exc.message, request.method, request.url.path, exc.detail
+            )
         return respond(request, exc)
 
     def on_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

@@ -37,7 +37,7 @@ Stat = Annotated[
 @get(
     "/{session_id:str}/diff",
     summary="A project session's changes against its base",
-    responses=documented_errors(ErrorBody, 400, 401, 404, 409, 500),
+    responses=documented_errors(ErrorBody, 400, 401, 404, 409, 500, 502),
 )
 async def session_diff(
     session_id: SessionId,
@@ -69,7 +69,7 @@ async def session_diff(
     status_code=200,
     summary="Commit a project session's work and set a branch of the project to it",
     opt={BODY_OPT: PublishRequest},
-    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 500),
+    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 500, 502),
 )
 async def publish_session(
     session_id: SessionId,

@@ -207,7 +207,7 @@ def _new_session_request(body: bytes) -> NewSessionRequest:
     "`POST /api/claude`, whose first run starts the conversation in this workspace. If a "
     "file cannot be written nothing is kept (no session, no files).",
     operation_class=NewSessionBody,
-    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 500, 503, 507),
+    responses=documented_errors(ErrorBody, 400, 401, 403, 404, 409, 413, 500, 502, 503, 507),
 )
 async def create_session(
     request: Request[Any, Any, Any],

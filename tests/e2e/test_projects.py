@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -465,6 +466,11 @@ def test_push_to_a_bare_remote_where_allowed_and_403_where_not(
     assert git(remote, "rev-parse", branch).strip() == pushed.json()["commit"]
     assert refused.status_code == 403, refused.text
     assert "push" in refused.json()["error"]
+    shutil.rmtree(remote)
+    with relay.client() as client:
+        gone = client.post(f"/api/sessions/{pushed_session}/publish", json={"push": "origin"})
+    assert gone.status_code == 502, gone.text
+    assert "push" in gone.json()["error"] and str(tmp_path) not in gone.text
 
 
 def test_a_model_id_at_a_project_runs_on_it_and_continuity_stays_in_the_project(

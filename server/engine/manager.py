@@ -341,17 +341,27 @@ class RunManager:
                 await asyncio.shield(handover)
             live = self.live.take(target.workspace_id)
             if live is not None:
-                if not target.fork and live.claude_session_id == target.claude_session_id:
+                if (
+                    not target.fork
+                    and live.claude_session_id == target.claude_session_id
+                    and self._confined_as_now(live)
+                ):
                     run = await self._start_live(request, target, run_id, live, blocks)
                     if run is not None:
                         return run
                 else:
                     await self._close_live(live)  # a fork runs beside no other process
         elif self._poolable(request, target):
-            pooled = self.pool.take()
+            pooled = self.pool.take(accept=self._confined_as_now)
             if pooled is not None:
                 return await self._start_pooled_run(request, target, run_id, pooled, blocks)
         return await self._start_cold(request, target, run_id, blocks)
+
+    def _confined_as_now(self, waiting: LiveProcess) -> bool:
+        """A waiting process hides every project registered now: one started before a
+        SIGHUP added a project could read that project's checkout, so it takes no turn
+        (the session resumes cold, its history intact)."""
+        return set(waiting.process.hidden) >= set(self.project_sessions.hidden())
 
     async def _on_project(
         self, request: RunRequest, target: Placement
@@ -463,16 +473,17 @@ class RunManager:
         """A pool process: a new workspace and session id, the default options, no prompt."""
         target = new_placement("")
         marker = str(uuid.uuid4())
+        hidden = self.project_sessions.hidden()
         cwd = self.workspaces.prepare(target.workspace_id)
         spawned_after = time.time() - SPAWN_SLACK
         try:
-            spawning = await self._spawn(RunRequest(prompt=""), target, marker, cwd)
+            spawning = await self._spawn(RunRequest(prompt=""), target, marker, cwd, hidden)
             child = await spawning
         except BaseException:
             self._revoke(marker)
             self.workspaces.remove(target.workspace_id)
             raise
-        proc = self._process_of(child, marker, spawned_after)
+        proc = self._process_of(child, marker, spawned_after, hidden)
         # Not `initialize` to wait for its start-up: the pinned CLI answers it only after
         # 5-30 s (measured), while a user line gets its first event within ~0.1 s of start.
         return LiveProcess(target.workspace_id, target.claude_session_id, proc, POOL_OPTIONS)
@@ -535,9 +546,10 @@ class RunManager:
         trips from every run's time to first byte.
         """
         cwd = self.workspaces.prepare(target.workspace_id)
+        hidden = self.project_sessions.hidden()
         spawned_after = time.time() - SPAWN_SLACK
         try:
-            spawning = await self._spawn(request, target, run_id, cwd)
+            spawning = await self._spawn(request, target, run_id, cwd, hidden)
         except BaseException:
             self._revoke(run_id)
             self._drop_new_workspace(target)
@@ -558,16 +570,17 @@ class RunManager:
             self._revoke(run_id)
             await self._abandon(target, run_id, str(exc))
             raise
-        proc = self._process_of(child, run_id, spawned_after)
+        proc = self._process_of(child, run_id, spawned_after, hidden)
         return self._launch(request, target, run_id, proc, "cold", blocks)
 
     def _process_of(
-        self, child: process.Child, marker: str, spawned_after: float
+        self, child: process.Child, marker: str, spawned_after: float, hidden: tuple[Path, ...]
     ) -> SessionProcess:
         proc = SessionProcess(
             child,
             marker=marker,
             spawned_after=spawned_after,
+            hidden=hidden,
             stderr_tail_bytes=self.settings.stderr_tail_bytes,
             max_line_bytes=self.settings.max_line_bytes,
             interrupt_grace=self.settings.interrupt_grace,
@@ -733,10 +746,15 @@ class RunManager:
             self.workspaces.remove(target.workspace_id)
 
     async def _spawn(
-        self, request: RunRequest, target: Placement, run_id: str, cwd: Path
+        self,
+        request: RunRequest,
+        target: Placement,
+        run_id: str,
+        cwd: Path,
+        hidden: tuple[Path, ...],
     ) -> asyncio.Future[process.Child]:
-        """Start the CLI in ``cwd``, with the session's own config directory; it waits for its
-        prompt on stdin."""
+        """Start the CLI in ``cwd``, with the session's own config directory, its sandbox
+        hiding ``hidden``; it waits for its prompt on stdin."""
         project = request.on_project
         argv = build_argv(
             self.settings.claude_bin,
@@ -765,7 +783,6 @@ class RunManager:
             env = key_proxy.child_env(env, key_proxy.issue(run_id))
         config_dir = session_config.path_for(self.workspaces.root, target.workspace_id)
         work = self.project_sessions
-        hidden = work.hidden()
         launch = self.launcher.for_run(
             cwd,
             config_dir,

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from server.claude import process, protocol
@@ -88,8 +89,12 @@ class SessionProcess:
         interrupt_grace: float,
         terminate_grace: float,
         metrics: Metrics = DISCARD,
+        hidden: tuple[Path, ...] = (),
     ) -> None:
         self.child = child
+        self.hidden = hidden
+        """What its sandbox hides (the registered projects when it started): a process that
+        hides less than the registry now asks for must not take another turn."""
         self.metrics = metrics
         """Told the signals that stop it and the leftovers swept after it."""
         self.marker = marker

@@ -59,11 +59,13 @@ class WarmPool:
             self._filler = asyncio.create_task(self._fill(), name="warm-pool")
             self._wanted.set()
 
-    def take(self) -> LiveProcess | None:
-        """A waiting process, now the caller's; the pool refills behind it."""
+    def take(self, accept: Callable[[LiveProcess], bool] = lambda _: True) -> LiveProcess | None:
+        """A waiting process, now the caller's; the pool refills behind it. One that is not
+        usable any more, or that ``accept`` refuses (its confinement is out of date), is
+        closed and replaced."""
         while self._ready:
             pooled = self._ready.pop(0)
-            if pooled.process.usable:
+            if pooled.process.usable and accept(pooled):
                 asyncio.get_running_loop().call_later(REFILL_DELAY, self._wanted.set)
                 return pooled
             self._forget(pooled)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from tests.conftest import RelayFactory, real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay, as_key, write_keys_file
+from tests.support import LIVE_RUNS, Relay, as_key, wait_until, write_keys_file
 
 pytestmark = pytest.mark.real_cli
 
@@ -685,3 +686,51 @@ def test_a_project_session_never_takes_a_pooled_process_and_stays_live(
     kinds = [run["process"] for run in relay.session_runs(first.session_id)]
     assert kinds == ["cold", "live"]
     assert "the readme" in json.dumps(first.payloads)
+
+
+def test_processes_waiting_when_sighup_adds_a_project_take_no_turn_that_could_see_it(
+    relay_process_factory: Any, real_cli: Path, fake_api: FakeAnthropicAPI, tmp_path: Path
+) -> None:
+    """Real CLI + fake API, a relay process (for SIGHUP), sandboxed. A live session's idle
+    process and a pool process were started before the project existed, so their sandboxes
+    show its checkout: the session's next turn resumes cold, and a new session does not take
+    the stale pool process."""
+    keys = keys_with_projects(tmp_path / "keys.toml", {}, "op-key-123")
+    env = {
+        **real_cli_env(fake_api),
+        **LIVE_RUNS,
+        "CLAUDE_RELAY_WARM_POOL": "1",
+        "CLAUDE_RELAY_KEYS_FILE": str(keys),
+        "CLAUDE_RELAY_SANDBOX": "bwrap",
+    }
+    relay = as_key(relay_process_factory(claude_bin=real_cli, env=env), "op-key-123")
+    first = relay.run(bash("true"))
+    assert first.status == 200, first.body
+    assert relay.get_run(first.headers["x-run-id"])["process"] == "cold"
+
+    def pooled() -> int:
+        with relay.client() as client:
+            return int(client.get("/health").json()["runs"]["pooled"])
+
+    assert wait_until(lambda: pooled() == 1, 60)
+    other = make_repo(tmp_path / "other", {"secret.txt": "ADDED-PROJECT-SECRET\n"})
+    keys_with_projects(keys, {"other": {"path": str(other)}}, "op-key-123")
+    relay.process.send_signal(signal.SIGHUP)  # type: ignore[attr-defined]
+
+    def listed() -> list[str]:
+        with relay.client() as client:
+            return [p["name"] for p in client.get("/api/projects").json()["projects"]]
+
+    assert wait_until(lambda: listed() == ["other"], 30)
+    second = relay.run({**bash(f"cat {other / 'secret.txt'}"), "session_id": first.session_id})
+    assert second.status == 200, second.body
+    assert relay.get_run(second.headers["x-run-id"])["process"] == "cold"
+    assert "ADDED-PROJECT-SECRET" not in json.dumps(second.payloads)
+    fresh = relay.run({"prompt": "a new session after the reload"})
+    assert fresh.status == 200, fresh.body
+    assert (
+        relay.get_run(fresh.headers["x-run-id"])["process"] == "cold"
+    )  # the stale pool process went
+    assert wait_until(lambda: pooled() == 1, 60)  # and one that hides the project came
+    pooled_run = relay.run({"prompt": "and the refilled pool serves"})
+    assert relay.get_run(pooled_run.headers["x-run-id"])["process"] == "pool"

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 import psutil
 
+from bench.cluster import cluster, lookup
 from bench.core import (
     CLI_ARGS,
     Outcome,
@@ -71,6 +72,10 @@ class Plan:
     project_files: int = 2_000
     project_mb: int = 40
     project_reps: int = 3
+    cluster_runs: int = 4
+    cluster_reps: int = 1
+    lookup_sessions: int = 2_000
+    lookup_count: int = 200
 
 
 QUICK = Plan(
@@ -118,6 +123,10 @@ FULL = Plan(
     project_files=10_000,
     project_mb=200,
     project_reps=10,
+    cluster_runs=50,
+    cluster_reps=3,
+    lookup_sessions=100_000,
+    lookup_count=2_000,
 )
 
 PLANS = {"quick": QUICK, "full": FULL}
@@ -1169,6 +1178,8 @@ SCENARIOS = {
     "sandbox": sandbox,
     "changes": changes,
     "projects": projects,
+    "cluster": cluster,
+    "lookup": lookup,
 }
 
 TITLES = {
@@ -1184,6 +1195,8 @@ TITLES = {
     "sandbox": "10. The sandbox (bubblewrap) on vs off: start overhead, real CLI first event",
     "changes": "11. Recording what a run changed: a turn's cost on a 10 000-file workspace",
     "projects": "12. A session on a git project: its clone vs an empty workspace, its disk, /diff",
+    "cluster": "13. Two relays on one PostgreSQL behind one address vs one relay (real CLI)",
+    "lookup": "14. Session lookup at scale: PostgreSQL vs SQLite",
 }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from bench.core import async_client, direct_run, make_fake, relay_process, relay_run
 from bench.soak import (
     CrashTotals,
@@ -64,3 +66,21 @@ def test_the_soaks_checks_count_what_they_must() -> None:
     assert (crash.seen_events, crash.lost, crash.changed, crash.not_terminal) == (3, 1, 1, 1)
     compare_replay(run, Seen(events=[Event(i, d) for i, d in reference]), crash, report)
     assert crash.not_terminal == 1 and crash.gaps == 0
+
+
+def test_the_scale_out_scenarios_run_in_quick_mode(tmp_path: Path) -> None:
+    """``cluster`` (two relays with the real CLI on one PostgreSQL behind the bench's proxy, vs
+    one) and ``lookup`` (PostgreSQL vs SQLite) end without errors on small counts. The real CLI
+    talks to the fake Anthropic API; the scenarios skip only where PostgreSQL or the CLI is
+    missing, which this test reports as a skip rather than a pass."""
+
+    from bench.scenarios import QUICK, SCENARIOS
+
+    for name in ("lookup", "cluster"):
+        result = asyncio.run(SCENARIOS[name](QUICK, tmp_path / name))
+        if result.get("skipped"):
+            pytest.skip(f"{name}: {result['skipped']}")
+        assert result["errors"] == 0, result["figures"]
+    # Both sides of the pair ran every run of the burst to its result.
+    assert result["figures"]["2 relays: errors"]["count"] == 0
+    assert result["figures"]["1 relay: errors"]["count"] == 0

@@ -39,8 +39,10 @@ from server.config import VERSION, Settings
 from server.engine.housekeeping import housekeeping_loop
 from server.engine.keys import Keyring
 from server.engine.manager import RunManager
+from server.engine.cluster import Cluster
 from server.engine.recovery import recover
 from server.engine.runtime import open_runtime
+from server.storage.relay_store import RelayStore
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,17 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
             events_stored=runtime.settings.persist_events,
             metrics=runtime.metrics,
         )
+        cluster = Cluster(
+            RelayStore(runtime.database),
+            runtime.sessions,
+            runtime.runs,
+            owner=manager.owner,
+            owner_timeout=runtime.settings.owner_timeout,
+            disown=manager.disown,
+            events_stored=runtime.settings.persist_events,
+        )
+        await cluster.start()
+        manager.cluster = cluster
         runtime.event_writer.start()
         manager.start_upkeep()
         relay.runtime, relay.manager = runtime, manager
@@ -75,6 +88,7 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
             reloads()
             housekeeping.cancel()
             await manager.shutdown()
+            await cluster.stop()
             await runtime.close()
             relay.runtime = relay.manager = None
 

@@ -274,6 +274,12 @@ class Settings:
         "start-up and --resume (a live session); 0 turns live sessions off.",
         parse_duration,
     )
+    owner_timeout: float = _setting(
+        30.0,
+        "A relay sharing the database that has not renewed its heartbeat for this long is "
+        "judged lost: another relay fails its runs (relay_lost) and frees its sessions.",
+        parse_duration,
+    )
     max_live: int = _setting(
         4,
         "Idle live processes kept at once; past it the least recently used is closed. They "
@@ -417,6 +423,7 @@ class Settings:
             "interrupt_grace": self.interrupt_grace >= 0,
             "live_idle_seconds": self.live_idle_seconds >= 0,
             "max_live": self.max_live >= 0,
+            "owner_timeout": self.owner_timeout > 0,
             "warm_pool": self.warm_pool >= 0,
             "approval_timeout": self.approval_timeout > 0,
             "terminate_grace": self.terminate_grace >= 0,

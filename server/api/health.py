@@ -22,12 +22,14 @@ from server.api.auth import PUBLIC_OPT
 from server.api.dependencies import ManagerDep, RuntimeDep, SettingsDep
 from server.api.schemas import (
     CLIHealth,
+    ClusterHealth,
     CredentialsHealth,
     DatabaseHealth,
     Health,
     Liveness,
     Problem,
     Readiness,
+    RelayPeer,
     RunsHealth,
     SandboxHealth,
     WorkspacesHealth,
@@ -36,6 +38,7 @@ from server.claude import binary
 from server.config import VERSION
 from server.engine import credentials
 from server.engine.launcher import Launcher
+from server.engine.manager import RunManager
 from server.engine.runtime import Runtime
 
 LOW_DISK_BYTES = 1024**3
@@ -191,8 +194,24 @@ async def health(
         sandbox=sandbox,
         credentials=creds,
         problems=_problems(cli_health, creds, database, workspaces, sandbox),
+        relay=await _cluster(manager) if database.ok else None,
     )
     return Response(body, status_code=200 if healthy else 503)
+
+
+async def _cluster(manager: RunManager) -> ClusterHealth | None:
+    """One small query of ``relays``; left out if it fails (the database is judged above)."""
+    cluster = manager.cluster
+    if cluster is None:
+        return None
+    try:
+        alive = await cluster.alive()
+    except Exception:
+        return ClusterHealth(id=manager.owner, alive=[])
+    peers = [
+        RelayPeer(r.owner, r.host, r.version, r.started_at, r.heartbeat_at) for r in alive
+    ]
+    return ClusterHealth(id=manager.owner, alive=peers)
 
 
 @get("/health/live", opt={PUBLIC_OPT: True}, tags=["health"], summary="The process answers")

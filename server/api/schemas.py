@@ -604,6 +604,23 @@ class RunsHealth(msgspec.Struct):
     """Processes started ahead of time for new sessions."""
 
 
+class RelayPeer(msgspec.Struct):
+    id: str
+    """Its owner string (``host:pid:instance``), as in a run's ``owner``."""
+    host: str
+    version: str
+    started_at: float
+    heartbeat_at: float
+
+
+class ClusterHealth(msgspec.Struct):
+    id: str
+    """This relay's owner string: its runs and session claims carry it."""
+    alive: list[RelayPeer]
+    """Relays on this database whose heartbeat is within ``CLAUDE_RELAY_OWNER_TIMEOUT``
+    (this one included)."""
+
+
 class SandboxHealth(msgspec.Struct, omit_defaults=True):
     mode: Literal["bwrap", "off"]
     """The sandbox each run gets: ``bwrap`` (bubblewrap) or ``off`` (none)."""
@@ -625,6 +642,8 @@ class Health(msgspec.Struct):
     credentials: CredentialsHealth | None = None
     problems: list[Problem] = msgspec.field(default_factory=list)
     """Everything found wrong, errors first; empty on a relay with nothing to fix."""
+    relay: ClusterHealth | None = None
+    """Which relay answered, and the relays sharing its database that are alive."""
 
 
 class Liveness(msgspec.Struct):

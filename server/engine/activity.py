@@ -195,6 +195,7 @@ STOP_REASONS = {
     "shutdown": "shutdown",
     "line_too_long": "line_too_long",
     "storage": "storage",
+    "relay_lost": "relay_lost",
 }
 """The relay stopped the run: its stop reason is the failed reason."""
 

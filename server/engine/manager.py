@@ -25,6 +25,7 @@ from server.claude import process
 from server.claude.command import build_argv, build_env, current_env, telemetry_env
 from server.claude.options import RunOptions, utf8_size
 from server.engine import activity, attachments, credentials, log_context, session_config
+from server.engine.cluster import Cluster
 from server.engine.activity_board import ActivityBoard, ActivityChange, change, encode
 from server.engine.callers import ANONYMOUS, Caller, check_daily_budget, check_options
 from server.engine.changes import Snapshots
@@ -167,6 +168,8 @@ class RunManager:
         self.workspaces = runtime.workspaces
         self.planner = Planner(runtime.sessions, runtime.fingerprints)
         self.owner = owner_id()
+        self.cluster: Cluster | None = None
+        """This relay's heartbeat among the relays sharing the database (set at start)."""
         self.launcher: Launcher = choose(
             settings,
             workspaces_root=runtime.workspaces.root,
@@ -978,6 +981,15 @@ class RunManager:
     def stop_all(self, reason: StopReason) -> None:
         for run in list(self.runs.values()):
             run.request_stop(reason)
+
+    def disown(self) -> None:
+        """Another relay took this one over (judged it lost): its runs and live processes are
+        no longer its own, so they stop here and write nothing as if they were (a run's end
+        only updates a run still ``running``; the other relay already failed it)."""
+        self.stop_all(StopReason.RELAY_LOST)
+        for live in [*self.live.drain(), *self._kept.values()]:
+            self._close_live(live)
+        self._kept.clear()
 
     async def shutdown(self) -> None:
         """Stop every run and wait for each to record its end."""

@@ -78,6 +78,8 @@ class StopReason(enum.StrEnum):
     SHUTDOWN = "shutdown"
     LINE_TOO_LONG = "line_too_long"
     STORAGE = "storage"
+    RELAY_LOST = "relay_lost"
+    """Another relay judged this one lost (its heartbeat lapsed) and failed its runs."""
 
 
 _STOP_STATUS = {
@@ -88,6 +90,7 @@ _STOP_STATUS = {
     StopReason.SHUTDOWN: RunStatus.FAILED,
     StopReason.LINE_TOO_LONG: RunStatus.FAILED,
     StopReason.STORAGE: RunStatus.FAILED,
+    StopReason.RELAY_LOST: RunStatus.FAILED,
 }
 
 
@@ -615,4 +618,6 @@ class Run:
             StopReason.LINE_TOO_LONG: self.error_message or "a stdout line was too long",
             StopReason.STORAGE: f"the relay could not store the run's events "
             f"({self.storage_error}); the run was stopped",
+            StopReason.RELAY_LOST: "another relay judged this one lost (its heartbeat lapsed) "
+            "and failed the run; it was stopped here",
         }[reason]

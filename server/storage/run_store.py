@@ -169,13 +169,16 @@ def _number(value: Any, kind: type) -> Any:
 
 
 def finish_statement(run_id: str, outcome: RunOutcome) -> Any:
-    """Record a run's outcome; the figures come from the CLI's ``result`` line, if any."""
+    """Record a run's outcome; the figures come from the CLI's ``result`` line, if any.
+
+    Only a run still ``running`` is updated: a relay that was judged lost (partitioned, then
+    back) must not overwrite the ``relay_lost`` another relay recorded."""
     result = outcome.result or {}
     usage = result.get("usage")
     text = result.get("result")
     return (
         update(RunRow)
-        .where(RunRow.id == run_id)
+        .where(RunRow.id == run_id, RunRow.status == RunStatus.RUNNING.value)
         .values(
             status=outcome.status.value,
             pid=outcome.pid,

@@ -276,3 +276,19 @@ class SpendRow(Base):
     day: Mapped[int] = mapped_column(Integer, primary_key=True)
     """Days since 1970-01-01, UTC."""
     cost_usd: Mapped[float] = mapped_column(Float)
+
+
+class RelayRow(Base):
+    """A relay serving on this database, and when it last said so. A relay renews its row
+    while it runs and deletes it on a clean stop; a row left to lapse is a relay that is gone
+    (killed, or its machine lost), and the first relay to delete it takes over its runs."""
+
+    __tablename__ = "relays"
+
+    owner: Mapped[str] = mapped_column(String(300), primary_key=True)
+    """The same string as ``runs.owner``: ``host:pid:instance``."""
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)

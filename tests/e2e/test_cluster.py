@@ -1,0 +1,143 @@
+"""Two relay processes on one database and one shared workspaces root, with the real CLI
+against the fake Anthropic API: a session moves between them with its history, one turn at a
+time across both, and a relay killed mid-run is judged lost by the other (``relay_lost``)
+within ``CLAUDE_RELAY_OWNER_TIMEOUT``, its session then resuming there.
+
+Each test runs on PostgreSQL (a real server, ``tests/postgres.py``) and on SQLite (one file
+shared by both processes).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import real_cli_env
+from tests.fakes.anthropic_api import FakeAnthropicAPI
+from tests.support import RelayProcess, Stream, processes_with_marker, wait_until
+
+pytestmark = pytest.mark.real_cli
+
+OWNER_TIMEOUT = "3"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """What both relays share: the database and the workspaces root (CLI transcripts too:
+    each session's ``CLAUDE_CONFIG_DIR`` is under that root)."""
+    places: dict[str, Any] = {"workspaces": tmp_path / "workspaces"}
+    if request.param == "postgresql":
+        places["env"] = {"CLAUDE_RELAY_DATABASE_URL": request.getfixturevalue("postgres_url")}
+    else:
+        places["database"] = tmp_path / "shared.db"
+        places["env"] = {}
+    return places
+
+
+Pair = tuple[RelayProcess, RelayProcess]
+
+
+@pytest.fixture
+def relays(
+    shared: dict[str, Any],
+    relay_process_factory: Callable[..., RelayProcess],
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+) -> Pair:
+    env = {
+        **real_cli_env(fake_api),
+        **shared["env"],
+        "CLAUDE_RELAY_OWNER_TIMEOUT": OWNER_TIMEOUT,
+    }
+    places = {k: v for k, v in shared.items() if k != "env"}
+    first = relay_process_factory(claude_bin=real_cli, env=env, **places)
+    second = relay_process_factory(claude_bin=real_cli, env=env, **places)
+    return first, second
+
+
+def _user_texts(body: dict[str, Any]) -> str:
+    return repr(body.get("messages"))
+
+
+def test_a_session_made_on_one_relay_resumes_on_the_other_with_its_history(
+    relays: Pair, fake_api: FakeAnthropicAPI
+) -> None:
+    first, second = relays
+    made = first.run({"prompt": "remember the word pelican"})
+    assert made.status == 200, made.body
+    resumed = second.run({"prompt": "which word?", "session_id": made.session_id})
+    assert resumed.status == 200, resumed.body
+    # The model saw the earlier turn: relay 2's CLI resumed the transcript relay 1's wrote.
+    last = fake_api.message_requests()[-1]
+    assert "remember the word pelican" in _user_texts(last)
+    assert resumed.of_type("result")[0]["result"] == "reply #2 to: which word?"
+    with second.client() as client:
+        health = client.get("/health").json()["relay"]
+    assert {relay["id"] for relay in health["alive"]} >= {health["id"]}
+    assert len(health["alive"]) == 2
+
+
+def _in_background(relay: RelayProcess, body: dict[str, Any]) -> tuple[threading.Thread, list[Stream]]:
+    out: list[Stream] = []
+    thread = threading.Thread(target=lambda: out.append(relay.run(body)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _running_run(relay: RelayProcess, session_id: str) -> str | None:
+    runs = relay.session_runs(session_id)
+    going = [run["run_id"] for run in runs if run["status"] == "running"]
+    return going[0] if going else None
+
+
+def test_concurrent_turns_of_one_session_on_both_relays_run_one_at_a_time(
+    relays: Pair,
+) -> None:
+    first, second = relays
+    made = first.run({"prompt": "hello"})
+    assert made.status == 200, made.body
+    session = made.session_id
+    thread, out = _in_background(first, {"prompt": "[[slow:3:2]] slow", "session_id": session})
+    assert wait_until(lambda: _running_run(second, session) is not None, 60)
+    run_id = _running_run(second, session)
+    assert run_id is not None
+    refused = [relay.run({"prompt": "me too", "session_id": session}) for relay in (second, first)]
+    assert [stream.status for stream in refused] == [409, 409]
+    # Only one CLI process serves the session: the run that holds it.
+    assert len([p for p in first.children() + second.children() if "claude" in " ".join(p.cmdline())]) <= 2
+    thread.join(120)
+    assert out and out[0].status == 200, out
+    assert second.get_run(run_id)["status"] == "succeeded"
+
+
+def test_a_relay_killed_mid_run_is_judged_lost_and_its_session_resumes_elsewhere(
+    relays: Pair, fake_api: FakeAnthropicAPI
+) -> None:
+    first, second = relays
+    made = first.run({"prompt": "remember the word pelican"})
+    assert made.status == 200, made.body
+    session = made.session_id
+    _in_background(first, {"prompt": "[[slow:3:30]] take your time", "session_id": session})
+    assert wait_until(lambda: _running_run(second, session) is not None, 60)
+    run_id = _running_run(second, session)
+    assert run_id is not None
+    first.stop(signal.SIGKILL)
+
+    assert wait_until(lambda: second.get_run(run_id)["status"] != "running", 60)
+    run = second.get_run(run_id)
+    assert (run["status"], run["stop_reason"]) == ("failed", "relay_lost")
+    with second.client() as client:
+        activity = client.get(f"/api/sessions/{session}").json()["activity"]
+        alive = client.get("/health").json()["relay"]["alive"]
+    assert (activity["kind"], activity["reason"]) == ("failed", "relay_lost")
+    assert len(alive) == 1
+    assert wait_until(lambda: not processes_with_marker(run_id), 30)
+
+    resumed = second.run({"prompt": "which word?", "session_id": session})
+    assert resumed.status == 200, resumed.body
+    assert "remember the word pelican" in _user_texts(fake_api.message_requests()[-1])

@@ -36,10 +36,10 @@ from server.compat.anthropic import schemas as anthropic_schemas
 from server.compat.openai import router as openai
 from server.compat.openai import schemas as openai_schemas
 from server.config import VERSION, Settings
+from server.engine.cluster import Cluster
 from server.engine.housekeeping import housekeeping_loop
 from server.engine.keys import Keyring
 from server.engine.manager import RunManager
-from server.engine.cluster import Cluster
 from server.engine.recovery import recover
 from server.engine.runtime import open_runtime
 from server.storage.relay_store import RelayStore

@@ -208,9 +208,7 @@ async def _cluster(manager: RunManager) -> ClusterHealth | None:
         alive = await cluster.alive()
     except Exception:
         return ClusterHealth(id=manager.owner, alive=[])
-    peers = [
-        RelayPeer(r.owner, r.host, r.version, r.started_at, r.heartbeat_at) for r in alive
-    ]
+    peers = [RelayPeer(r.owner, r.host, r.version, r.started_at, r.heartbeat_at) for r in alive]
     return ClusterHealth(id=manager.owner, alive=peers)
 
 

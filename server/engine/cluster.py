@@ -148,9 +148,7 @@ class Cluster:
         for run in await self.runs.running():
             if run.owner != owner:
                 continue
-            if await self.runs.mark_failed(
-                run.id, LOST, stop_reason=RELAY_LOST, final_event=final
-            ):
+            if await self.runs.mark_failed(run.id, LOST, stop_reason=RELAY_LOST, final_event=final):
                 failed += 1
             await self.sessions.release(
                 run.workspace_id, run_id=run.id, activity=_lost(run.workspace_id, run.id)

@@ -25,10 +25,10 @@ from server.claude import process
 from server.claude.command import build_argv, build_env, current_env, telemetry_env
 from server.claude.options import RunOptions, utf8_size
 from server.engine import activity, attachments, credentials, log_context, session_config
-from server.engine.cluster import Cluster
 from server.engine.activity_board import ActivityBoard, ActivityChange, change, encode
 from server.engine.callers import ANONYMOUS, Caller, check_daily_budget, check_options
 from server.engine.changes import Snapshots
+from server.engine.cluster import Cluster
 from server.engine.launcher import Launcher, choose
 from server.engine.live_sessions import LiveProcess, LiveSessions
 from server.engine.metrics import Load

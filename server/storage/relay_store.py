@@ -30,9 +30,7 @@ class RelayStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def register(
-        self, owner: str, *, host: str, pid: int, version: str, now: float
-    ) -> None:
+    async def register(self, owner: str, *, host: str, pid: int, version: str, now: float) -> None:
         """This relay serves from now on (its row is written, or rewritten)."""
         values = {
             "owner": owner,
@@ -55,7 +53,7 @@ class RelayStore:
             result = await db.execute(
                 update(RelayRow).where(RelayRow.owner == owner).values(heartbeat_at=now)
             )
-            return bool(result.rowcount)
+            return bool(getattr(result, "rowcount", 0))
 
     async def remove(self, owner: str) -> None:
         """This relay stops cleanly."""
@@ -85,7 +83,7 @@ class RelayStore:
             result = await db.execute(
                 delete(RelayRow).where(RelayRow.owner == owner, RelayRow.heartbeat_at < cutoff)
             )
-            return bool(result.rowcount)
+            return bool(getattr(result, "rowcount", 0))
 
 
 def _record(row: RelayRow) -> RelayRecord:

@@ -63,7 +63,9 @@ async def test_a_lapsed_relays_runs_fail_and_its_sessions_are_freed(database: Da
     await sessions.create_locked(WS, "c1", run=new_run("r1", "c1"))
     await sessions.create_locked("ws-2", "c2", run=new_run("r2", "c2"))
     done = RunOutcome(RunStatus.SUCCEEDED, "c2", 0, "end_turn", None, 1, None)
-    await sessions.finish_run("ws-2", "r2", done, live=LiveClaim(LOST_OWNER, time.time() + 60, "r2"))
+    await sessions.finish_run(
+        "ws-2", "r2", done, live=LiveClaim(LOST_OWNER, time.time() + 60, "r2")
+    )
     disowned: list[str] = []
     cluster = Cluster(
         relays, sessions, runs, owner="me", owner_timeout=3.0, disown=lambda: disowned.append("x")

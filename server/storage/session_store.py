@@ -439,13 +439,15 @@ class SessionStore:
         session's process stays alive and this relay claims it (:meth:`renew_live`); without,
         any claim ends. ``conversation_started``: the CLI named the run's session, so a session
         made without a prompt now has a conversation to resume. ``activity``: what the run
-        leaves the session doing (idle, or failed and why)."""
+        leaves the session doing (idle, or failed and why). A run no longer ``running``
+        (another relay failed it, ``relay_lost``) changes only its spending and its files:
+        the session may be another run's by now."""
         async with self._database.write() as db:
             if final_event is not None:
                 await db.execute(
                     event_store.insert_once(self._database.dialect, run_id, *final_event)
                 )
-            await db.execute(run_store.finish_statement(run_id, outcome))
+            finished = await db.execute(run_store.finish_statement(run_id, outcome))
             cost = outcome.cost_usd
             if outcome.api_key_id is not None and cost:
                 await db.execute(
@@ -455,6 +457,11 @@ class SessionStore:
                 )
             for statement in change_store.insert_statements(run_id, outcome.changes or []):
                 await db.execute(statement)
+            if not getattr(finished, "rowcount", 0):
+                # Not running any more: another relay judged this one lost and failed it (or
+                # this end was recorded already). The session is no longer this run's to
+                # release, claim or describe; another run may hold it now.
+                return
             await db.execute(_release(workspace_id, run_id))
             if conversation_started:
                 await db.execute(

@@ -51,10 +51,16 @@ async def test_a_late_finish_does_not_overwrite_relay_lost(database: Database) -
     await sessions.create_locked(WS, "c1", run=new_run("r1", "c1"))
     assert await runs.mark_failed("r1", "lost", stop_reason="relay_lost")
     late = RunOutcome(RunStatus.SUCCEEDED, "c1", 0, "end_turn", None, 3, {"result": "late"})
-    await sessions.finish_run(WS, "r1", late)
+    await sessions.release(WS, run_id="r1")  # the takeover frees the session
+    assert await sessions.acquire(WS, run=new_run("r2", "c1"))  # and another run takes it
+    await sessions.finish_run(WS, "r1", late, live=LiveClaim("owner-1", time.time() + 60, "r1"))
     run = await runs.get("r1")
     assert run is not None
     assert (run.status, run.stop_reason) == (RunStatus.FAILED, "relay_lost")
+    # The late owner neither freed nor claimed the session the other run holds now.
+    session = await sessions.get(WS)
+    assert session is not None
+    assert (session.active_run_id, session.live_owner) == ("r2", None)
 
 
 async def test_a_lapsed_relays_runs_fail_and_its_sessions_are_freed(database: Database) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import time
 
 import psutil
 
@@ -97,7 +98,25 @@ async def recover(
             await store.release(session.workspace_id, run_id=session.active_run_id or "")
             log.warning("freed session %s locked by a dead relay", session.workspace_id)
     await _end_dead_live_claims(store, me, metrics)
+    await _stop_orphans_of_lost_runs(runs, me, metrics)
     return recovered
+
+
+LOST_ORPHANS_WINDOW = 7 * 24 * 3600.0
+"""How far back a restart looks for runs another relay failed as ``relay_lost``."""
+
+
+async def _stop_orphans_of_lost_runs(runs: RunStore, me: str, metrics: Metrics) -> None:
+    """Runs another relay failed (``relay_lost``, see ``engine/cluster.py``) while their relay
+    on this host was gone are no longer ``running``, but an unsandboxed CLI of theirs may
+    still be: it is stopped like any orphan."""
+    for run in await runs.lost_since(time.time() - LOST_ORPHANS_WINDOW):
+        if not owner_is_dead(run.owner, run.started_at, me):
+            continue
+        killed = await asyncio.to_thread(process.kill_orphans, run.id)
+        metrics.orphans_swept("recovery", killed)
+        if killed:
+            log.warning("%d orphan(s) of run %s (relay_lost) killed", killed, run.id)
 
 
 async def _end_dead_live_claims(store: SessionStore, me: str, metrics: Metrics) -> None:

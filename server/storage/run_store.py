@@ -238,6 +238,15 @@ class RunStore:
             rows = await db.scalars(select(RunRow).where(RunRow.status == RunStatus.RUNNING))
             return [run_record(row) for row in rows]
 
+    async def lost_since(self, since: float) -> list[RunRecord]:
+        """Runs another relay failed as ``relay_lost`` since ``since``: their processes, if
+        any outlived the lost relay, are its restart's to stop."""
+        async with self._database.read() as db:
+            rows = await db.scalars(
+                select(RunRow).where(RunRow.stop_reason == "relay_lost", RunRow.ended_at >= since)
+            )
+            return [run_record(row) for row in rows]
+
     async def mark_failed(
         self,
         run_id: str,

@@ -27,6 +27,7 @@ from tests.support import (
     Stream,
     command_line,
     processes_with_marker,
+    scripted,
     wait_until,
 )
 
@@ -168,3 +169,37 @@ def test_a_relay_killed_mid_run_is_judged_lost_and_its_session_resumes_elsewhere
     resumed = second.run({"prompt": "which word?", "session_id": session})
     assert resumed.status == 200, resumed.body
     assert "remember the word pelican" in _user_texts(fake_api.message_requests()[-1])
+
+
+def test_orphans_of_a_run_failed_as_relay_lost_are_stopped_when_its_relay_restarts(
+    shared: dict[str, Any],
+    relay_process_factory: Callable[..., RelayProcess],
+    fake_cli: Path,
+) -> None:
+    """Scripted fake CLI, unsandboxed (a sandbox dies with its relay): the CLI and the child
+    it started outlive relay 1's SIGKILL; relay 2 fails the run (``relay_lost``), which is then
+    no longer ``running``, and relay 1's restart on this host still stops those orphans."""
+    env = {
+        **shared["env"],
+        "CLAUDE_RELAY_OWNER_TIMEOUT": OWNER_TIMEOUT,
+        "CLAUDE_RELAY_SANDBOX": "off",
+        "CLAUDE_RELAY_INTERRUPT_GRACE": "1",
+    }
+    places = {k: v for k, v in shared.items() if k != "env"}
+    first = relay_process_factory(claude_bin=fake_cli, env=env, **places)
+    second = relay_process_factory(claude_bin=fake_cli, env=env, **places)
+    body = {**scripted(lines=1, hang=300, child="sleep 300"), "detach": True}
+    with first.client() as client, client.stream("POST", "/api/claude", json=body) as response:
+        run_id = response.headers["x-run-id"]
+        assert wait_until(lambda: len(processes_with_marker(run_id)) >= 2, 30)
+        first.stop(signal.SIGKILL)
+    try:
+        assert wait_until(lambda: second.get_run(run_id)["status"] != "running", 60)
+        assert second.get_run(run_id)["stop_reason"] == "relay_lost"
+        assert len(processes_with_marker(run_id)) >= 2, "the orphans outlive a SIGKILLed relay"
+        relay_process_factory(claude_bin=fake_cli, env=env, **places)  # relay 1, restarted
+        assert wait_until(lambda: not processes_with_marker(run_id), 30)
+    finally:
+        for orphan in processes_with_marker(run_id):
+            with contextlib.suppress(psutil.Error):
+                orphan.kill()

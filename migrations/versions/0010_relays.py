@@ -2,7 +2,8 @@
 
 One row per running relay (``owner`` is the string in ``runs.owner``), renewed while it runs
 and deleted when it stops cleanly. A row whose heartbeat lapsed is a relay that is gone: the
-relay that deletes it fails that relay's runs (``relay_lost``) and frees its sessions.
+relay that claims it (``lost_at``) fails that relay's runs (``relay_lost``), frees its
+sessions, then deletes it; a claim left unfinished (the claimer died too) lapses in turn.
 
 Revision ID: 0010
 Revises: 0008
@@ -29,6 +30,7 @@ def upgrade() -> None:
         sa.Column("version", sa.String(64), nullable=False),
         sa.Column("started_at", sa.Float(), nullable=False),
         sa.Column("heartbeat_at", sa.Float(), nullable=False),
+        sa.Column("lost_at", sa.Float(), nullable=True),
     )
 
 

@@ -136,9 +136,11 @@ class Cluster:
         cutoff = time.time() - self.owner_timeout
         done = []
         for owner in await self.relays.lapsed(cutoff):
-            if owner == self.owner or not await self.relays.take_over(owner, cutoff):
+            claimed_at = time.time()
+            if owner == self.owner or not await self.relays.take_over(owner, cutoff, claimed_at):
                 continue
             done.append(await self._clean_up_after(owner))
+            await self.relays.forget(owner, claimed_at)
         return done
 
     async def _clean_up_after(self, owner: str) -> Takeover:

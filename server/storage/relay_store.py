@@ -2,15 +2,18 @@
 
 Each relay keeps its row's heartbeat fresh. A row whose heartbeat is older than the owner
 timeout is a relay that is gone; :meth:`RelayStore.take_over` lets exactly one of the relays
-still running claim it (the conditional ``DELETE`` is the arbiter: only one of them deletes the
-row), and that relay then fails its runs and frees its sessions.
+still running claim it (a conditional ``UPDATE`` of ``lost_at`` is the arbiter), and that relay
+then fails its runs, frees its sessions and deletes the row (:meth:`RelayStore.forget`). The
+lost relay's own heartbeat stops working at the claim, so a relay that comes back after a
+partition learns at once that its runs are no longer its own; a claimer that dies before it
+finished leaves a claim that lapses and is taken again (the clean-up is idempotent).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, or_, select, update
 
 from server.storage.database import Database, insert_or_update
 from server.storage.tables import RelayRow
@@ -39,9 +42,14 @@ class RelayStore:
             "version": version,
             "started_at": now,
             "heartbeat_at": now,
+            "lost_at": None,
         }
         statement = insert_or_update(
-            self._database.dialect, RelayRow.__table__, values, ["owner"], ["heartbeat_at"]
+            self._database.dialect,
+            RelayRow.__table__,
+            values,
+            ["owner"],
+            ["heartbeat_at", "lost_at"],
         )
         async with self._database.write() as db:
             await db.execute(statement)
@@ -51,7 +59,9 @@ class RelayStore:
         judging it lost: its runs are no longer its own)."""
         async with self._database.write() as db:
             result = await db.execute(
-                update(RelayRow).where(RelayRow.owner == owner).values(heartbeat_at=now)
+                update(RelayRow)
+                .where(RelayRow.owner == owner, RelayRow.lost_at.is_(None))
+                .values(heartbeat_at=now)
             )
             return bool(getattr(result, "rowcount", 0))
 
@@ -71,19 +81,37 @@ class RelayStore:
             return _record(row) if row else None
 
     async def lapsed(self, cutoff: float) -> list[str]:
-        """Relays whose last heartbeat is older than ``cutoff``."""
+        """Relays whose last heartbeat is older than ``cutoff`` and that no relay is cleaning
+        up after (or whose clean-up was claimed before ``cutoff`` and never finished)."""
         async with self._database.read() as db:
-            owners = await db.scalars(select(RelayRow.owner).where(RelayRow.heartbeat_at < cutoff))
+            owners = await db.scalars(select(RelayRow.owner).where(*_claimable(cutoff)))
             return list(owners)
 
-    async def take_over(self, owner: str, cutoff: float) -> bool:
-        """Delete ``owner``'s row if its heartbeat is still older than ``cutoff``; True for the
-        one relay whose delete did it (that relay then cleans up after the lost one)."""
+    async def take_over(self, owner: str, cutoff: float, now: float) -> bool:
+        """Claim ``owner`` as lost if it still is claimable; True for the one relay whose
+        update did it (that relay then cleans up after the lost one, then :meth:`forget`)."""
         async with self._database.write() as db:
             result = await db.execute(
-                delete(RelayRow).where(RelayRow.owner == owner, RelayRow.heartbeat_at < cutoff)
+                update(RelayRow)
+                .where(RelayRow.owner == owner, *_claimable(cutoff))
+                .values(lost_at=now)
             )
             return bool(getattr(result, "rowcount", 0))
+
+    async def forget(self, owner: str, claimed_at: float) -> None:
+        """The clean-up after a lost relay is done: its row goes (unless it registered again
+        meanwhile, which resets the claim)."""
+        async with self._database.write() as db:
+            await db.execute(
+                delete(RelayRow).where(RelayRow.owner == owner, RelayRow.lost_at == claimed_at)
+            )
+
+
+def _claimable(cutoff: float) -> tuple[ColumnElement[bool], ...]:
+    return (
+        RelayRow.heartbeat_at < cutoff,
+        or_(RelayRow.lost_at.is_(None), RelayRow.lost_at < cutoff),
+    )
 
 
 def _record(row: RelayRow) -> RelayRecord:

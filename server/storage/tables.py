@@ -292,3 +292,7 @@ class RelayRow(Base):
     version: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+    lost_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When another relay claimed it as lost (its runs and sessions being cleaned up); the row
+    goes once that is done. A claim this old or older than the owner timeout was never finished
+    (the claimer died too) and may be claimed again."""

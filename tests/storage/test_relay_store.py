@@ -40,10 +40,33 @@ async def test_only_one_relay_takes_over_a_lapsed_one(database: Database) -> Non
     await register(relays, "lost", 100.0)
     await register(relays, "fresh", 200.0)
     assert await relays.lapsed(150.0) == ["lost"]
-    outcomes = await asyncio.gather(*(relays.take_over("lost", 150.0) for _ in range(4)))
+    outcomes = await asyncio.gather(*(relays.take_over("lost", 150.0, 160.0) for _ in range(4)))
     assert sorted(outcomes) == [False, False, False, True]
-    assert not await relays.take_over("fresh", 150.0)  # its heartbeat is recent
+    assert not await relays.take_over("fresh", 150.0, 160.0)  # its heartbeat is recent
+    assert await relays.lapsed(150.0) == []  # claimed: being cleaned up after
+    await relays.forget("lost", 160.0)
     assert [r.owner for r in await relays.all()] == ["fresh"]
+
+
+async def test_a_claimed_relay_cannot_beat_and_an_unfinished_claim_is_taken_again(
+    database: Database,
+) -> None:
+    """A relay that comes back after a partition learns at its next heartbeat that it was
+    judged lost, even while the clean-up after it goes on; a claimer that died before it
+    finished leaves a claim that lapses and another relay takes it."""
+    relays = RelayStore(database)
+    await register(relays, "lost", 100.0)
+    assert await relays.take_over("lost", 150.0, 160.0)
+    assert not await relays.heartbeat("lost", 161.0)
+    assert await relays.lapsed(159.0) == []  # the claim is fresh
+    assert await relays.lapsed(170.0) == ["lost"]  # the claim lapsed: its claimer is gone
+    assert await relays.take_over("lost", 170.0, 175.0)
+    await relays.forget("lost", 160.0)  # the first claimer's late word removes nothing
+    assert [r.owner for r in await relays.all()] == ["lost"]
+    await register(relays, "lost", 180.0)  # it registers again: a relay like any other
+    assert await relays.heartbeat("lost", 181.0)
+    await relays.forget("lost", 175.0)
+    assert [r.owner for r in await relays.all()] == ["lost"]
 
 
 async def test_a_late_finish_does_not_overwrite_relay_lost(database: Database) -> None:

@@ -20,6 +20,7 @@ from litestar.openapi import OpenAPIConfig
 from server.api import (
     audit,
     claude,
+    feeds,
     files,
     health,
     metrics,
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None, *, keyring: Keyring | None = No
             sessions.router(settings),
             files.router(settings),
             runs.router,
+            feeds.router,
             audit.router,
             projects.router,
             publishing.router,

@@ -344,8 +344,15 @@ class Settings:
     )
     event_retention: float = _setting(
         30 * 86400.0,
-        "Keep the events of ended runs this long (e.g. 7d); runs themselves are kept.",
+        "Keep the events of ended runs, and the relay feed's entries, this long (e.g. 7d); "
+        "runs themselves are kept.",
         parse_duration,
+    )
+    feed_lag_limit: int = _setting(
+        10000,
+        "A reader of the relay feed (GET /api/events) this many entries behind the newest gets "
+        "relay/lagged and its stream ends (it resumes with its Last-Event-ID).",
+        int,
     )
     gc_idle: float = _setting(
         0.0,

@@ -73,7 +73,8 @@ def fake_claude_bin(folder: Path) -> Path:
 
 @dataclass
 class Event:
-    id: int | None
+    id: int | str | None
+    """A run's event number, or a session feed's ``<run number>.<seq>``."""
     data: str
 
     @property
@@ -117,7 +118,8 @@ def parse_sse(text: str) -> tuple[list[Event], list[str]]:
             if line.startswith(":"):
                 comments.append(line[1:].strip())
             elif line.startswith("id:"):
-                event_id = int(line[3:].strip())
+                raw = line[3:].strip()
+                event_id = int(raw) if raw.isdigit() else raw
             elif line.startswith("data:"):
                 data.append(line[5:].removeprefix(" "))
         if data:

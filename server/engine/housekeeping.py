@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from server.claude import transcripts
 from server.engine import audit
 from server.engine.callers import HOUSEKEEPING, OPERATOR, Caller
+from server.engine.feed import SESSION_DELETED
 from server.engine.runtime import Runtime
 from server.errors import Conflict
 
@@ -53,8 +54,13 @@ async def forget_session(
         workspace_id=workspace_id,
         session_ids=claude_session_ids,
     )
+    session = await runtime.sessions.get(workspace_id)
     if not await runtime.sessions.delete(workspace_id, only_if_idle=True, audit=record):
         raise Conflict("the session is running; cancel its run or wait for it to end")
+    if session is not None:
+        runtime.record_in_feed(
+            SESSION_DELETED, workspace_id, session.owner_key_id, session.latest_claude_session_id
+        )
     if not purge:
         return Forgotten(workspace_id, False, 0)
     # Transcripts are in the session's own config dir, which goes with its workspace; a
@@ -95,7 +101,10 @@ async def collect_garbage(
 
 
 async def expire_events(runtime: Runtime) -> int:
+    """Events of runs, and entries of the relay feed, older than the retention go."""
     cutoff = time.time() - runtime.settings.event_retention
+    if runtime.feed is not None:
+        await runtime.feed.store.delete_before(cutoff)
     return await runtime.events.delete_before(cutoff)
 
 

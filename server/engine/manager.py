@@ -29,6 +29,7 @@ from server.engine.activity_board import ActivityBoard, ActivityChange, change, 
 from server.engine.callers import ANONYMOUS, Caller, check_daily_budget, check_options
 from server.engine.changes import Snapshots
 from server.engine.cluster import Cluster
+from server.engine.feed import SESSION_CREATED, SESSION_DELETED
 from server.engine.launcher import Launcher, choose
 from server.engine.live_sessions import LiveProcess, LiveSessions
 from server.engine.metrics import Load
@@ -218,6 +219,8 @@ class RunManager:
         self.metrics = runtime.metrics
         self.metrics.watch(self._load)
         self.activity = ActivityBoard(runtime.sessions)
+        if runtime.feed is not None:
+            self.activity.subscribe(runtime.feed.activity_changed)  # the relay feed
         """What sessions are doing: subscribe to hear of every change (``engine/activity.py``)."""
 
     def _load(self) -> Load:
@@ -691,6 +694,9 @@ class RunManager:
                 f"conversation {key!r} is already running; wait for its run to end"
             ) from None
         self._new_sessions.add(new_run.id)
+        self.runtime.record_in_feed(
+            SESSION_CREATED, target.workspace_id, request.api_key_id, target.claude_session_id
+        )
 
     async def _busy(self, name: str, workspace_id: str) -> Conflict:
         """Why the session cannot be taken: a run holds it, or another relay keeps it live."""
@@ -918,6 +924,9 @@ class RunManager:
                 await self._close_live(kept)
             await self.store.delete(run.workspace_id, only_if_idle=False)
             self.workspaces.remove(run.workspace_id)
+            self.runtime.record_in_feed(
+                SESSION_DELETED, run.workspace_id, run.api_key_id, run.claude_session_id
+            )
             return None
         # A final event shown while storage was failing is stored with the outcome.
         final = run.final_event if run.storage_error is not None else None

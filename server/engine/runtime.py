@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from server.claude.command import build_env, current_env
 from server.config import Settings
+from server.engine.feed import Feed
 from server.engine.key_proxy import KeyProxy, key_proxy_for
 from server.engine.metrics import Metrics
 from server.engine.projects import ProjectRegistry
@@ -22,6 +23,7 @@ from server.storage.catalog import SessionCatalog
 from server.storage.change_store import ChangeStore
 from server.storage.database import Database, Pool, create_engine, migrate
 from server.storage.event_store import EventStore, EventWriter
+from server.storage.feed_store import FeedStore
 from server.storage.fingerprint_store import FingerprintStore
 from server.storage.project_lock_store import ProjectLockStore
 from server.storage.run_store import RunStore
@@ -54,6 +56,15 @@ class Runtime:
     """The registered projects in force (the app points it at its keyring's, which SIGHUP
     reloads; the command line has none)."""
     project_locks: ProjectLockStore | None = None
+    feed: Feed | None = None
+    """The relay feed's writer and readers (``GET /api/events``)."""
+
+    def record_in_feed(
+        self, kind: str, workspace_id: str, key_id: str | None, session_id: str
+    ) -> None:
+        """A session was made or deleted: an entry of the relay feed (none without one)."""
+        if self.feed is not None:
+            self.feed.record(kind, workspace_id=workspace_id, key_id=key_id, session_id=session_id)
 
     @property
     def child_env(self) -> dict[str, str]:
@@ -74,6 +85,8 @@ class Runtime:
             await asyncio.to_thread(self.key_proxy.stop)
             self.key_proxy = None
         await self.event_writer.close()
+        if self.feed is not None:
+            await self.feed.close()
         await self.database.engine.dispose()
 
 
@@ -90,13 +103,14 @@ async def open_runtime(settings: Settings) -> Runtime:
     workspaces = Workspaces(settings.workspaces_dir)
     workspaces.ensure_root()
     catalog = SessionCatalog(database)
+    runs = RunStore(database)
     operator_env = build_env(current_env(), settings.claude_env, run_id="")
     return Runtime(
         settings=settings,
         database=database,
         sessions=SessionStore(database),
         catalog=catalog,
-        runs=RunStore(database),
+        runs=runs,
         changes=ChangeStore(database),
         events=EventStore(database),
         event_writer=EventWriter(database),
@@ -106,4 +120,5 @@ async def open_runtime(settings: Settings) -> Runtime:
         audit=AuditStore(database),
         spend=SpendStore(database),
         project_locks=ProjectLockStore(database),
+        feed=Feed(FeedStore(database), runs, lag_limit=settings.feed_lag_limit),
     )

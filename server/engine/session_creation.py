@@ -18,6 +18,7 @@ from pathlib import Path
 
 from server.engine import audit, workspace_files
 from server.engine.callers import Caller
+from server.engine.feed import SESSION_CREATED
 from server.engine.project_sessions import ProjectSessions
 from server.engine.projects import Project
 from server.engine.runtime import Runtime
@@ -96,6 +97,7 @@ async def create_session(
         await runtime.sessions.delete(workspace_id, only_if_idle=False)
         runtime.workspaces.remove(workspace_id)
         raise
+    runtime.record_in_feed(SESSION_CREATED, workspace_id, caller.id, claude_session_id)
     return CreatedSession(record, written)
 
 

@@ -233,6 +233,18 @@ class RunStore:
         async with self._database.read() as db:
             return [run_record(row) for row in await db.scalars(query)]
 
+    async def numbered(self, workspace_id: str, *, from_number: int) -> list[RunRecord]:
+        """The session's runs in the order they started, from its ``from_number``-th (1 is
+        the first): a run's number in its session, which the session feed's ids carry."""
+        query = (
+            select(RunRow)
+            .where(RunRow.workspace_id == workspace_id)
+            .order_by(RunRow.started_at, RunRow.id)
+            .offset(max(from_number - 1, 0))
+        )
+        async with self._database.read() as db:
+            return [run_record(row) for row in await db.scalars(query)]
+
     async def running(self) -> list[RunRecord]:
         async with self._database.read() as db:
             rows = await db.scalars(select(RunRow).where(RunRow.status == RunStatus.RUNNING))

@@ -296,3 +296,21 @@ class RelayRow(Base):
     """When another relay claimed it as lost (its runs and sessions being cleaned up); the row
     goes once that is done. A claim this old or older than the owner timeout was never finished
     (the claimer died too) and may be claimed again."""
+
+
+class FeedRow(Base):
+    """An entry of the relay's feed (``GET /api/events``): its ``id`` is its place in one
+    stored sequence, so a reader that resumes after an id misses and repeats nothing. ``data``
+    is the entry as sent (JSON), ``key_id`` the key whose session it is."""
+
+    __tablename__ = "feed"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[float] = mapped_column(Float, index=True)
+    workspace_id: Mapped[str] = mapped_column(String(36), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -11,9 +11,10 @@ from litestar import Router, get, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import ASGIApp
 
+from server.api.answers import run_activity
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import documented_errors
-from server.api.openapi import always_sent, at_least_zero
+from server.api.openapi import above_zero, always_sent, at_least_zero
 from server.api.schemas import (
     ErrorBody,
     FileChangeOut,
@@ -34,6 +35,7 @@ from server.engine.callers import Caller, check_approval, check_options
 from server.engine.manager import RunManager
 from server.engine.replay import follow_run
 from server.engine.run import Run, StopReason
+from server.engine.run_wait import until_settled
 from server.engine.runtime import Runtime
 from server.errors import Conflict, InvalidRequest, NotFound
 from server.storage.event_store import EventStore
@@ -65,13 +67,43 @@ LastEventId = Annotated[
 ]
 
 
-@get("/{run_id:str}", summary="One run and its outcome", responses=ERRORS)
+MAX_WAIT_SECONDS = 3600.0
+
+Wait = Annotated[
+    float | None,
+    QueryParameter(
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        schema_extra=above_zero(),
+        description="Answer at the run's end or once it waits for input (a permission "
+        "request, a question, a plan), or after this many seconds with what it is doing then.",
+    ),
+]
+
+
+@get(
+    "/{run_id:str}",
+    summary="One run and its outcome",
+    description="With `?wait=S` (0 < S ≤ 3600) the answer waits, up to S seconds, for the "
+    "run to end or to wait for input; `activity` says what a running run is doing.",
+    responses=ERRORS,
+)
 async def get_run(
-    run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep, caller: CallerDep
+    run_id: FromPath[str],
+    runtime: RuntimeDep,
+    manager: ManagerDep,
+    caller: CallerDep,
+    wait: Wait = None,
 ) -> RunOut:
-    record = manager.current(await find_run(runtime, run_id, caller))
+    record = await find_run(runtime, run_id, caller)
+    if wait is not None and record.status is RunStatus.RUNNING:
+        await until_settled(manager, run_id, wait)
+        record = await find_run(runtime, run_id, caller)
+    record = manager.current(record)
     live = manager.get(run_id)
-    return run_out(record, events=live.last_seq if live is not None else None)
+    running = record.status is RunStatus.RUNNING
+    doing = await run_activity(record, runtime, manager) if running else None
+    return run_out(record, events=live.last_seq if live is not None else None, activity=doing)
 
 
 @get(

@@ -31,7 +31,7 @@ from server.engine.workspace_files import Listing, WrittenFile
 from server.engine.workspaces import Workspaces
 from server.storage.audit_store import AuditRecord
 from server.storage.catalog import SessionSummary
-from server.storage.run_store import RunRecord
+from server.storage.run_store import RunRecord, RunStatus
 from server.storage.session_store import SessionRecord
 
 PermissionMode = Literal["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"]
@@ -164,6 +164,10 @@ class ClaudeRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     a branch ``relay/<12 hex of the session id>``. An existing session keeps its project."""
     ref: RefText | None = None
     """What a new project session starts from; refused (400) with an existing session."""
+    stream: bool | None = None
+    """False: answer one JSON object (:class:`RunAnswer`) when the turn ends or waits for
+    input, instead of Server-Sent Events (default: an ``Accept`` naming ``application/json``
+    and not ``text/event-stream`` asks for JSON too). Such a run is detached."""
 
     def options(self) -> RunOptions:
         return RunOptions(
@@ -468,9 +472,14 @@ class RunOut(msgspec.Struct):
     files_changed: FileCounts | None = None
     """How many files the run added, modified and deleted in its workspace (the list:
     ``GET /api/runs/{run_id}/changes``). Null while it runs, or when changes are not recorded."""
+    activity: Activity | None = None
+    """While it runs: what it is doing (its session's ``activity``: ``working``, or waiting
+    for input with the pending requests, the question or the plan). Null once it ended."""
 
 
-def run_out(record: RunRecord, *, events: int | None = None) -> RunOut:
+def run_out(
+    record: RunRecord, *, events: int | None = None, activity: Activity | None = None
+) -> RunOut:
     return RunOut(
         run_id=record.id,
         session_id=record.claude_session_id,
@@ -494,6 +503,7 @@ def run_out(record: RunRecord, *, events: int | None = None) -> RunOut:
         pid=record.pid,
         process=_process_kind(record.process),
         files_changed=FileCounts(**record.files_changed) if record.files_changed else None,
+        activity=activity if record.status is RunStatus.RUNNING else None,
     )
 
 
@@ -519,6 +529,38 @@ class RunChanges(msgspec.Struct):
     modified: int
     deleted: int
     changes: list[FileChangeOut]
+
+
+class RunAnswer(msgspec.Struct):
+    """``POST /api/claude`` with ``stream: false``: the turn's outcome once it ended, or, while
+    it waits for input (``approvals: true``), what it waits for (``activity``). The figures
+    are the run's (``GET /api/runs/{run_id}``), ``permission_denials`` the CLI's result's."""
+
+    session_id: str
+    run_id: str
+    status: Literal["running", "succeeded", "failed", "cancelled", "timed_out"]
+    """``running``: it waits for input (see ``activity``); answer it and follow it with
+    ``GET /api/runs/{run_id}?wait=S``."""
+    result: str | None
+    is_error: bool | None
+    stop_reason: str | None
+    """Why the relay stopped it (``cancelled``, ``idle_timeout``, ...); null when the turn
+    ended by itself."""
+    num_turns: int | None
+    total_cost_usd: float | None
+    usage: dict[str, Any] | None
+    duration_ms: int | None
+    permission_denials: list[Any]
+    """The tool uses the permission rules denied during the turn, as the CLI lists them."""
+    error: str | None
+    """The relay's error when the run ended badly."""
+    files_changed: FileCounts | None
+    """How many files the run added, modified and deleted (null: not recorded, or running)."""
+    changes: list[FileChangeOut]
+    """Those files (``GET /api/runs/{run_id}/changes`` has their diffs)."""
+    activity: Activity | None
+    """While it waits for input: ``awaiting_approval`` (with ``pending``), ``awaiting_answer``
+    (with its questions) or ``plan_ready`` (with the plan). Null once it ended."""
 
 
 class RunPage(msgspec.Struct):

@@ -105,9 +105,21 @@ class Turn:
         except (httpx.HTTPError, RuntimeError, ValueError) as exc:  # closed under it
             events.put(("error", RelayError(str(exc))))
 
+    def _read_answer(self, events: queue.Queue[tuple[str, Any]]) -> None:
+        """``--json``: the relay's one JSON answer (``"stream": false``) instead of events."""
+        try:
+            answer = self.client.answer("POST", "/api/claude", json=self.body)
+            events.put(("headers", next(answer)))
+            events.put(("answer", next(answer)))
+        except RelayError as exc:
+            events.put(("error", exc))
+        except (httpx.HTTPError, RuntimeError, ValueError, StopIteration) as exc:
+            events.put(("error", RelayError(str(exc))))
+
     def run(self) -> Outcome:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, args=(events,), daemon=True).start()
+        reader = self._read_answer if self.body.get("stream") is False else self._read
+        threading.Thread(target=reader, args=(events,), daemon=True).start()
         interrupted = False
         while True:
             try:
@@ -125,6 +137,9 @@ class Turn:
                     if interrupted and self._interrupt():
                         return self.outcome
                     continue
+                if kind == "answer":
+                    self._answered(value)
+                    return self.outcome
                 if self._on(value) == "leave":
                     return self.outcome
             except KeyboardInterrupt:
@@ -174,6 +189,27 @@ class Turn:
             self.outcome.result = record.get("result")
         if not self.json and not self._printed and self.outcome.result:
             print(text.clean(self.outcome.result), flush=True)
+
+    def _answered(self, answer: dict[str, Any]) -> None:
+        """The relay's JSON answer: the turn's outcome, or what the run waits for."""
+        out = self.outcome
+        text_of = answer.get("result")
+        out.result = text.clean(text_of) if isinstance(text_of, str) else None
+        for name in ("session_id", "run_id", "status", "is_error", "stop_reason", "num_turns"):
+            setattr(out, name, answer.get(name, getattr(out, name)))
+        out.total_cost_usd = answer.get("total_cost_usd")
+        out.usage = answer.get("usage")
+        out.permission_denials = list(answer.get("permission_denials") or [])
+        if answer.get("files_changed") is not None:  # paths by kind, as the event lists them
+            changes = answer.get("changes") or []
+            out.files_changed = {
+                kind: [c.get("path") for c in changes if c.get("change") == kind]
+                for kind in ("added", "modified", "deleted")
+            }
+        out.error = answer.get("error")
+        doing = answer.get("activity")
+        if isinstance(doing, dict) and answer.get("status") == "running":
+            out.pending = list(doing.get("pending") or [])
 
     # -- one event ------------------------------------------------------------------------
 
@@ -284,6 +320,8 @@ def run_turn(client: RelayClient, body: dict[str, Any], *, json: bool, detach: b
         body["detach"] = True  # we leave when it asks; the run waits for `approve`
     if detach:
         body["detach"] = True
+    if json:
+        body["stream"] = False  # one JSON answer, at the turn's end or its wait for input
     turn = Turn(client, body, json=json, interactive=interactive, detach_on_interrupt=detach)
     outcome = turn.run()
     if json:

@@ -18,6 +18,8 @@ from server.client.http import RelayClient, RelayError, quoted
 
 POLL_SECONDS = 0.5
 """How often ``wait`` and a session ``watch`` look again on a relay without feeds."""
+WAIT_SECONDS = 300.0
+"""The longest one ``GET /api/runs/{id}?wait=`` of ``wait`` waits before it looks again."""
 
 
 def resolve(client: RelayClient, target: str) -> tuple[str, dict[str, Any]]:
@@ -162,10 +164,23 @@ def wait(client: RelayClient, args: argparse.Namespace) -> int:
             else:
                 print(name)
             return code
-        if deadline is not None and time.monotonic() > deadline:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
             output.error(f"session {session['session_id']} is still {name}")
             return output.TIMED_OUT
-        time.sleep(POLL_SECONDS)
+        if name == "working" and session.get("active_run_id"):
+            settle(client, str(session["active_run_id"]), left)
+        else:
+            time.sleep(POLL_SECONDS)
+
+
+def settle(client: RelayClient, run_id: str, seconds: float | None) -> None:
+    """Until the run ends or waits for input (``GET /api/runs/{id}?wait=``), for at most
+    ``seconds`` (and :data:`WAIT_SECONDS` per call)."""
+    wait = WAIT_SECONDS if seconds is None else max(0.1, min(seconds, WAIT_SECONDS))
+    found = client.get(f"/api/runs/{run_id}", params={"wait": f"{wait:g}"}, timeout=wait + 30)
+    if found.get("status") == "running" and "activity" not in found:
+        time.sleep(POLL_SECONDS)  # a relay from before ?wait= answers at once
 
 
 # -- sessions --------------------------------------------------------------------------

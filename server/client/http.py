@@ -137,6 +137,23 @@ class RelayClient:
         """A call whose body the caller reads itself (a file)."""
         return self._send(method, path, **kw)
 
+    def answer(self, method: str, path: str, **kw: Any) -> Iterator[httpx.Headers | Any]:
+        """A call whose headers come at once and whose JSON answer may take long (``"stream":
+        false``): yields the headers, then the parsed answer. No read timeout: the relay keeps
+        the body alive with whitespace until the answer."""
+        timeout = httpx.Timeout(self.http.timeout.connect, read=None)
+        try:
+            with self.http.stream(method, path, timeout=timeout, **kw) as response:
+                check(response)
+                yield response.headers
+                body = response.read()
+        except httpx.TransportError as exc:
+            raise RelayError(f"connection to the relay at {self.url} failed: {exc}") from None
+        try:
+            yield json.loads(body)
+        except ValueError:
+            raise RelayError(f"{method} {path}: the relay's answer is not JSON") from None
+
     def stream(self, method: str, path: str, **kw: Any) -> Iterator[tuple[httpx.Headers, SseEvent]]:
         """An SSE stream's events with the response's headers. No read timeout: the relay
         pings quiet streams, and a run may wait for a person for minutes."""

@@ -134,6 +134,7 @@ CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "
 VALID_POSTS: list[tuple[str, dict[str, Any]]] = [
     ("/api/claude", {"prompt": "hello"}),
     ("/api/claude", {"prompt": "hello", "detach": True, "max_budget_usd": 0.5}),
+    ("/api/claude", {"prompt": "hello", "stream": False}),
     ("/v1/chat/completions", {"model": "claude-code", "messages": CHAT}),
     (
         "/v1/chat/completions",
@@ -181,6 +182,7 @@ def _walk(relay: InProcessRelay, session_id: str, run_id: str) -> None:
         ("/api/sessions/{session_id}/last", "GET", session, {}, {}),
         ("/api/sessions/{session_id}/runs", "GET", session, {"limit": 1}, {}),
         ("/api/runs/{run_id}", "GET", run, {}, {}),
+        ("/api/runs/{run_id}", "GET", run, {"wait": 30}, {}),
         ("/api/runs/{run_id}/events", "GET", run, {"after": 1}, {}),
         ("/api/runs/{run_id}/events", "GET", run, {}, {"Last-Event-ID": ""}),
         ("/api/runs/{run_id}/cancel", "POST", run, {}, {}),

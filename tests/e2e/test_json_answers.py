@@ -198,7 +198,8 @@ class IdleCuttingProxy:
         self.port = 0
         self.cut = 0
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),))
 
     def __enter__(self) -> IdleCuttingProxy:
         self._thread.start()
@@ -206,16 +207,22 @@ class IdleCuttingProxy:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        assert self._stop is not None
+        self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+        self.loop.close()
 
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._proxy, "127.0.0.1", 0))
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._proxy, "127.0.0.1", 0)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
-        self.loop.run_forever()
+        await self._stop.wait()
         server.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _proxy(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)

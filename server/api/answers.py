@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ import msgspec
 from litestar import MediaType
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import ASGIApp
+from sse_starlette.sse import AppStatus
 
 from server.api.schemas import (
     Activity,
@@ -30,7 +32,7 @@ from server.api.schemas import (
     shown_activity,
 )
 from server.engine.manager import RunManager
-from server.engine.run import Run
+from server.engine.run import Run, StopReason
 from server.engine.run_wait import until_run_settles, waiting_for_input
 from server.engine.runtime import Runtime
 from server.storage.run_store import RunRecord
@@ -38,6 +40,8 @@ from server.storage.run_store import RunRecord
 log = logging.getLogger(__name__)
 
 KINDS = ("added", "modified", "deleted")
+TICK_SECONDS = 0.5
+"""How often the wait for the answer looks up from it: to ping, or to see a shutdown."""
 KEEP_ALIVE = b" "
 """What the body carries until the answer: whitespace, which JSON allows before a value."""
 
@@ -73,23 +77,32 @@ def json_answer(
 ) -> ASGIApp:
     """The 200 whose body is the run's answer, once it has settled, after keep-alive spaces."""
     return ASGIStreamingResponse(
-        iterator=kept_alive(_settled_answer(run, runtime, manager), ping_interval),
+        iterator=kept_alive(_settled_answer(run, runtime, manager), ping_interval, run),
         media_type=MediaType.JSON,
         headers=dict(headers),
         status_code=200,
     )
 
 
-async def kept_alive(answer: Awaitable[bytes], ping_interval: float) -> AsyncIterator[bytes]:
+async def kept_alive(
+    answer: Awaitable[bytes], ping_interval: float, run: Run | None = None
+) -> AsyncIterator[bytes]:
     """A space every ``ping_interval`` seconds (0: none) until ``answer`` is ready, then it.
-    Leaving early (the client went away) stops waiting for it, never the run."""
+    Leaving early (the client went away) stops waiting for it, never the run. When the
+    server is asked to shut down, ``run`` is stopped, as an event stream stops its run, and
+    the answer says how it ended."""
     task = asyncio.ensure_future(answer)
+    last_ping = time.monotonic()
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=ping_interval or None)
+            done, _ = await asyncio.wait({task}, timeout=TICK_SECONDS)
             if done:
                 break
-            yield KEEP_ALIVE
+            if run is not None and AppStatus.should_exit:
+                run.request_stop(StopReason.SHUTDOWN)
+            if ping_interval and time.monotonic() - last_ping >= ping_interval:
+                last_ping = time.monotonic()
+                yield KEEP_ALIVE
         yield task.result()
     finally:
         task.cancel()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pytest
 
 from tests.conftest import RelayFactory, real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay, http_client, open_stream, wait_until
+from tests.support import Relay, RelayProcess, http_client, open_stream, wait_until
 
 WRITE = '[[tool:Bash:{"command":"echo approved > out.txt"}]]'
 FIGURES = ("session_id", "status", "result", "is_error", "stop_reason", "num_turns")
@@ -281,3 +283,24 @@ def test_stream_false_survives_a_quiet_minute_behind_a_proxy_that_cuts_idle_conn
             assert wait_until(lambda: proxy.cut >= 1, timeout=10)
         finally:
             idle.close()
+
+
+def test_a_relay_shutting_down_stops_the_run_and_still_answers(
+    relay_process_factory: Callable[..., RelayProcess],
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+) -> None:
+    env = {**real_cli_env(fake_api), "CLAUDE_RELAY_INTERRUPT_GRACE": "1"}
+    relay = relay_process_factory(claude_bin=real_cli, env=env)
+    body = {"prompt": "[[hang:300]]", "stream": False}
+    with (
+        relay.client(timeout=120) as client,
+        client.stream("POST", "/api/claude", json=body) as response,
+    ):
+        assert response.status_code == 200
+        assert relay.process is not None
+        relay.process.send_signal(signal.SIGTERM)
+        answer = json.loads(response.read())
+    assert answer["status"] == "failed" and answer["stop_reason"] == "shutdown", answer
+    assert "shutting down" in answer["error"]
+    assert relay.process.wait(60) in (0, -signal.SIGTERM), relay.log()

@@ -11,6 +11,8 @@ import asyncio
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,9 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.client.conftest import client_env
 from tests.conftest import RelayFactory, real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
-from tests.support import Relay, RelayProcess, http_client, open_stream, wait_until
+from tests.support import ROOT, Relay, RelayProcess, http_client, open_stream, wait_until
 
 WRITE = '[[tool:Bash:{"command":"echo approved > out.txt"}]]'
 FIGURES = ("session_id", "status", "result", "is_error", "stop_reason", "num_turns")
@@ -304,3 +307,48 @@ def test_a_relay_shutting_down_stops_the_run_and_still_answers(
     assert answer["status"] == "failed" and answer["stop_reason"] == "shutdown", answer
     assert "shutting down" in answer["error"]
     assert relay.process.wait(60) in (0, -signal.SIGTERM), relay.log()
+
+
+def _client(relay: Relay, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``claude-relay <args>`` as a user runs it (tests/client/conftest.py's environment)."""
+    home.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=ROOT,
+        env=client_env(home, relay),
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_ask_json_prints_the_answer_and_exits_by_the_run(relay: Relay, tmp_path: Path) -> None:
+    home = tmp_path / "client"
+    done = _client(relay, home, "ask", "--json", "[[say:fine]] hi")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["result"] == "fine" and answer["status"] == "succeeded"
+    assert relay.get_run(answer["run_id"])["detached"] is True  # it asked for stream: false
+
+    failed = _client(relay, home, "ask", "--json", "[[status:500]] fail")
+    assert failed.returncode == 1, failed.stderr
+    assert json.loads(failed.stdout)["status"] == "failed"
+
+    asked = _client(relay, home, "ask", "--json", "--approvals", WRITE)
+    assert asked.returncode == 4, asked.stderr
+    waiting = json.loads(asked.stdout)
+    assert [p["tool_name"] for p in waiting["pending"]] == ["Bash"]
+    session = waiting["session_id"]
+    assert _client(relay, home, "wait", session, "--until", "awaiting").returncode == 4
+    _answer(relay, waiting["run_id"], waiting["pending"][0]["request_id"], "allow")
+    assert _client(relay, home, "wait", session, "--until", "idle").returncode == 0
+    assert relay.get_run(waiting["run_id"])["status"] == "succeeded"
+
+
+def test_wait_until_idle_follows_a_long_turn(relay: Relay, tmp_path: Path) -> None:
+    stream = open_stream(relay, {"prompt": "[[slow:10:0.5]] take your time", "detach": True})
+    stream.wait_started()
+    waited = _client(relay, tmp_path / "client", "wait", stream.session_id, "--until", "idle")
+    assert waited.returncode == 0, waited.stderr
+    assert relay.get_run(stream.run_id)["status"] == "succeeded"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from typing import Annotated
+from collections.abc import Awaitable
+from typing import Annotated, Any
 
-from litestar import Router, get, post
+from litestar import Request, Router, get, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import ASGIApp
 
@@ -93,17 +94,34 @@ async def get_run(
     runtime: RuntimeDep,
     manager: ManagerDep,
     caller: CallerDep,
+    request: Request[Any, Any, Any],
     wait: Wait = None,
 ) -> RunOut:
     record = await find_run(runtime, run_id, caller)
     if wait is not None and record.status is RunStatus.RUNNING:
-        await until_settled(manager, run_id, wait)
+        await _unless_gone(request, until_settled(manager, run_id, wait))
         record = await find_run(runtime, run_id, caller)
     record = manager.current(record)
     live = manager.get(run_id)
     running = record.status is RunStatus.RUNNING
     doing = await run_activity(record, runtime, manager) if running else None
     return run_out(record, events=live.last_seq if live is not None else None, activity=doing)
+
+
+async def _unless_gone(request: Request[Any, Any, Any], waiting: Awaitable[None]) -> None:
+    """Wait, unless the client goes away first: nobody would read the answer."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.ensure_future(waiting), asyncio.ensure_future(gone())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @get(

@@ -119,13 +119,14 @@ def test_with_approvals_it_answers_while_the_run_waits_and_the_run_goes_on(relay
 
 
 def test_a_dropped_connection_does_not_stop_the_run(relay: Relay) -> None:
-    body = {"prompt": "[[slow:10:0.5]] take your time", "stream": False}
+    body = {"prompt": "[[slow:20:0.5]] take your time", "stream": False}
     with (
         relay.client(timeout=180) as client,
         client.stream("POST", "/api/claude", json=body) as response,
     ):
         assert response.status_code == 200
         run_id = response.headers["x-run-id"]
+        assert relay.get_run(run_id)["status"] == "running"  # the headers came at once
     # The connection is closed here, long before the answer.
     ended = relay.wait_run_ended(run_id, timeout=120)
     assert ended["status"] == "succeeded", ended

@@ -133,7 +133,7 @@ async def answer_of(run: Run, runtime: Runtime, manager: RunManager) -> RunAnswe
     recorded = record is not None and record.files_changed is not None
     text = result.get("result")
     return RunAnswer(
-        session_id=run.claude_session_id,
+        session_id=record.claude_session_id if record else run.claude_session_id,
         run_id=run.id,
         status=(record.status if record else run.status).value,
         result=record.result_text if record else text if isinstance(text, str) else None,

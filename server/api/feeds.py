@@ -15,7 +15,8 @@ from litestar.types import ASGIApp
 
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
 from server.api.errors import documented_errors
-from server.api.runs import EVENT_ID, LastEventId
+from server.api.openapi import at_least_zero
+from server.api.runs import EVENT_ID, MAX_EVENT_ID, LastEventId
 from server.api.schemas import ErrorBody
 from server.api.session_lookup import find_session
 from server.api.sse import sse_response
@@ -31,6 +32,16 @@ SessionFeedId = Annotated[
         name="Last-Event-ID",
         schema_extra={"pattern": f"^({FEED_ID.pattern})?$"},
         description="The last event id the client has (`<run number>.<seq>`); empty: none.",
+    ),
+]
+FeedAfter = Annotated[
+    int | None,
+    QueryParameter(
+        ge=0,
+        le=MAX_EVENT_ID,
+        schema_extra=at_least_zero(),
+        description="Start after this entry id (0: everything kept); without it, or a "
+        "`Last-Event-ID` (which wins), the feed starts now.",
     ),
 ]
 SessionFilter = Annotated[
@@ -100,7 +111,7 @@ async def session_events(
     summary="Follow every session the key may see",
     description="Sessions created and deleted, runs started and ended (status, cost), activity "
     "changes, permission requests and answers, each with its id in one stored sequence: "
-    "resumes exactly after `Last-Event-ID`.",
+    "starts now (or after `?after=`), resumes exactly after `Last-Event-ID`.",
     responses=ERRORS,
 )
 async def relay_events(
@@ -108,27 +119,32 @@ async def relay_events(
     settings: SettingsDep,
     caller: CallerDep,
     session: SessionFilter = None,
+    after: FeedAfter = None,
     last_event_id: LastEventId = None,
 ) -> ASGIApp:
     workspace_id = None
     if session is not None:
         workspace_id = (await find_session(runtime, session, caller)).workspace_id
-    after = _entry_id(last_event_id)
     feed: Feed | None = runtime.feed
     if feed is None:  # pragma: no cover - the app's runtime always has one
         raise InvalidRequest("this relay keeps no feed")
+    resume = _entry_id(last_event_id)
+    if resume is None:
+        # From now on, unless asked for what is kept: a month of a busy relay's history is
+        # more than any new reader wants, and would leave it lagging at once.
+        resume = after if after is not None else (await feed.store.bounds())[1]
     batches = feed.follow(
-        after, key_id=None if caller.is_admin else caller.id, workspace_id=workspace_id
+        resume, key_id=None if caller.is_admin else caller.id, workspace_id=workspace_id
     )
     return sse_response(
         _relay_chunks(batches), ping_interval=settings.ping_interval, shutdown_grace=0
     )
 
 
-def _entry_id(text: str | None) -> int:
+def _entry_id(text: str | None) -> int | None:
     text = (text or "").strip(" \t")
     if not text:
-        return 0
+        return None
     if not EVENT_ID.fullmatch(text):
         raise InvalidRequest("Last-Event-ID of the relay feed is an entry id (digits)")
     return int(text)

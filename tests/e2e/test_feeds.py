@@ -154,9 +154,15 @@ def test_a_key_sees_nothing_of_another_keys_sessions_in_either_feed(
     text = json.dumps(alices_feed.payloads)
     assert bobs_session not in text and bobs_run not in text and "walnut" not in text
     assert alices_session in text
-    only_hers = relay_feed(alice, session=alices_session)
+    only_hers = relay_feed(alice, session=alices_session, after="0")  # what is kept
     only_hers.wait_for(lambda p: p.get("kind") == "run.ended")
     assert {p["session_id"] for p in only_hers.payloads} == {alices_session}
+    # Without ?after= (or Last-Event-ID) a reader starts now: no history.
+    late = relay_feed(alice)
+    late.header("content-type")
+    _, again = ok(alice, {"prompt": "alice again", "session_id": alices_session})
+    late.wait_for(lambda p: p.get("kind") == "run.ended" and p["run_id"] == again)
+    assert alices_run not in json.dumps(late.payloads)
 
 
 def test_a_feed_of_runs_whose_events_are_not_stored_says_what_it_misses(

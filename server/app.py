@@ -57,6 +57,7 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
         runtime.projects = lambda: keyring.projects  # reloaded with the keys on SIGHUP
         await runtime.start_key_proxy()
         manager = RunManager(runtime)
+        runs.answering(runtime, manager, relay.settings)  # other relays' requests for our runs
         await recover(
             runtime.sessions,
             runtime.runs,

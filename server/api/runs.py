@@ -8,13 +8,14 @@ import re
 from collections.abc import Awaitable
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Router, get, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import ASGIApp
 
 from server.api.answers import run_activity
 from server.api.dependencies import CallerDep, ManagerDep, RuntimeDep, SettingsDep
-from server.api.errors import documented_errors
+from server.api.errors import documented_errors, status_of
 from server.api.openapi import above_zero, always_sent, at_least_zero
 from server.api.schemas import (
     ErrorBody,
@@ -30,6 +31,7 @@ from server.api.schemas import (
 from server.api.session_lookup import find_run
 from server.api.sse import encoded, sse_response
 from server.claude.options import RunOptions
+from server.config import Settings
 from server.engine import audit
 from server.engine.approvals import Answer, Behavior, Permission, answered_input, check_plan_mode
 from server.engine.callers import Caller, check_approval, check_options
@@ -38,7 +40,7 @@ from server.engine.replay import follow_run
 from server.engine.run import Run, StopReason
 from server.engine.run_wait import until_settled
 from server.engine.runtime import Runtime
-from server.errors import Conflict, InvalidRequest, NotFound
+from server.errors import Conflict, Forbidden, InvalidRequest, NotFound, Refused
 from server.storage.event_store import EventStore
 from server.storage.run_store import RunRecord, RunStatus
 
@@ -219,8 +221,57 @@ async def run_events(
 async def cancel_run(
     run_id: FromPath[str], runtime: RuntimeDep, manager: ManagerDep, caller: CallerDep
 ) -> RunOut:
-    """SIGINT first, so the CLI writes its final result; answers once the run has ended."""
+    """SIGINT first, so the CLI writes its final result; answers once the run has ended. A
+    run of another relay is cancelled by that relay, asked through the database."""
     record = await find_run(runtime, run_id, caller)
+    if manager.get(run_id) is None and _elsewhere(record, manager):
+        await _ask_owner(manager, record, "cancel", {"run_id": run_id}, caller, CANCEL_WAIT)
+        return run_out(await find_run(runtime, run_id, caller))
+    return await _cancel_here(runtime, manager, caller, record)
+
+
+CANCEL_WAIT = 60.0
+"""How long a relay waits for another to cancel its run (its interrupt and signal graces)."""
+
+
+def _elsewhere(record: RunRecord, manager: RunManager) -> bool:
+    return record.status is RunStatus.RUNNING and record.owner != manager.owner
+
+
+async def _ask_owner(
+    manager: RunManager,
+    record: RunRecord,
+    kind: str,
+    body: dict[str, Any],
+    caller: Caller,
+    timeout: float = 15.0,
+) -> dict[str, Any]:
+    """Pass a request for a run of another relay to that relay; its answer, or its error
+    raised here as it would have been there."""
+    sent = {**body, "caller": msgspec.to_builtins(caller)}
+    reply = await manager.remote.ask(record.owner, kind, sent, timeout=timeout)
+    if reply is None:
+        raise Conflict(
+            f"run {record.id} is running on another relay process ({record.owner}), which did"
+            " not answer in time"
+        )
+    if "error" in reply:
+        raise REFUSALS.get(int(reply.get("status", 409)), Conflict)(str(reply["error"]))
+    return reply
+
+
+REFUSALS: dict[int, type[Refused]] = {
+    400: InvalidRequest,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+}
+
+
+async def _cancel_here(
+    runtime: Runtime, manager: RunManager, caller: Caller, record: RunRecord
+) -> RunOut:
+    run_id = record.id
     live = manager.get(run_id)
     if live is None:
         if record.status is RunStatus.RUNNING:
@@ -295,6 +346,23 @@ async def answer_permission(
     settings: SettingsDep,
     caller: CallerDep,
 ) -> PermissionOut:
+    record = await find_run(runtime, run_id, caller)
+    if manager.get(run_id) is None and _elsewhere(record, manager):
+        body = {"run_id": run_id, "request_id": request_id, "data": msgspec.to_builtins(data)}
+        reply = await _ask_owner(manager, record, "answer", body, caller)
+        return msgspec.convert(reply["answered"], PermissionOut)
+    return await _answer_here(runtime, manager, settings, caller, run_id, request_id, data)
+
+
+async def _answer_here(
+    runtime: Runtime,
+    manager: RunManager,
+    settings: Settings,
+    caller: Caller,
+    run_id: str,
+    request_id: str,
+    data: PermissionAnswer,
+) -> PermissionOut:
     run = await asking_run(run_id, runtime, manager, caller)
     asked = next((p for p in run.approvals.pending() if p.request_id == request_id), None)
     answer = _answer_of(data, asked, caller, settings.allow_dangerous)
@@ -335,6 +403,42 @@ def _answer_of(
         options = RunOptions(permission_mode=data.mode).check(allow_dangerous=allow_dangerous)
         check_options(caller, options)
     return Answer(behavior, data.message, updated, by="client", mode=data.mode)
+
+
+def answering(runtime: Runtime, manager: RunManager, settings: Settings) -> None:
+    """This relay answers other relays' cancels and permission answers for its runs, with
+    the checks the routes make (the caller comes with the request)."""
+
+    async def cancel(body: dict[str, Any]) -> dict[str, Any]:
+        caller = msgspec.convert(body["caller"], Caller)
+        try:
+            record = await find_run(runtime, str(body["run_id"]), caller)
+            await _cancel_here(runtime, manager, caller, record)
+        except Refused as exc:
+            return {"error": exc.message, "status": status_of(exc)}
+        return {"cancelled": True}
+
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        caller = msgspec.convert(body["caller"], Caller)
+        try:
+            data = msgspec.convert(body["data"], PermissionAnswer)
+            answered = await _answer_here(
+                runtime,
+                manager,
+                settings,
+                caller,
+                str(body["run_id"]),
+                str(body["request_id"]),
+                data,
+            )
+        except Refused as exc:
+            return {"error": exc.message, "status": status_of(exc)}
+        except msgspec.ValidationError as exc:
+            return {"error": str(exc), "status": 400}
+        return {"answered": msgspec.to_builtins(answered)}
+
+    manager.remote.handle("cancel", cancel)
+    manager.remote.handle("answer", answer)
 
 
 router = Router(

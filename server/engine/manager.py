@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from server.claude import process
 from server.claude.command import build_argv, build_env, current_env, telemetry_env
@@ -44,11 +45,13 @@ from server.engine.planner import (
 from server.engine.project_sessions import ProjectSessions, SessionWork
 from server.engine.projects import Project, with_project_defaults
 from server.engine.relay_events import relay_error
+from server.engine.remote import Remote
 from server.engine.run import Limits, Run, StopReason
 from server.engine.runtime import Runtime
 from server.engine.session_process import SessionProcess
 from server.engine.warm_pool import WarmPool
 from server.errors import Conflict, InvalidRequest, OverBudget, TooLarge, TooManyRuns
+from server.storage.message_store import MessageStore
 from server.storage.run_store import NewRun, RunOutcome, RunRecord, RunStatus
 from server.storage.session_store import ActivityUpdate, ConversationTaken, LiveClaim
 
@@ -221,6 +224,8 @@ class RunManager:
         self.activity = ActivityBoard(runtime.sessions)
         if runtime.feed is not None:
             self.activity.subscribe(runtime.feed.activity_changed)  # the relay feed
+        self.remote = Remote(MessageStore(runtime.database), self.owner)
+        self.remote.handle("release", self._release_for_another)
         """What sessions are doing: subscribe to hear of every change (``engine/activity.py``)."""
 
     def _load(self) -> Load:
@@ -240,6 +245,7 @@ class RunManager:
         if self._maintainer is None:
             self._maintainer = asyncio.create_task(self._maintain(), name="live-sessions")
         self.pool.begin()
+        self.remote.start()
 
     async def _maintain(self) -> None:
         """Close live processes idle too long; renew this relay's claims on the others.
@@ -676,7 +682,10 @@ class RunManager:
     async def _claim(self, request: RunRequest, target: Placement, new_run: NewRun) -> None:
         """Lock the session for this run (recording the run), or create it locked."""
         if target.session_exists:
-            if not await self._acquire(target.workspace_id, new_run):
+            if not await self._acquire(target.workspace_id, new_run) and not (
+                await self._handed_over_to_me(target.workspace_id)
+                and await self._acquire(target.workspace_id, new_run)
+            ):
                 raise await self._busy(_name_of(request.target, target), target.workspace_id)
             return
         key = target.conversation_key
@@ -697,6 +706,38 @@ class RunManager:
         self.runtime.record_in_feed(
             SESSION_CREATED, target.workspace_id, request.api_key_id, target.claude_session_id
         )
+
+    async def _handed_over_to_me(self, workspace_id: str) -> bool:
+        """The session is idle but live in another relay: ask that relay to close its
+        process (through the database), so this one may resume it. False if it is not so,
+        or the owner did not let it go in time."""
+        record = await self.store.get(workspace_id)
+        if record is None or record.active_run_id is not None or not record.live:
+            return False
+        owner = record.live_owner
+        if owner is None or owner == self.owner:
+            return False
+        reply = await self.remote.ask(owner, "release", {"workspace_id": workspace_id})
+        if reply is None or not reply.get("released"):
+            return False
+        log.info("session %s handed over by relay %s", workspace_id, owner)
+        return True
+
+    async def _release_for_another(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Another relay wants to resume a session this one keeps live: close its process
+        (the transcript has everything) and end the claim. Not while a turn runs on it."""
+        workspace_id = str(body.get("workspace_id", ""))
+        live = self.live.take(workspace_id)
+        if live is None:
+            record = await self.store.get(workspace_id)
+            mine = record is not None and record.live_owner == self.owner
+            running = record is not None and record.active_run_id is not None
+            if mine and not running:  # a claim without a process (it died): end it
+                await self.store.end_live(workspace_id, owner=self.owner)
+            return {"released": mine and not running}
+        await self._close_live(live)
+        log.info("session %s: live process closed for another relay", workspace_id)
+        return {"released": True}
 
     async def _busy(self, name: str, workspace_id: str) -> Conflict:
         """Why the session cannot be taken: a run holds it, or another relay keeps it live."""
@@ -1013,6 +1054,7 @@ class RunManager:
         for run in [r for r in self.runs.values() if r.id in self._unrecorded]:
             # A last try; what storage still refuses is left to the next start's recovery.
             await self._try_record_end(run)
+        await self.remote.stop()
         if self._maintainer is not None:
             self._maintainer.cancel()
         await _attempt(self.activity.flush(), "storing the last activity changes")

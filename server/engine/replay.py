@@ -17,7 +17,7 @@ from server.storage.event_store import EventStore
 from server.storage.run_store import RunStatus, RunStore
 
 PAGE = 1000
-POLL_INTERVAL = 0.5
+POLL_INTERVAL = 0.1
 
 
 async def follow_run(

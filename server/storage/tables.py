@@ -314,3 +314,18 @@ class FeedRow(Base):
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     kind: Mapped[str] = mapped_column(String(32))
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RelayMessageRow(Base):
+    """A request from one relay to another (``to_owner``), and its reply once the owner has
+    acted on it."""
+
+    __tablename__ = "relay_messages"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    to_owner: Mapped[str] = mapped_column(String(300), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[float] = mapped_column(Float)
+    taken_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reply: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -42,7 +42,7 @@ from tests.postgres import PostgresServer
 from tests.storage.conftest import DIALECTS
 from tests.storage.support import sqlite_url
 
-HEAD = "0010"
+HEAD = "0011"
 """The newest revision: the rows must survive every migration after 0002, not just 0003."""
 WS, OTHER = "0f1e2d3c-0000-4000-8000-000000000001", "0f1e2d3c-0000-4000-8000-000000000002"
 

@@ -19,10 +19,10 @@ from server.api.openapi import at_least_zero
 from server.api.runs import EVENT_ID, MAX_EVENT_ID, LastEventId
 from server.api.schemas import ErrorBody
 from server.api.session_lookup import find_session
-from server.api.sse import sse_response
+from server.api.sse import encode_lagged, sse_response
 from server.engine.feed import Feed, FeedItem, FeedLagged, Gap
 from server.engine.session_feed import FEED_ID, FeedEvent, SessionFeed, parse_position
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, Lagged
 
 ERRORS = documented_errors(ErrorBody, 400, 401, 404, 503)
 
@@ -56,8 +56,13 @@ def _chunk(event_id: str | None, data: bytes) -> bytes:
 
 
 async def _session_chunks(batches: AsyncIterator[list[FeedEvent]]) -> AsyncIterator[bytes]:
-    async for batch in batches:
-        yield b"".join(_chunk(event.id, event.data) for event in batch)
+    """The feed's events; a reader that fell behind what a running run still holds (in memory
+    or stored) gets ``relay/lagged`` and the stream ends: it resumes with its last id."""
+    try:
+        async for batch in batches:
+            yield b"".join(_chunk(event.id, event.data) for event in batch)
+    except Lagged as exc:
+        yield encode_lagged(exc)
 
 
 async def _relay_chunks(batches: AsyncIterator[list[FeedItem]]) -> AsyncIterator[bytes]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ from sqlalchemy.ext.asyncio import (
 
 from server.errors import StorageFull, StorageUnavailable
 from server.storage.faults import directory_state, space_fault, storage_fault
+from server.storage.wakeups import Wakeups, notify
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 T = TypeVar("T")
@@ -110,6 +112,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 READ_ONLY = "relay_read_only"
 
+_TOPICS: ContextVar[list[str] | None] = ContextVar("relay_notified_topics", default=None)
+"""The topics the write in progress notifies (:meth:`Database.notify`)."""
+
 
 def sqlite_file(engine: AsyncEngine) -> Path | None:
     """The file of a SQLite database (None for PostgreSQL or an in-memory database)."""
@@ -166,6 +171,8 @@ class Database:
         self._read_engine = engine.execution_options(**{READ_ONLY: True})
         self.file = sqlite_file(engine)
         self._identity = self._file_identity()
+        self.wakeups = Wakeups(engine)
+        """Notifications between relays on PostgreSQL (started by the relay that serves)."""
 
     @property
     def dialect(self) -> str:
@@ -185,6 +192,15 @@ class Database:
         writer's batches, where the ORM session costs a third of a PostgreSQL commit."""
         return self._guarded(self.engine.begin, writing=True)
 
+    async def notify(self, db: AsyncSession | AsyncConnection, *topics: str) -> None:
+        """Wake whoever watches ``topics`` once ``db``'s transaction commits: other relays
+        through PostgreSQL, this relay's own watchers as the write's block ends (on SQLite
+        too), so none wakes to look before the write is there to find."""
+        await notify(db, self.dialect, list(topics))
+        committing = _TOPICS.get()
+        if committing is not None:
+            committing.extend(topics)
+
     @asynccontextmanager
     async def _guarded(
         self, opening: Callable[[], AbstractAsyncContextManager[T]], *, writing: bool
@@ -192,6 +208,8 @@ class Database:
         fault = self.fault(writing=writing)
         if fault is not None:
             raise fault
+        topics: list[str] = []
+        token = _TOPICS.set(topics)
         try:
             async with opening() as opened:
                 yield opened
@@ -200,6 +218,10 @@ class Database:
             if found is None:
                 raise
             raise self._cause_of(found) from exc
+        finally:
+            _TOPICS.reset(token)
+        for topic in topics:
+            self.wakeups.wake(topic)
 
     def _cause_of(self, found: StorageUnavailable) -> StorageUnavailable:
         """A SQLite fault named by its cause when the file system shows it: SQLite says "disk

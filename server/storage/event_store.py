@@ -12,16 +12,19 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from server.errors import StorageUnavailable
+from server.storage import wakeups
 from server.storage.database import Database, insert_or_update
 from server.storage.faults import storage_fault
 from server.storage.sqlite_inserter import SQLiteInserter
 from server.storage.tables import RunEventRow, RunRow
+from server.storage.wakeups import Watch
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,10 @@ class EventStore:
 
     def __init__(self, database: Database) -> None:
         self._database = database
+
+    def watch(self, run_id: str) -> AbstractContextManager[Watch]:
+        """Watch for the run's next stored events, activity or end (another relay's run)."""
+        return self._database.wakeups.watch(wakeups.run(run_id))
 
     async def events(self, run_id: str, after: int, limit: int = 64) -> list[tuple[int, bytes]]:
         """Events after ``after``, from at most ``limit`` stored chunks."""
@@ -305,6 +312,8 @@ class EventWriter:
             # answer) on a bare connection, three round trips per commit whatever its size.
             async with self._database.transaction() as conn:
                 await conn.execute(insert(RunEventRow), rows)
+                # Followers on other relays wake on the commit (one more round trip).
+                await self._database.notify(conn, *{wakeups.run(row["run_id"]) for row in rows})
             return
         fault = self._database.fault(writing=True)
         if fault is not None:

@@ -10,12 +10,15 @@ transaction-scoped advisory lock, so ids commit in their order.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, text
 
+from server.storage import wakeups
 from server.storage.database import Database
 from server.storage.tables import FeedRow
+from server.storage.wakeups import Watch
 
 FEED_LOCK = 0x636C_6665  # "clfe": appends to the feed, one transaction at a time
 
@@ -52,6 +55,11 @@ class FeedStore:
             if self._database.dialect == "postgresql":
                 await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK})
             await db.execute(insert(FeedRow), rows)
+            await self._database.notify(db, wakeups.FEED)
+
+    def watch(self) -> AbstractContextManager[Watch]:
+        """Watch for appended entries, this relay's or another's."""
+        return self._database.wakeups.watch(wakeups.FEED)
 
     async def after(
         self,

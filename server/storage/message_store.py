@@ -3,8 +3,9 @@
 The asker :meth:`MessageStore.send` s; the owner :meth:`MessageStore.take` s what is addressed
 to it (a conditional update marks each taken, so a message is acted on once even if the owner
 polls twice at once) and writes its :meth:`MessageStore.reply`; the asker reads the reply and
-deletes the row. Both sides poll: a relay looks for messages every few tens of milliseconds,
-so a request is answered within about a tenth of a second plus the work it asks for.
+deletes the row. Each write notifies the side that waits for it (``storage/wakeups.py``:
+PostgreSQL's ``NOTIFY``), which :meth:`MessageStore.inbox` and :meth:`MessageStore.replies`
+watch; on SQLite both sides poll.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from server.storage import wakeups
 from server.storage.database import Database
 from server.storage.tables import RelayMessageRow
+from server.storage.wakeups import Watch
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,19 @@ class MessageStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def send(self, to_owner: str, kind: str, body: dict[str, Any]) -> str:
-        message_id = str(uuid.uuid4())
+    def inbox(self, owner: str) -> AbstractContextManager[Watch]:
+        """Watch for messages to ``owner``."""
+        return self._database.wakeups.watch(wakeups.inbox(owner))
+
+    def replies(self, message_id: str) -> AbstractContextManager[Watch]:
+        """Watch for the reply to a message (its id chosen before it is sent, so a quick
+        reply is not missed)."""
+        return self._database.wakeups.watch(wakeups.reply(message_id))
+
+    async def send(
+        self, to_owner: str, kind: str, body: dict[str, Any], *, message_id: str | None = None
+    ) -> str:
+        message_id = message_id or str(uuid.uuid4())
         async with self._database.write() as db:
             db.add(
                 RelayMessageRow(
@@ -44,6 +59,7 @@ class MessageStore:
                     sent_at=time.time(),
                 )
             )
+            await self._database.notify(db, wakeups.inbox(to_owner))
         return message_id
 
     async def take(self, owner: str) -> list[RelayMessage]:
@@ -74,6 +90,7 @@ class MessageStore:
                 .where(RelayMessageRow.id == message_id)
                 .values(reply=json.dumps(reply))
             )
+            await self._database.notify(db, wakeups.reply(message_id))
 
     async def reply_to(self, message_id: str) -> dict[str, Any] | None:
         """The owner's reply, once there is one (the row is deleted then)."""

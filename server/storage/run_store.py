@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
+from server.storage import wakeups
 from server.storage.change_store import KINDS, FileChange
 from server.storage.database import Database
 from server.storage.tables import RunEventRow, RunRow
@@ -309,4 +310,5 @@ class RunStore:
                         run_id=run_id, seq=last, last_seq=last, data=final_event
                     )
                 )
+            await self._database.notify(db, wakeups.run(run_id))
             return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +26,13 @@ from server.storage import (
     event_store,
     run_store,
     spend_store,
+    wakeups,
 )
 from server.storage.audit_store import AuditEntry
 from server.storage.database import Database
 from server.storage.run_store import NewRun, RunOutcome
 from server.storage.tables import ClaudeSessionIdRow, ConversationRow, SessionRow
+from server.storage.wakeups import Watch
 
 
 async def _insert_run(db: Any, run: NewRun, workspace_id: str) -> None:
@@ -216,6 +219,10 @@ class SessionStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
+    def watch(self, workspace_id: str) -> AbstractContextManager[Watch]:
+        """Watch for the session's next run to start, or the session to go."""
+        return self._database.wakeups.watch(wakeups.session(workspace_id))
+
     async def create_locked(
         self,
         workspace_id: str,
@@ -380,6 +387,7 @@ class SessionStore:
             if getattr(result, "rowcount", 0) != 1:
                 return False
             await _insert_run(db, run, workspace_id)
+            await self._database.notify(db, wakeups.session(workspace_id))
             return True
 
     async def hold(self, workspace_id: str, *, holder: str, owner: str) -> bool:
@@ -448,6 +456,7 @@ class SessionStore:
                     event_store.insert_once(self._database.dialect, run_id, *final_event)
                 )
             finished = await db.execute(run_store.finish_statement(run_id, outcome))
+            await self._database.notify(db, wakeups.run(run_id))
             cost = outcome.cost_usd
             if outcome.api_key_id is not None and cost:
                 await db.execute(
@@ -491,6 +500,7 @@ class SessionStore:
                     )
                     .values(**change.values())
                 )
+            await self._database.notify(db, *(wakeups.run(change.run_id) for change in updates))
 
     async def end_live(self, workspace_id: str, *, owner: str) -> None:
         """This relay no longer keeps the session's process (it closed, died or was evicted)."""
@@ -545,6 +555,8 @@ class SessionStore:
             deleted = getattr(result, "rowcount", 0) == 1
             if deleted and audit is not None:
                 await db.execute(audit_store.insert_statement(audit, time.time()))
+            if deleted:
+                await self._database.notify(db, wakeups.session(workspace_id))
             return deleted
 
     async def locked(self) -> list[SessionRecord]:

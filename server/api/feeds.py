@@ -101,7 +101,6 @@ async def session_events(
         runs=runtime.runs,
         events=runtime.events,
         sessions=runtime.sessions,
-        board=manager.activity,
     )
     return sse_response(
         _session_chunks(feed.follow(position)),

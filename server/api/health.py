@@ -204,12 +204,15 @@ async def _cluster(manager: RunManager) -> ClusterHealth | None:
     cluster = manager.cluster
     if cluster is None:
         return None
+    wakeups: Literal["notify", "poll"] = (
+        "notify" if manager.runtime.database.wakeups.listening else "poll"
+    )
     try:
         alive = await cluster.alive()
     except Exception:
-        return ClusterHealth(id=manager.owner, alive=[])
+        return ClusterHealth(id=manager.owner, alive=[], wakeups=wakeups)
     peers = [RelayPeer(r.owner, r.host, r.version, r.started_at, r.heartbeat_at) for r in alive]
-    return ClusterHealth(id=manager.owner, alive=peers)
+    return ClusterHealth(id=manager.owner, alive=peers, wakeups=wakeups)
 
 
 @get("/health/live", opt={PUBLIC_OPT: True}, tags=["health"], summary="The process answers")

@@ -661,6 +661,10 @@ class ClusterHealth(msgspec.Struct):
     alive: list[RelayPeer]
     """Relays on this database whose heartbeat is within ``CLAUDE_RELAY_OWNER_TIMEOUT``
     (this one included)."""
+    wakeups: Literal["notify", "poll"] = "poll"
+    """How this relay hears of other relays' writes (messages, events, feed entries):
+    ``notify`` while it listens on PostgreSQL, ``poll`` on SQLite or while its listening
+    connection is down."""
 
 
 class SandboxHealth(msgspec.Struct, omit_defaults=True):

@@ -7,11 +7,11 @@ one never waits on the database and never slows a run; a failing append is logge
 entries are dropped, never the run's problem.
 
 Readers are served from storage only, a page at a time, whatever the writer is doing: a slow
-reader costs nothing but its own queries. A reader is woken when this relay appended, and
-polls every :data:`POLL_SECONDS` otherwise, so it also sees what other relays on the same
-database append. One that starts before the first stored entry (retention deleted what it
-asks for) gets a ``relay/gap`` event; one that falls more than the lag limit behind the newest
-entry gets ``relay/lagged`` and its stream ends.
+reader costs nothing but its own queries. A reader is woken by every append, this relay's or
+(on PostgreSQL, ``storage/wakeups.py``) another relay's on the same database; on SQLite it
+polls every :data:`POLL_SECONDS` for other relays' entries. One that starts before the first
+stored entry (retention deleted what it asks for) gets a ``relay/gap`` event; one that falls
+more than the lag limit behind the newest entry gets ``relay/lagged`` and its stream ends.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ from server.engine.activity import FAILED, IDLE
 from server.engine.activity_board import ActivityChange
 from server.storage.feed_store import FeedEntry, FeedStore
 from server.storage.run_store import RunStore
+from server.storage.wakeups import Watch
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
-"""How often a reader looks for entries another relay appended (this relay's wake it)."""
+"""How often a reader on SQLite looks for entries another relay appended (this relay's, and
+on PostgreSQL every relay's, wake it)."""
 PAGE = 500
 
 SESSION_CREATED = "session.created"
@@ -96,7 +98,6 @@ class Feed:
         self._runs = runs
         self.lag_limit = lag_limit
         self._queue: list[tuple[FeedEntry, str | None]] = []
-        self._appended = asyncio.Condition()
         self._writer: asyncio.Task[None] | None = None
         self._pending: dict[str, set[str]] = {}
         """Each session's pending permission requests as its activity last listed them."""
@@ -173,9 +174,6 @@ class Feed:
                 await self.store.append(entries)
             except Exception as exc:  # the feed is best effort; runs never wait on it
                 log.warning("could not append %d feed entries: %s", len(batch), exc)
-                continue
-            async with self._appended:
-                self._appended.notify_all()
 
     async def _completed(self, entry: FeedEntry, ended_run: str | None) -> FeedEntry:
         """A run's end, with its outcome from its row (recorded before the end is told)."""
@@ -211,7 +209,13 @@ class Feed:
     ) -> AsyncIterator[list[FeedItem]]:
         """Every entry after ``after`` the reader may see, then new ones as they come; ends
         after a :class:`FeedLagged`."""
-        position = after
+        with self.store.watch() as appended:
+            async for items in self._pages(after, appended, key_id, workspace_id):
+                yield items
+
+    async def _pages(
+        self, position: int, appended: Watch, key_id: str | None, workspace_id: str | None
+    ) -> AsyncIterator[list[FeedItem]]:
         first, last = await self.store.bounds()
         if position and first > position + 1:
             yield [Gap(position, first)]
@@ -228,10 +232,4 @@ class Feed:
                         yield [FeedLagged(last - position, self.lag_limit)]
                         return
                     continue
-            await self._wait()
-
-    async def _wait(self) -> None:
-        """Until this relay appends, or the poll interval passes (another relay's entries)."""
-        async with self._appended:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._appended.wait(), POLL_SECONDS)
+            await appended.wait(POLL_SECONDS)

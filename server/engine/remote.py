@@ -2,13 +2,14 @@
 
 A relay that gets a request for something another relay holds (a session that relay keeps
 live, a run it runs) sends that relay a message (``storage/message_store.py``) and waits,
-bounded, for the reply. Every relay takes the messages addressed to it every
-:data:`POLL_SECONDS` and runs the handler registered for each kind: the engine's own
-(``release``: close a live process so another relay may resume the session) and the web
-layer's (``cancel``, ``answer``: they check the caller as the route would).
+bounded, for the reply. Every relay takes the messages addressed to it as they come and runs
+the handler registered for each kind: the engine's own (``release``: close a live process so
+another relay may resume the session) and the web layer's (``cancel``, ``answer``: they check
+the caller as the route would).
 
-Polling rather than PostgreSQL ``LISTEN/NOTIFY``: it works the same on SQLite, and a tenth of
-a second is small beside what the messages ask for (a CLI's interrupt, its next turn).
+On PostgreSQL each side is woken by the other's write (``LISTEN/NOTIFY``,
+``storage/wakeups.py``); on SQLite both poll every :data:`POLL_SECONDS`, small beside what
+the messages ask for (a CLI's interrupt, its next turn).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from server.storage.message_store import MessageStore, RelayMessage
+from server.storage.wakeups import Watch
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +66,16 @@ class Remote:
     ) -> dict[str, Any] | None:
         """Send ``owner`` a request and wait for its reply; None if none came in time (the
         owner is gone, or busy: the asker answers as it did before it could ask)."""
-        message_id = await self.store.send(owner, kind, body)
+        message_id = str(uuid.uuid4())
         deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline:
-                reply = await self.store.reply_to(message_id)
-                if reply is not None:
-                    return reply
-                await asyncio.sleep(POLL_SECONDS)
+            with self.store.replies(message_id) as replied:
+                await self.store.send(owner, kind, body, message_id=message_id)
+                while time.monotonic() < deadline:
+                    reply = await self.store.reply_to(message_id)
+                    if reply is not None:
+                        return reply
+                    await replied.wait(POLL_SECONDS, at_most=deadline - time.monotonic())
         except BaseException:
             await asyncio.shield(self.store.forget(message_id))
             raise
@@ -78,6 +83,10 @@ class Remote:
         return None
 
     async def _take(self) -> None:
+        with self.store.inbox(self.owner) as sent:
+            await self._take_as_sent(sent)
+
+    async def _take_as_sent(self, sent: Watch) -> None:
         expired = time.monotonic()
         while True:
             try:
@@ -90,7 +99,7 @@ class Remote:
                     await self.store.expire(time.time() - EXPIRE_SECONDS)
             except Exception:  # the database may be away a while: keep polling
                 log.exception("could not read this relay's messages")
-            await asyncio.sleep(POLL_SECONDS)
+            await sent.wait(POLL_SECONDS)
 
     async def _act(self, message: RelayMessage) -> None:
         handler = self._handlers.get(message.kind)

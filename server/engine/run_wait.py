@@ -70,13 +70,15 @@ async def until_run_settles(board: ActivityBoard, run: Run, timeout: float | Non
 
 
 async def until_settled_in_storage(runtime: Runtime, run_id: str, timeout: float | None) -> None:
-    """The wait on a run another relay process runs: its row, looked at on an interval."""
+    """The wait on a run another relay process runs: its row, looked at again whenever that
+    relay stores the run's events or activity (PostgreSQL), or on an interval."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    while not await settled_in_storage(runtime, run_id):
-        left = STORAGE_POLL_SECONDS if deadline is None else deadline - time.monotonic()
-        if left <= 0:
-            return
-        await asyncio.sleep(min(STORAGE_POLL_SECONDS, left))
+    with runtime.events.watch(run_id) as changed:
+        while not await settled_in_storage(runtime, run_id):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            await changed.wait(STORAGE_POLL_SECONDS, at_most=left)
 
 
 async def settled_in_storage(runtime: Runtime, run_id: str) -> bool:

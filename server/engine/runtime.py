@@ -87,6 +87,7 @@ class Runtime:
         await self.event_writer.close()
         if self.feed is not None:
             await self.feed.close()
+        await self.database.wakeups.stop()
         await self.database.engine.dispose()
 
 

@@ -18,7 +18,6 @@ feed waits for the session's next one; it ends when the session is deleted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,17 +28,17 @@ import msgspec
 from server.claude.lines import classify
 from server.engine import activity
 from server.engine.activity import Tracker, Waiting
-from server.engine.activity_board import ActivityBoard, ActivityChange
 from server.engine.manager import RunManager
 from server.engine.replay import follow_run
 from server.errors import InvalidRequest
 from server.storage.event_store import EventStore
 from server.storage.run_store import RunRecord, RunStatus, RunStore
 from server.storage.session_store import SessionStore
+from server.storage.wakeups import Watch
 
 POLL_SECONDS = 0.5
-"""How often a feed waiting for the session's next run looks for one another relay started
-(a run of this relay wakes it at once)."""
+"""How often a feed waiting for the session's next run looks, on SQLite, for one another
+relay started (a run of this relay, and on PostgreSQL any relay's, wakes it at once)."""
 
 FEED_ID = re.compile(r"([0-9]{1,9})\.([0-9]{1,12})")
 
@@ -179,31 +178,20 @@ class SessionFeed:
         runs: RunStore,
         events: EventStore,
         sessions: SessionStore,
-        board: ActivityBoard,
     ) -> None:
         self.workspace_id = workspace_id
         self._manager = manager
         self._runs = runs
         self._events = events
         self._sessions = sessions
-        self._board = board
-        self._new_run = asyncio.Event()
 
     async def follow(self, after: Position) -> AsyncIterator[list[FeedEvent]]:
-        unsubscribe = self._board.subscribe(self._on_change)
-        try:
-            async for batch in self._follow(after):
+        with self._sessions.watch(self.workspace_id) as started:
+            async for batch in self._follow(after, started):
                 yield batch
-        finally:
-            unsubscribe()
 
-    def _on_change(self, change: ActivityChange) -> None:
-        if change.workspace_id == self.workspace_id and change.seq == 0:
-            self._new_run.set()
-
-    async def _follow(self, position: Position) -> AsyncIterator[list[FeedEvent]]:
+    async def _follow(self, position: Position, started: Watch) -> AsyncIterator[list[FeedEvent]]:
         while True:
-            self._new_run.clear()
             records = await self._runs.numbered(self.workspace_id, from_number=max(position.run, 1))
             number = max(position.run, 1)
             for record in records:
@@ -215,8 +203,7 @@ class SessionFeed:
                 number += 1
             if await self._sessions.get(self.workspace_id) is None:
                 return  # deleted: no run will come
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_run.wait(), POLL_SECONDS)
+            await started.wait(POLL_SECONDS)
 
     async def _one_run(
         self, number: int, record: RunRecord, after: int

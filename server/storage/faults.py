@@ -29,6 +29,8 @@ from sqlalchemy.exc import DBAPIError
 from server.errors import StorageFull, StorageUnavailable
 
 # SQLite's primary result codes (the low byte of an extended code).
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
 SQLITE_READONLY = 8
 SQLITE_IOERR = 10
 SQLITE_FULL = 13
@@ -40,6 +42,12 @@ PG_READ_ONLY = "25006"  # read_only_sql_transaction: a standby, or default_trans
 PG_IO_ERROR = "58030"
 # Connection exceptions, insufficient resources, the server shutting down or starting up.
 PG_UNAVAILABLE_CLASSES = ("08", "53", "57P")
+# A lock not had in time (lock_timeout), a deadlock, a serialization failure: try again.
+PG_BUSY = ("55P03", "40P01", "40001")
+
+BUSY_RETRY_AFTER = 2
+"""Seconds a client is told to wait after the database was busy: the write lock it waited
+for is another writer's, which lets go by itself."""
 
 FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -80,6 +88,8 @@ def _sqlite_fault(exc: sqlite3.Error, what: str) -> StorageUnavailable | None:
 
 
 def _by_sqlite_code(code: int, detail: str, what: str) -> StorageUnavailable | None:
+    if code in (SQLITE_BUSY, SQLITE_LOCKED):
+        return _busy(detail, what)
     if code == SQLITE_FULL:
         return StorageFull(f"{what} is full: no space left on its disk ({detail})")
     if code == SQLITE_READONLY:
@@ -98,6 +108,8 @@ def _message_fault(detail: str, what: str) -> StorageUnavailable | None:
         "readonly database": SQLITE_READONLY,
         "disk i/o error": SQLITE_IOERR,
         "unable to open database file": SQLITE_CANTOPEN,
+        "database is locked": SQLITE_BUSY,
+        "database table is locked": SQLITE_LOCKED,
     }
     lowered = detail.lower()
     code = next((code for phrase, code in words.items() if phrase in lowered), None)
@@ -116,7 +128,18 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def _busy(detail: str, what: str) -> StorageUnavailable:
+    """Another writer held what this one needed for longer than it may wait (SQLite's busy
+    timeout; a frozen relay process on a shared SQLite file can hold its write lock)."""
+    return StorageUnavailable(
+        f"{what} is busy: another writer held its lock too long ({detail})",
+        retry_after=BUSY_RETRY_AFTER,
+    )
+
+
 def _postgres_fault(sqlstate: str, detail: str, what: str) -> StorageUnavailable | None:
+    if sqlstate in PG_BUSY:
+        return _busy(detail, what)
     if sqlstate == PG_DISK_FULL:
         return StorageFull(f"{what} is full: the database server has no disk space ({detail})")
     if sqlstate == PG_READ_ONLY:

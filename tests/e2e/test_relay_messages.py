@@ -139,7 +139,8 @@ def test_an_owner_that_does_not_answer_keeps_its_live_session_and_the_other_says
 ) -> None:
     """Relay 1 is frozen (SIGSTOP) while it keeps the session live: relay 2 gets no answer in
     time and refuses, never resuming the session beside relay 1's process. PostgreSQL only:
-    a process frozen on a shared SQLite file may hold its write lock, and then nothing works."""
+    a process frozen on a shared SQLite file may hold its write lock, and then relay 2's
+    writes wait out SQLite's 30 s busy timeout and answer 503 (the database is busy)."""
     if request.node.callspec.params["relays"] == "sqlite":
         pytest.skip("a frozen relay can hold a shared SQLite file's write lock")
     first, second = relays

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from server.errors import StorageFull, StorageUnavailable
+from server.errors import STORAGE_RETRY_AFTER, StorageFull, StorageUnavailable
 from server.storage.database import Database, create_engine
 from server.storage.faults import os_fault, storage_fault
 from server.storage.session_store import ConversationTaken, SessionStore
@@ -177,6 +178,8 @@ class _PostgresError(Exception):
         ("08006", StorageUnavailable, "unavailable"),  # connection failure
         ("57P03", StorageUnavailable, "unavailable"),  # cannot connect now
         ("53300", StorageUnavailable, "unavailable"),  # too many connections
+        ("40P01", StorageUnavailable, "busy"),  # deadlock detected
+        ("55P03", StorageUnavailable, "busy"),  # lock not available (lock_timeout)
     ],
 )
 def test_postgresql_faults_by_sqlstate(
@@ -185,6 +188,28 @@ def test_postgresql_faults_by_sqlstate(
     wrapped = DBAPIError("INSERT ...", {}, _PostgresError("boom", sqlstate))
     found = storage_fault(wrapped)
     assert type(found) is kind and words in found.message
+
+
+def test_a_sqlite_database_locked_by_another_writer_is_busy(tmp_path: Path) -> None:
+    """SQLite's real "database is locked" (another connection holds the write lock past the
+    busy timeout, as a frozen relay process on a shared file can): a 503 to retry soon, not
+    an internal error."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            waiter.execute("INSERT INTO t VALUES (1)")
+    finally:
+        holder.close()
+        waiter.close()
+    for raised in (locked.value, OperationalError("INSERT ...", {}, locked.value)):
+        found = storage_fault(raised)
+        assert type(found) is StorageUnavailable, raised
+        assert "the database is busy" in found.message
+        assert 0 < found.retry_after < STORAGE_RETRY_AFTER
 
 
 def test_postgresql_errors_that_are_not_storage_faults_are_none() -> None:

@@ -56,7 +56,8 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
         keyring = relay.keyring
         runtime.projects = lambda: keyring.projects  # reloaded with the keys on SIGHUP
         await runtime.start_key_proxy()
-        await runtime.database.wakeups.start()  # other relays' notifications (PostgreSQL)
+        if relay.settings.wakeups == "notify":
+            await runtime.database.wakeups.start()  # other relays' notifications (PostgreSQL)
         manager = RunManager(runtime)
         runs.answering(runtime, manager, relay.settings)  # other relays' requests for our runs
         await recover(

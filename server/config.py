@@ -280,6 +280,14 @@ class Settings:
         "judged lost: another relay fails its runs (relay_lost) and frees its sessions.",
         parse_duration,
     )
+    wakeups: str = _setting(
+        "notify",
+        "How a relay on PostgreSQL hears of other relays' writes (requests, events, feed "
+        "entries): `notify` listens (LISTEN/NOTIFY, one pooled connection held), `poll` looks "
+        "every 0.1 s (behind a pooler in transaction mode, where LISTEN does not work). On "
+        "SQLite relays always poll.",
+        _choice("notify", "poll"),
+    )
     max_live: int = _setting(
         4,
         "Idle live processes kept at once; past it the least recently used is closed. They "

@@ -369,6 +369,9 @@ async def _answer_here(
     if answer.behavior is Behavior.ALLOW and asked is not None and not asked.asks_the_user:
         check_approval(caller, asked.tool_name)
     answered = permission_out(await run.answer(request_id, answer))
+    # Stored before the answer returns: a client's next look from another relay (``?wait=``,
+    # the session's activity) must not find the request still waiting.
+    await manager.activity.flush()
     await audit.record(
         runtime.audit,
         caller,

@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import signal
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from server.engine.callers import Caller
 from server.engine.launcher import Launch, Launcher
 from server.engine.projects import Project, check_publish
 from server.engine.runtime import Runtime
-from server.engine.session_git import object_store, session_branch
+from server.engine.session_git import bring_in, commit_work, object_store, session_branch
 from server.errors import Conflict, InvalidRequest, RunFailed
 from server.git import clones, include, review
 from server.git.refs import check_branch_name
@@ -313,28 +312,32 @@ class SessionWork:
         name: str,
         push: str | None,
     ) -> Published:
+        """Commit and bring the session's work into the project (``session_git``'s steps, in
+        the session's sandbox as its runs have it: the other projects hidden too), record the
+        branch as the session's, push it if asked."""
         base = record.base_commit or ""
         workspace = self.runtime.workspaces.path_for(record.workspace_id)
         confine = self.sessions.confine(record.workspace_id, project.name)
         identity = identity_of(record.latest_claude_session_id)
         text = message or f"claude-relay session {record.latest_claude_session_id}"
-        committed = await review.commit_all(workspace, text, confine=confine, identity=identity)
-        head = committed or await review.head(workspace, confine=confine)
-        if head == base:
-            raise InvalidRequest("the session changed nothing since its base: nothing to publish")
+        head = await commit_work(workspace, base, text, identity=identity, confine=confine)
         repo = open_repository(project)
-        with tempfile.TemporaryDirectory(prefix="claude-relay-publish-") as scratch:
-            out = Path(scratch) / "session.bundle"
-            ref = await review.bundle(workspace, base, head, out, confine=confine)
-            commit = await repo.fetch_bundle(out, ref)
         # Only the branch this session published before may move (fast-forward only).
         expected = await repo.head_of(name) if name == record.published_branch else None
-        await repo.update_branch(name, commit, expected)
+        await bring_in(
+            repo,
+            workspace,
+            base=base,
+            commit=head,
+            branch=name,
+            expected_old=expected,
+            confine=confine,
+        )
         await self.runtime.sessions.set_published(record.workspace_id, name)
         if push is not None:
             await repo.push(push, name, self.runtime.settings.git_credential_helper or None)
         files = await review.stat(workspace, base, confine=confine)
-        return Published(name, commit, files, push)
+        return Published(name, head, files, push)
 
 
 def tool_env() -> dict[str, str]:

@@ -9,12 +9,15 @@ for that session's runs *and* its review commands (pass :meth:`SessionGit.shared
 object). Every review command runs in the session's sandbox without credentials; the
 operator's repository is touched only by :class:`~server.git.repository.Repository`.
 
-Publishing (:meth:`SessionGit.publish`), given the project's publish lock and no run of the
-session running (both the caller's): commit what is uncommitted in the clone, bundle
-``base..head`` inside the sandbox, fetch that bundle into the project repository, move the
-branch with ``update-ref`` from the value it must still have. Nothing of the operator's
-repository changes on an error before the last step (only unreferenced objects, which git's
-own gc prunes), and the last step changes one ref or nothing.
+Publishing, given the project's publish lock and no run of the session running (both the
+caller's), is two steps, written once here and confined as the caller says
+(:meth:`SessionGit.publish` in its own sandbox; the HTTP publish, ``project_sessions``, in the
+session's sandbox as its runs have it, the other projects hidden too): :func:`commit_work`
+commits what is uncommitted in the clone; :func:`bring_in` bundles ``base..head`` inside the
+sandbox, fetches that bundle into the project repository and moves the branch with
+``update-ref`` from the value it must still have. Nothing of the operator's repository
+changes on an error before that last move (only unreferenced objects, which git's own gc
+prunes), and the move changes one ref or nothing.
 """
 
 from __future__ import annotations
@@ -134,19 +137,50 @@ class SessionGit:
         descends from it). Conflict for a checked-out branch, an existing one, a
         non-fast-forward."""
         check_branch_name(branch)
-        committed = await review.commit_all(
-            self.workspace, message, confine=self.confine, identity=identity
+        commit = await commit_work(
+            self.workspace, base, message, identity=identity, confine=self.confine
         )
-        commit = committed or await review.head(self.workspace, confine=self.confine)
-        if commit == base:
-            raise InvalidRequest("the session has changed nothing since its base")
         if commit != expected_old:
-            with tempfile.TemporaryDirectory(prefix="claude-relay-publish-") as scratch:
-                bundle = Path(scratch) / "session.bundle"
-                ref = await review.bundle(
-                    self.workspace, base, commit, bundle, confine=self.confine
-                )
-                if await repo.fetch_bundle(bundle, ref) != commit:
-                    raise GitFailed("the session's bundle does not hold its head")
-            await repo.update_branch(branch, commit, expected_old)
+            await bring_in(
+                repo,
+                self.workspace,
+                base=base,
+                commit=commit,
+                branch=branch,
+                expected_old=expected_old,
+                confine=self.confine,
+            )
         return Published(branch, commit, await self.stat(base))
+
+
+async def commit_work(
+    workspace: Path, base: str, message: str, *, identity: tuple[str, str], confine: Confine
+) -> str:
+    """Commit what is uncommitted in the clone at ``workspace`` (in the sandbox ``confine``
+    makes); the clone's head. InvalidRequest when it is still ``base``: nothing to publish."""
+    committed = await review.commit_all(workspace, message, confine=confine, identity=identity)
+    commit = committed or await review.head(workspace, confine=confine)
+    if commit == base:
+        raise InvalidRequest("the session changed nothing since its base: nothing to publish")
+    return commit
+
+
+async def bring_in(
+    repo: Repository,
+    workspace: Path,
+    *,
+    base: str,
+    commit: str,
+    branch: str,
+    expected_old: str | None,
+    confine: Confine,
+) -> None:
+    """Bundle ``base..commit`` of the clone inside the sandbox, fetch the bundle into ``repo``
+    (objects only) and set ``branch`` to ``commit`` if it is still at ``expected_old``
+    (:meth:`Repository.update_branch`: None for a branch that must not exist yet)."""
+    with tempfile.TemporaryDirectory(prefix="claude-relay-publish-") as scratch:
+        bundle = Path(scratch) / "session.bundle"
+        ref = await review.bundle(workspace, base, commit, bundle, confine=confine)
+        if await repo.fetch_bundle(bundle, ref) != commit:
+            raise GitFailed("the session's bundle does not hold its head")
+    await repo.update_branch(branch, commit, expected_old)

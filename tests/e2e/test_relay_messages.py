@@ -155,3 +155,45 @@ def test_an_owner_that_does_not_answer_keeps_its_live_session_and_the_other_says
     assert refused.status == 409, refused.body
     assert "live in another relay" in refused.body.decode()
     assert psutil.pid_exists(pid) and not _zombie(pid)
+
+
+def _wakeups(relay: RelayProcess) -> str:
+    with relay.client() as client:
+        return str(client.get("/health").json()["relay"]["wakeups"])
+
+
+def test_each_relay_says_how_it_hears_the_others(
+    relays: Pair, request: pytest.FixtureRequest
+) -> None:
+    """On PostgreSQL a relay listens (``notify``); on a shared SQLite file it polls."""
+    dialect = request.node.callspec.params["relays"]
+    expected = "notify" if dialect == "postgresql" else "poll"
+    assert [_wakeups(relay) for relay in relays] == [expected, expected]
+
+
+def test_a_relay_that_polls_on_postgresql_still_hands_over_and_is_answered(
+    tmp_path: Path,
+    postgres_url: str,
+    relay_process_factory: Callable[..., RelayProcess],
+    real_cli: Path,
+    fake_api: FakeAnthropicAPI,
+) -> None:
+    """One relay set to ``CLAUDE_RELAY_WAKEUPS=poll`` (behind a transaction-mode pooler), the
+    other listening: a live session is handed over both ways, each relay hearing the other
+    its own way."""
+    env = {**real_cli_env(fake_api), **LIVE_RUNS, "CLAUDE_RELAY_DATABASE_URL": postgres_url}
+    places = {"workspaces": tmp_path / "workspaces"}
+    polling = relay_process_factory(
+        claude_bin=real_cli, env={**env, "CLAUDE_RELAY_WAKEUPS": "poll"}, **places
+    )
+    listening = relay_process_factory(claude_bin=real_cli, env=env, **places)
+    assert (_wakeups(polling), _wakeups(listening)) == ("poll", "notify")
+    one = polling.run({"prompt": "remember the word: medlar"})
+    assert one.status == 200, one.body
+    session = one.headers["x-session-id"]
+    two = listening.run({"prompt": "which word?", "session_id": session})
+    assert two.status == 200, two.body  # the polling relay let its live session go
+    assert "medlar" in repr(fake_api.message_requests()[-1]["messages"])
+    three = polling.run({"prompt": "and again?", "session_id": session})
+    assert three.status == 200, three.body  # and the listening one let it go back
+    assert _run(polling, three.headers["x-run-id"])["process"] == "cold"

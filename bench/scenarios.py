@@ -40,6 +40,7 @@ from bench.core import (
     relay_run,
     summary,
 )
+from bench.notify_cost import notify_cost
 from bench.projects import projects
 from tests.support import real_cli_path
 
@@ -1180,6 +1181,7 @@ SCENARIOS = {
     "projects": projects,
     "cluster": cluster,
     "lookup": lookup,
+    "notify_cost": notify_cost,
 }
 
 TITLES = {
@@ -1197,6 +1199,7 @@ TITLES = {
     "projects": "12. A session on a git project: its clone vs an empty workspace, its disk, /diff",
     "cluster": "13. Two relays on one PostgreSQL behind one address vs one relay (real CLI)",
     "lookup": "14. Session lookup at scale: PostgreSQL vs SQLite",
+    "notify_cost": "15. What NOTIFY costs the event writer on PostgreSQL",
 }
 
 

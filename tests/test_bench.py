@@ -84,3 +84,16 @@ def test_the_scale_out_scenarios_run_in_quick_mode(tmp_path: Path) -> None:
     # Both sides of the pair ran every run of the burst to its result.
     assert result["figures"]["2 relays: errors"]["count"] == 0
     assert result["figures"]["1 relay: errors"]["count"] == 0
+
+
+def test_the_notify_cost_scenario_stores_every_event_on_both_sides(tmp_path: Path) -> None:
+    """``notify_cost`` on a PostgreSQL server of its own: both writers store every event they
+    are given (a failed commit raises), and both sides are measured."""
+    from bench.scenarios import QUICK, SCENARIOS
+
+    result = asyncio.run(SCENARIOS["notify_cost"](QUICK, tmp_path))
+    if result.get("skipped"):
+        pytest.skip(f"notify_cost: {result['skipped']}")
+    figures = result["figures"]
+    assert figures["commits/s with NOTIFY"]["n"] == figures["commits/s without"]["n"] == 2
+    assert figures["ratio with / without (paired)"]["median"] > 0

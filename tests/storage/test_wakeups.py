@@ -49,9 +49,8 @@ async def listening(database: Database) -> AsyncIterator[Database]:
     await database.wakeups.stop()
 
 
-def postgresql_only(database: Database) -> None:
-    if database.dialect != "postgresql":
-        pytest.skip("SQLite has no notifications: relays on one SQLite file poll")
+POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+"""SQLite has no notifications: relays on one SQLite file poll."""
 
 
 async def test_a_write_wakes_this_relays_watcher_once_it_commits(listening: Database) -> None:
@@ -63,10 +62,10 @@ async def test_a_write_wakes_this_relays_watcher_once_it_commits(listening: Data
         assert not await other.wait(HOUR, at_most=0)  # another topic: not woken
 
 
+@POSTGRESQL_ONLY
 async def test_another_relays_write_wakes_a_watcher_through_notify(
     listening: Database, other_relay: Database
 ) -> None:
-    postgresql_only(listening)
     assert listening.wakeups.listening
     with MessageStore(listening).inbox("relay-b") as inbox:
         sent = await MessageStore(other_relay).send("relay-b", "cancel", {"run_id": "r"})
@@ -91,13 +90,13 @@ async def test_a_relay_without_notifications_polls(
         assert [m.kind for m in await store.take("relay-b")] == ["release"]
 
 
+@POSTGRESQL_ONLY
 async def test_a_broken_listening_connection_is_opened_again(
     listening: Database, other_relay: Database
 ) -> None:
     """The server ends the listening connection (a restart, a failover, an idle timeout):
     watchers are woken to look again (what was sent meanwhile is lost), and notifications
     reach the relay again once it listens on a new connection."""
-    postgresql_only(listening)
     with MessageStore(listening).inbox("relay-b") as inbox:
         async with other_relay.connect() as conn:
             ended = await conn.scalar(

@@ -75,6 +75,7 @@ def _lifespan(relay: Relay) -> Callable[[Litestar], AbstractAsyncContextManager[
             owner_timeout=runtime.settings.owner_timeout,
             disown=manager.disown,
             events_stored=runtime.settings.persist_events,
+            feed=runtime.feed,
         )
         await cluster.start()
         manager.cluster = cluster

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +87,16 @@ class FeedLagged:
 FeedItem = tuple[int, bytes] | Gap | FeedLagged
 
 
+def _ids(change: ActivityChange) -> dict[str, Any]:
+    """Whose an activity change's entries are: its session's, its run's key's."""
+    return {
+        "workspace_id": change.workspace_id,
+        "key_id": change.api_key_id,
+        "session_id": change.claude_session_id,
+        "run_id": change.run_id,
+    }
+
+
 class Feed:
     """The writer of the relay feed, and its readers' wake-up."""
 
@@ -130,14 +140,20 @@ class Feed:
     def activity_changed(self, change: ActivityChange) -> None:
         """An activity listener (``RunManager.activity``): the change, and the run's start,
         its end, and the permission requests asked and answered that it shows."""
-        ids: dict[str, Any] = {
-            "workspace_id": change.workspace_id,
-            "key_id": change.api_key_id,
-            "session_id": change.claude_session_id,
-            "run_id": change.run_id,
-        }
+        ids = _ids(change)
         if change.seq == 0:
             self.record(RUN_STARTED, **ids)
+        self._changed(change, ids)
+
+    def run_lost(self, change: ActivityChange, pending: Iterable[str] = ()) -> None:
+        """A run of a lost relay that this relay failed (``engine/cluster.py``): the entries
+        its own relay would have written at its end, for the same key and session. The
+        permission requests it left waiting (``pending``, from its last stored activity) are
+        resolved, then come its failed activity and its end (the outcome from its row)."""
+        self._pending[change.workspace_id] = set(pending)
+        self._changed(change, _ids(change))
+
+    def _changed(self, change: ActivityChange, ids: dict[str, Any]) -> None:
         for request in self._newly_pending(change):
             self.record(PERMISSION_REQUESTED, **ids, fields={"request": request})
         for request_id in self._resolved(change):

@@ -479,7 +479,7 @@ class RunManager:
         except BaseException:
             await self._discard_pooled(pooled)
             raise
-        return self._launch(request, target, run_id, pooled.process, "pool", blocks)
+        return self._launch(request, target, run_id, pooled.process, "pool", blocks, new_run.owner)
 
     async def _start_pooled(self) -> LiveProcess:
         """A pool process: a new workspace and session id, the default options, no prompt."""
@@ -524,7 +524,7 @@ class RunManager:
         except BaseException:
             self.live.put(live)
             raise
-        return self._launch(request, target, run_id, live.process, "live", blocks)
+        return self._launch(request, target, run_id, live.process, "live", blocks, new_run.owner)
 
     async def _fit(self, live: LiveProcess, options: RunOptions) -> bool:
         """Make ``live`` run with ``options``: model and permission mode switch in place."""
@@ -583,7 +583,7 @@ class RunManager:
             await self._abandon(target, run_id, str(exc))
             raise
         proc = self._process_of(child, run_id, spawned_after, hidden)
-        return self._launch(request, target, run_id, proc, "cold", blocks)
+        return self._launch(request, target, run_id, proc, "cold", blocks, new_run.owner)
 
     def _process_of(
         self, child: process.Child, marker: str, spawned_after: float, hidden: tuple[Path, ...]
@@ -628,6 +628,7 @@ class RunManager:
         proc: SessionProcess,
         kind: str,
         blocks: list[dict[str, object]],
+        claimed_as: str,
     ) -> Run:
         self._log_as(run_id, target.claude_session_id, request.api_key_id)  # a pool's id
         run = Run(
@@ -653,6 +654,10 @@ class RunManager:
         self.metrics.run_started(kind)
         self.activity.announce(change(run, activity.START, 0))  # stored with the lock
         run.start(proc, target.prompt, blocks)
+        if claimed_as != self.owner:
+            # Claimed under the id this relay had before another judged it lost (disown ran
+            # meanwhile): that relay's clean-up may fail it and free its session.
+            run.request_stop(StopReason.RELAY_LOST)
         log.info(
             "run %s started: session %s (%s), %s process %s",
             run_id,
@@ -1013,16 +1018,18 @@ class RunManager:
         self._close_live(live)
 
     def _close_live(self, live: LiveProcess) -> asyncio.Task[None]:
-        """Close a live process (stdin ended, it exits) and end this relay's claim on it."""
-        task = asyncio.create_task(self._closed(live), name=f"close-live-{live.workspace_id}")
+        """Close a live process (stdin ended, it exits) and end this relay's claim on it
+        (the claim of the owner id it has now: :meth:`disown` may give it a new one)."""
+        closing = self._closed(live, self.owner)
+        task = asyncio.create_task(closing, name=f"close-live-{live.workspace_id}")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         return task
 
-    async def _closed(self, live: LiveProcess) -> None:
+    async def _closed(self, live: LiveProcess, owner: str) -> None:
         await live.process.close()
         await _attempt(
-            self.store.end_live(live.workspace_id, owner=self.owner),
+            self.store.end_live(live.workspace_id, owner=owner),
             f"ending the live claim on session {live.workspace_id}",
         )
 
@@ -1032,14 +1039,24 @@ class RunManager:
         for run in list(self.runs.values()):
             run.request_stop(reason)
 
-    def disown(self) -> None:
+    async def disown(self) -> str:
         """Another relay took this one over (judged it lost): its runs and live processes are
         no longer its own, so they stop here and write nothing as if they were (a run's end
-        only updates a run still ``running``; the other relay already failed it)."""
+        only updates a run still ``running``; the other relay already failed it).
+
+        This relay goes on under a new owner id, which it returns: the other relay's
+        clean-up of the old id (failing its runs, freeing its run locks and live claims) may
+        still be going on, and touches only what names the old id, never a run started from
+        now on. A run being claimed under the old id right now is stopped as it launches."""
         self.stop_all(StopReason.RELAY_LOST)
         for live in [*self.live.drain(), *self._kept.values()]:
             self._close_live(live)
         self._kept.clear()
+        self.owner = owner_id()
+        self.session_work.owner = self.owner
+        self.remote.owner = self.owner  # messages to the new id (for its runs and claims)
+        log.warning("this relay goes on as %s", self.owner)
+        return self.owner
 
     async def shutdown(self) -> None:
         """Stop every run and wait for each to record its end."""

@@ -64,6 +64,8 @@ class RunRecord:
     """Where its CLI process came from: ``cold``, ``live`` or ``pool`` (NULL before 0004)."""
     files_changed: dict[str, int] | None = None
     """How many files it added, modified and deleted (None: not recorded)."""
+    api_key_id: str = ""
+    """The key that started it: the relay feed's entries of the run are that key's."""
 
 
 def run_record(row: RunRow) -> RunRecord:
@@ -92,6 +94,7 @@ def run_record(row: RunRow) -> RunRecord:
         resumed_from=row.resumed_from,
         process=row.process,
         files_changed=_files_changed(row),
+        api_key_id=row.api_key_id,
     )
 
 

@@ -27,6 +27,7 @@ from tests.support import (
     Stream,
     command_line,
     processes_with_marker,
+    OpenStream,
     scripted,
     wait_until,
 )
@@ -154,11 +155,19 @@ def test_a_relay_killed_mid_run_is_judged_lost_and_its_session_resumes_elsewhere
     assert wait_until(lambda: _running_run(second, session) is not None, 60)
     run_id = _running_run(second, session)
     assert run_id is not None
+    feed = OpenStream(second, "GET", "/api/events")  # a reader of relay 2's feed, from now
+    feed.header("content-type")
     first.stop(signal.SIGKILL)
 
     assert wait_until(lambda: second.get_run(run_id)["status"] != "running", 60)
     run = second.get_run(run_id)
     assert (run["status"], run["stop_reason"]) == ("failed", "relay_lost")
+    # The feed tells of the run's end too, though relay 1, whose run it was, wrote nothing:
+    # the relay that failed it wrote what relay 1 would have.
+    _feed_shows_lost(feed, run_id, session)
+    _feed_shows_lost(
+        OpenStream(second, "GET", "/api/events", params={"after": "0"}), run_id, session
+    )
     with second.client() as client:
         activity = client.get(f"/api/sessions/{session}").json()["activity"]
         alive = client.get("/health").json()["relay"]["alive"]
@@ -169,6 +178,22 @@ def test_a_relay_killed_mid_run_is_judged_lost_and_its_session_resumes_elsewhere
     resumed = second.run({"prompt": "which word?", "session_id": session})
     assert resumed.status == 200, resumed.body
     assert "remember the word pelican" in _user_texts(fake_api.message_requests()[-1])
+
+
+def _feed_shows_lost(feed: OpenStream, run_id: str, session: str) -> None:
+    """The relay feed has the failed activity and the end (``relay_lost``) of the run."""
+    end = feed.wait_for(lambda p: p.get("kind") == "run.ended" and p.get("run_id") == run_id, 60)
+    assert (end["status"], end["stop_reason"], end["session_id"]) == (
+        "failed",
+        "relay_lost",
+        session,
+    )
+    shown = [
+        p["activity"]
+        for p in feed.payloads
+        if p.get("kind") == "activity" and p.get("run_id") == run_id
+    ]
+    assert shown and (shown[-1]["kind"], shown[-1]["reason"]) == ("failed", "relay_lost")
 
 
 def test_orphans_of_a_run_failed_as_relay_lost_are_stopped_when_its_relay_restarts(

@@ -23,11 +23,11 @@ import pytest
 from tests.conftest import real_cli_env
 from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.support import (
+    OpenStream,
     RelayProcess,
     Stream,
     command_line,
     processes_with_marker,
-    OpenStream,
     scripted,
     wait_until,
 )

@@ -10,6 +10,7 @@ shared by both processes).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -178,6 +179,46 @@ def test_a_relay_killed_mid_run_is_judged_lost_and_its_session_resumes_elsewhere
     resumed = second.run({"prompt": "which word?", "session_id": session})
     assert resumed.status == 200, resumed.body
     assert "remember the word pelican" in _user_texts(fake_api.message_requests()[-1])
+
+
+def _relay_id(relay: RelayProcess) -> str | None:
+    """The owner id a relay goes by (None while it does not answer)."""
+    with contextlib.suppress(httpx.HTTPError), relay.client(5) as client:
+        return str(client.get("/health").json()["relay"]["id"])
+    return None
+
+
+def test_a_relay_frozen_past_the_owner_timeout_comes_back_under_a_new_id(
+    relays: Pair, fake_api: FakeAnthropicAPI
+) -> None:
+    """Relay 1 is frozen (SIGSTOP) mid-run until relay 2 judges it lost and fails its run;
+    thawed, relay 1 stops that run without overwriting ``relay_lost``, goes on under a new
+    owner id (the clean-up of the old one touches nothing it starts now), and serves the
+    session's next turn."""
+    first, second = relays
+    made = first.run({"prompt": "remember the word pelican"})
+    assert made.status == 200, made.body
+    session = made.session_id
+    old_id = _relay_id(first)
+    _in_background(first, {"prompt": "[[slow:3:30]] take your time", "session_id": session})
+    assert wait_until(lambda: _running_run(second, session) is not None, 60)
+    run_id = _running_run(second, session)
+    assert run_id is not None
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: second.get_run(run_id)["status"] != "running", 60)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert wait_until(lambda: _relay_id(first) not in (None, old_id), 60)
+    assert wait_until(lambda: not processes_with_marker(run_id), 60)  # relay 1 stopped it
+    run = second.get_run(run_id)
+    assert (run["status"], run["stop_reason"]) == ("failed", "relay_lost")
+    resumed = first.run({"prompt": "which word?", "session_id": session})
+    assert resumed.status == 200, resumed.body
+    assert "remember the word pelican" in _user_texts(fake_api.message_requests()[-1])
+    with second.client() as client:
+        alive = {relay["id"] for relay in client.get("/health").json()["relay"]["alive"]}
+    assert alive == {_relay_id(first), _relay_id(second)}
 
 
 def _feed_shows_lost(feed: OpenStream, run_id: str, session: str) -> None:

@@ -189,12 +189,15 @@ def _relay_id(relay: RelayProcess) -> str | None:
 
 
 def test_a_relay_frozen_past_the_owner_timeout_comes_back_under_a_new_id(
-    relays: Pair, fake_api: FakeAnthropicAPI
+    relays: Pair, fake_api: FakeAnthropicAPI, request: pytest.FixtureRequest
 ) -> None:
     """Relay 1 is frozen (SIGSTOP) mid-run until relay 2 judges it lost and fails its run;
     thawed, relay 1 stops that run without overwriting ``relay_lost``, goes on under a new
     owner id (the clean-up of the old one touches nothing it starts now), and serves the
-    session's next turn."""
+    session's next turn. PostgreSQL only: a relay frozen on a shared SQLite file may hold its
+    write lock, and then no relay can judge it (the storage tests drive both dialects)."""
+    if request.node.callspec.params["shared"] == "sqlite":
+        pytest.skip("a frozen relay can hold a shared SQLite file's write lock")
     first, second = relays
     made = first.run({"prompt": "remember the word pelican"})
     assert made.status == 200, made.body

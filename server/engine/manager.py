@@ -1054,7 +1054,7 @@ class RunManager:
         self._kept.clear()
         self.owner = owner_id()
         self.session_work.owner = self.owner
-        self.remote.owner = self.owner  # messages to the new id (for its runs and claims)
+        self.remote.rename(self.owner)  # messages to the new id (for its runs and claims)
         log.warning("this relay goes on as %s", self.owner)
         return self.owner
 

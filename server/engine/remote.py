@@ -44,6 +44,7 @@ class Remote:
         self._handlers: dict[str, Handler] = {}
         self._loop: asyncio.Task[None] | None = None
         self._acting: set[asyncio.Task[None]] = set()
+        self._inbox: Watch | None = None
 
     def handle(self, kind: str, handler: Handler) -> None:
         self._handlers[kind] = handler
@@ -82,24 +83,34 @@ class Remote:
         await self.store.forget(message_id)
         return None
 
-    async def _take(self) -> None:
-        with self.store.inbox(self.owner) as sent:
-            await self._take_as_sent(sent)
+    def rename(self, owner: str) -> None:
+        """This relay goes on under a new owner id (it came back after being judged lost):
+        messages to the new id are taken, and watched for, from now on."""
+        self.owner = owner
+        if self._inbox is not None:
+            self._inbox.wake()  # the loop watches the new id's inbox at once
 
-    async def _take_as_sent(self, sent: Watch) -> None:
+    async def _take(self) -> None:
         expired = time.monotonic()
         while True:
-            try:
-                for message in await self.store.take(self.owner):
-                    task = asyncio.create_task(self._act(message), name=f"message-{message.kind}")
-                    self._acting.add(task)
-                    task.add_done_callback(self._acting.discard)
-                if time.monotonic() - expired > EXPIRE_SECONDS / 10:
-                    expired = time.monotonic()
-                    await self.store.expire(time.time() - EXPIRE_SECONDS)
-            except Exception:  # the database may be away a while: keep polling
-                log.exception("could not read this relay's messages")
-            await sent.wait(POLL_SECONDS)
+            owner = self.owner
+            with self.store.inbox(owner) as self._inbox:
+                while self.owner == owner:
+                    expired = await self._take_once(owner, expired)
+                    await self._inbox.wait(POLL_SECONDS)
+
+    async def _take_once(self, owner: str, expired: float) -> float:
+        try:
+            for message in await self.store.take(owner):
+                task = asyncio.create_task(self._act(message), name=f"message-{message.kind}")
+                self._acting.add(task)
+                task.add_done_callback(self._acting.discard)
+            if time.monotonic() - expired > EXPIRE_SECONDS / 10:
+                expired = time.monotonic()
+                await self.store.expire(time.time() - EXPIRE_SECONDS)
+        except Exception:  # the database may be away a while: keep polling
+            log.exception("could not read this relay's messages")
+        return expired
 
     async def _act(self, message: RelayMessage) -> None:
         handler = self._handlers.get(message.kind)

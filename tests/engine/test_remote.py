@@ -71,3 +71,19 @@ async def test_a_request_nobody_handles_gets_an_error_reply(
     async with asyncio.timeout(30):
         reply = await second.ask("relay-1", "reboot", {})
     assert reply == {"error": "unknown request 'reboot'"}
+
+
+async def test_a_renamed_relay_is_reached_at_its_new_id(relays: tuple[Remote, Remote]) -> None:
+    """A relay that came back after being judged lost goes on under a new id: requests to it
+    wake it there at once (its inbox is watched under the new id), none reach the old one."""
+    first, second = relays
+    first.handle("release", _released)
+    first.rename("relay-1b")
+    async with asyncio.timeout(30):
+        reply = await second.ask("relay-1b", "release", {"workspace_id": "ws-1"})
+    assert reply == {"released": True}
+    assert await second.ask("relay-1", "release", {}, timeout=0.5) is None
+
+
+async def _released(_body: dict[str, Any]) -> dict[str, Any]:
+    return {"released": True}

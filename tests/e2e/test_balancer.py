@@ -167,6 +167,12 @@ def start_balancer(tmp: Path, relays: dict[str, RelayProcess]) -> Balancer:
     if not wait_until(lambda: _ready(balancer), timeout=60, interval=0.1):
         balancer.stop(signal.SIGKILL)
         raise RuntimeError(f"Caddy did not answer for the relays:\n{balancer.log()}")
+    listening = {
+        c.laddr.ip for c in psutil.Process(process.pid).net_connections() if c.status == "LISTEN"
+    }
+    if listening != {"127.0.0.1"}:
+        balancer.stop(signal.SIGKILL)
+        raise RuntimeError(f"Caddy listens on {listening}, not on 127.0.0.1 alone")
     return balancer
 
 
@@ -222,10 +228,10 @@ def cluster(
 
     with ThreadPoolExecutor(len(names)) as pool:
         futures = {name: pool.submit(start, name) for name in names}
-    relays: dict[str, RelayProcess] = {}
+    relays = {name: f.result() for name, f in futures.items() if f.exception() is None}
     try:
-        for name, future in futures.items():
-            relays[name] = future.result()
+        for future in futures.values():
+            future.result()  # the first relay that did not start, once every other one did
         balancer = start_balancer(tmp_path, relays)
         try:
             yield Cluster(balancer, relays)

@@ -31,7 +31,6 @@ from tests.fakes.anthropic_api import FakeAnthropicAPI
 from tests.support import (
     LIVE_RUNS,
     ROOT,
-    Relay,
     RelayProcess,
     cancel,
     free_port,
@@ -102,32 +101,10 @@ def local_caddyfile(caddyfile: str, port: int, upstreams: dict[str, str]) -> str
 
 
 @dataclass
-class Balancer(Relay):
-    """Caddy's one address, asked as a client of the cluster asks it (a :class:`Relay`, so
-    the helpers of tests/support.py send their requests through it)."""
-
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def log(self) -> str:
-        assert self.log_path is not None
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+class Balancer(RelayProcess):
+    """Caddy's one address, asked as a client of the cluster asks it (a relay's process as
+    far as tests/support.py knows: its helpers send their requests through it, and it is
+    stopped as a relay process is)."""
 
 
 def start_balancer(tmp: Path, relays: dict[str, RelayProcess]) -> Balancer:

@@ -981,7 +981,7 @@ class RunManager:
             claim = LiveClaim(self.owner, time.time() + LIVE_LEASE_SECONDS, kept.process.marker)
         ending = self._end_activity(run)
         self.activity.forget(run.workspace_id, run.id)
-        await self.store.finish_run(
+        recorded = await self.store.finish_run(
             run.workspace_id,
             run.id,
             outcome_of(run),
@@ -993,7 +993,8 @@ class RunManager:
         )
         if ending.kind == activity.IDLE:  # listeners hear whether a warm process holds it
             ending = dataclasses.replace(ending, activity={**ending.activity, "live": bool(claim)})
-        self.activity.announce(ending)
+        if recorded:  # else another relay failed the run (relay_lost) and told of its end
+            self.activity.announce(ending)
         return kept
 
     async def _record_end_later(self, run: Run) -> None:

@@ -440,7 +440,7 @@ class SessionStore:
         live: LiveClaim | None = None,
         conversation_started: bool = False,
         activity: ActivityUpdate | None = None,
-    ) -> None:
+    ) -> bool:
         """Record the run's outcome (and the files it changed) and give back the lock it
         held, in one transaction; with ``final_event`` (a last event that was shown before it
         could be stored), store it too, unless an earlier attempt did. With ``live``, the
@@ -449,7 +449,8 @@ class SessionStore:
         made without a prompt now has a conversation to resume. ``activity``: what the run
         leaves the session doing (idle, or failed and why). A run no longer ``running``
         (another relay failed it, ``relay_lost``) changes only its spending and its files:
-        the session may be another run's by now."""
+        the session may be another run's by now, and False is returned: the end was not this
+        call's to record."""
         async with self._database.write() as db:
             if final_event is not None:
                 await db.execute(
@@ -470,7 +471,7 @@ class SessionStore:
                 # Not running any more: another relay judged this one lost and failed it (or
                 # this end was recorded already). The session is no longer this run's to
                 # release, claim or describe; another run may hold it now.
-                return
+                return False
             await db.execute(_release(workspace_id, run_id))
             if conversation_started:
                 await db.execute(
@@ -485,6 +486,7 @@ class SessionStore:
                     .where(SessionRow.workspace_id == workspace_id)
                     .values(**activity.values())
                 )
+        return True
 
     async def set_activity(self, updates: list[ActivityUpdate]) -> None:
         """Store what sessions are doing now, in one transaction. Each only while its run still

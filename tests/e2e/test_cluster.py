@@ -222,6 +222,12 @@ def test_a_relay_frozen_past_the_owner_timeout_comes_back_under_a_new_id(
     with second.client() as client:
         alive = {relay["id"] for relay in client.get("/health").json()["relay"]["alive"]}
     assert alive == {_relay_id(first), _relay_id(second)}
+    # The relay feed tells of the lost run's end once: relay 2's, not relay 1's again.
+    feed = OpenStream(second, "GET", "/api/events", params={"after": "0"})
+    resumed_id = resumed.headers["x-run-id"]
+    feed.wait_for(lambda p: p.get("kind") == "run.ended" and p.get("run_id") == resumed_id, 60)
+    ends = [p for p in feed.payloads if p.get("kind") == "run.ended" and p.get("run_id") == run_id]
+    assert [(e["status"], e["stop_reason"]) for e in ends] == [("failed", "relay_lost")]
 
 
 def _feed_shows_lost(feed: OpenStream, run_id: str, session: str) -> None:

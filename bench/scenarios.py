@@ -40,6 +40,7 @@ from bench.core import (
     relay_run,
     summary,
 )
+from bench.follow import follow
 from bench.notify_cost import notify_cost
 from bench.projects import projects
 from tests.support import real_cli_path
@@ -77,6 +78,9 @@ class Plan:
     cluster_reps: int = 1
     lookup_sessions: int = 2_000
     lookup_count: int = 200
+    follow_reps: int = 2
+    follow_pieces: int = 40
+    follow_gap: float = 0.05
 
 
 QUICK = Plan(
@@ -128,6 +132,7 @@ FULL = Plan(
     cluster_reps=3,
     lookup_sessions=100_000,
     lookup_count=2_000,
+    follow_reps=10,
 )
 
 PLANS = {"quick": QUICK, "full": FULL}
@@ -1181,6 +1186,7 @@ SCENARIOS = {
     "projects": projects,
     "cluster": cluster,
     "lookup": lookup,
+    "follow": follow,
     "notify_cost": notify_cost,
 }
 
@@ -1199,7 +1205,8 @@ TITLES = {
     "projects": "12. A session on a git project: its clone vs an empty workspace, its disk, /diff",
     "cluster": "13. Two relays on one PostgreSQL behind one address vs one relay (real CLI)",
     "lookup": "14. Session lookup at scale: PostgreSQL vs SQLite",
-    "notify_cost": "15. What NOTIFY costs the event writer on PostgreSQL",
+    "follow": "15. Following another relay's run: LISTEN/NOTIFY vs polling (real CLI)",
+    "notify_cost": "16. What NOTIFY costs the event writer on PostgreSQL",
 }
 
 

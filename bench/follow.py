@@ -173,7 +173,7 @@ async def follow(plan: Plan, folder: Path) -> dict[str, Any]:
     env = {**quiet_cli_env(api_url), **RELAY_ENV}
     prompt = f"[[say:{ANSWER}]] [[slow:{plan.follow_pieces}:{plan.follow_gap}]] Answer."
     lags: dict[str, list[float]] = {mode: [] for mode in MODES}
-    run_p50: dict[str, list[float]] = {mode: [] for mode in MODES}
+    run_p50: dict[str, dict[int, float]] = {mode: {} for mode in MODES}  # by repetition
     events: Counter[str] = Counter()
     caught_up: Counter[str] = Counter()
     errors: Counter[str] = Counter()
@@ -202,7 +202,7 @@ async def follow(plan: Plan, folder: Path) -> dict[str, Any]:
                             continue
                         run_lags, early = pairing.lags()
                         lags[mode] += run_lags
-                        run_p50[mode].append(percentile(run_lags, 50))
+                        run_p50[mode][rep] = percentile(run_lags, 50)
                         events[mode] += len(pairing.stream.ids)
                         caught_up[mode] += early
     except NoPostgres as exc:
@@ -210,7 +210,8 @@ async def follow(plan: Plan, folder: Path) -> dict[str, Any]:
     finally:
         api.terminate()
         api.wait()
-    paired = [p / n for p, n in zip(run_p50["poll"], run_p50["notify"], strict=False) if n > 0]
+    both = sorted(run_p50["poll"].keys() & run_p50["notify"].keys())
+    paired = [run_p50["poll"][r] / run_p50["notify"][r] for r in both if run_p50["notify"][r] > 0]
     notify_p50, poll_p50 = percentile(lags["notify"], 50), percentile(lags["poll"], 50)
     failed = sum(errors.values())
     figures: dict[str, Any] = {

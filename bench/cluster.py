@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import random
 import time
@@ -85,6 +86,17 @@ def _address(relay: RelayProcess) -> tuple[str, int]:
 # -- the burst -------------------------------------------------------------------------------
 
 
+def _result(body: bytes) -> dict[str, Any] | None:
+    """The stream's result event, if it has one (what an error says is in it)."""
+    for line in body.split(b"\n"):
+        if line.startswith(b"data:") and b'"result"' in line:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line[5:])
+                if isinstance(event, dict) and event.get("type") == "result":
+                    return event
+    return None
+
+
 async def _one_run(client: httpx.AsyncClient) -> str | None:
     """One new session's run to its end; None if it ended with a result, else what went wrong."""
     try:
@@ -94,10 +106,12 @@ async def _one_run(client: httpx.AsyncClient) -> str | None:
                 body += chunk
         if response.status_code != 200:
             return f"HTTP {response.status_code}"
-        if b'"type":"result"' not in body.replace(b" ", b""):
+        result = _result(body)
+        if result is None:
             return "no result"
-        if b'"is_error":true' in body.replace(b" ", b""):
-            return "result is_error"
+        if result.get("is_error"):
+            why = result.get("api_error_status") or str(result.get("result", ""))[:60]
+            return f"result is_error ({result.get('subtype')}: {why})"
         return None
     except httpx.HTTPError as exc:
         return type(exc).__name__

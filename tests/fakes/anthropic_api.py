@@ -151,6 +151,14 @@ class Plan:
         return "tool_use" if any(b["type"] == "tool_use" for b in self.blocks()) else "end_turn"
 
 
+class _Server(ThreadingHTTPServer):
+    """Listens with a backlog a real API's front has (the standard library's is 5): the
+    benchmarks start 50 CLIs at once, and a refused connection is a 502 of the relay's key
+    pass-through, not a fault of the relay."""
+
+    request_queue_size = 128
+
+
 class FakeAnthropicAPI:
     """Start with :meth:`start`, point ``ANTHROPIC_BASE_URL`` at :attr:`url`, then :meth:`stop`."""
 
@@ -175,7 +183,7 @@ class FakeAnthropicAPI:
         class Handler(_Handler):
             fake = api
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -97,3 +97,14 @@ def test_the_notify_cost_scenario_stores_every_event_on_both_sides(tmp_path: Pat
     figures = result["figures"]
     assert figures["commits/s with NOTIFY"]["n"] == figures["commits/s without"]["n"] == 2
     assert figures["ratio with / without (paired)"]["median"] > 0
+
+
+def test_the_follow_scenario_sees_every_event_at_the_other_relay(tmp_path: Path) -> None:
+    """``follow`` in quick mode (two pairs of relays on one PostgreSQL, real CLI): the
+    follower on relay 2 gets every event of relay 1's runs, in order, in both modes."""
+    from bench.scenarios import QUICK, SCENARIOS
+
+    result = asyncio.run(SCENARIOS["follow"](QUICK, tmp_path))
+    if result.get("skipped"):
+        pytest.skip(f"follow: {result['skipped']}")
+    assert result["errors"] == 0, result["figures"]

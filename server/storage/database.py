@@ -209,7 +209,7 @@ class Database:
         if fault is not None:
             raise fault
         topics: list[str] = []
-        token = _TOPICS.set(topics)
+        token = _TOPICS.set(topics) if writing else None  # reads notify nobody
         try:
             async with opening() as opened:
                 yield opened
@@ -219,7 +219,8 @@ class Database:
                 raise
             raise self._cause_of(found) from exc
         finally:
-            _TOPICS.reset(token)
+            if token is not None:
+                _TOPICS.reset(token)
         for topic in topics:
             self.wakeups.wake(topic)
 

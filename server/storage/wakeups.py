@@ -107,8 +107,6 @@ class Wakeups:
         self.listening = False
         """Whether notifications reach this relay now (False on SQLite, and while the
         listening connection is down)."""
-        self.notified = 0
-        """Notifications received (``/metrics``)."""
 
     async def start(self, *, wait: float = 10.0) -> None:
         """Listen, on PostgreSQL; wait up to ``wait`` seconds for the first connection, so a
@@ -156,7 +154,6 @@ class Wakeups:
                 watch.wake()
 
     def _heard(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        self.notified += 1
         self.wake(payload)
 
     async def _listen(self, ready: asyncio.Event) -> None:
